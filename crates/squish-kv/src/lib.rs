@@ -1,0 +1,6 @@
+#![doc = include_str!("../README.md")]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+mod error;
+
+pub use error::{Error, Result};
