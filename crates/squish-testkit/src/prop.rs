@@ -112,7 +112,7 @@ mod tests {
     fn runs_every_case_with_its_own_stream() {
         let mut firsts = Vec::new();
         check("runs_every_case", 10, |rng| {
-            firsts.push(rng.random::<u64>())
+            firsts.push(rng.random::<u64>());
         });
         assert!(firsts.len() >= 10);
         let mut dedup = firsts.clone();

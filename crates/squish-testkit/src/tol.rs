@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(w.index, 1);
         assert!((w.error - 0.5).abs() < 1e-12);
         let r = std::panic::catch_unwind(|| {
-            assert_close(&[1.0f64, 2.5], &[1.0f64, 2.0], Tol::new(0.0, 0.1))
+            assert_close(&[1.0f64, 2.5], &[1.0f64, 2.0], Tol::new(0.0, 0.1));
         });
         assert!(r.is_err());
     }
