@@ -148,15 +148,20 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
-/// Formats a time in µs with about three significant digits.
+/// Formats a time in µs with three significant digits (whole µs from 100 µs up), e.g.
+/// `3653`, `12.3`, `2.50`, `0.0705`, `0.000652`.
 pub(crate) fn fmt_us(us: f64) -> String {
-    match us {
-        x if x >= 100.0 => format!("{x:.0}"),
-        x if x >= 10.0 => format!("{x:.1}"),
-        x if x >= 1.0 => format!("{x:.2}"),
-        x if x >= 0.1 => format!("{x:.3}"),
-        x => format!("{x:.4}"),
+    if !(us.is_finite() && us > 0.0) {
+        return format!("{us}");
     }
+    // The decimal exponent after rounding to three significant digits (99.96 → 1.00e2).
+    let sci = format!("{us:.2e}");
+    let magnitude: i32 = sci
+        .split_once('e')
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
+    let decimals = usize::try_from((2 - magnitude).clamp(0, 9)).unwrap_or(0);
+    format!("{us:.decimals$}")
 }
 
 /// Formats a speed-up factor, e.g. `12.3×`, `0.45×`.
@@ -824,7 +829,11 @@ mod tests {
     fn formatting() {
         assert_eq!(fmt_us(3653.2), "3653");
         assert_eq!(fmt_us(12.345), "12.3");
-        assert_eq!(fmt_us(0.0009), "0.0009");
+        assert_eq!(fmt_us(0.000_652_1), "0.000652");
+        assert_eq!(fmt_us(0.0705), "0.0705");
+        assert_eq!(fmt_us(2.5), "2.50");
+        assert_eq!(fmt_us(99.96), "100");
+        assert_eq!(fmt_us(0.099_96), "0.100");
         assert_eq!(fmt_speedup(0.456), "0.46×");
         assert_eq!(decade_label(-2), "0.01×");
         assert_eq!(decade_label(3), "1000×");
