@@ -257,7 +257,7 @@ pub(crate) fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "| Date | {} |", m.date_utc);
     let _ = writeln!(s, "| Commit | `{}` |", cell(&m.commit));
     let mode = if r.quick {
-        "quick (criterion `--quick`, short warm-up and measurement): indicative, noisier"
+        "quick (criterion `--quick --measurement-time 1`: no warm-up, at most 1 s per benchmark): indicative, noisier than a full run"
     } else {
         "full (criterion defaults)"
     };
