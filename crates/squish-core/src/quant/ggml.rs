@@ -123,8 +123,8 @@ pub fn blocks_as_bytes<B: GgmlBlock>(blocks: &[B]) -> &[u8] {
 /// bytes at any address (e.g. at an odd offset inside a file) use [`blocks_from_bytes`].
 ///
 /// # Errors
-/// [`Error::Shape`] if `bytes.len()` is not a multiple of `B::BYTES`, or if `bytes` is not
-/// aligned for `B`.
+/// [`Error::Shape`] if `bytes.len()` is not a multiple of `B::BYTES`, or if `bytes` is
+/// non-empty and not aligned for `B`.
 ///
 /// # Example
 /// ```
@@ -138,6 +138,10 @@ pub fn blocks_as_bytes<B: GgmlBlock>(blocks: &[B]) -> &[u8] {
 /// ```
 pub fn try_cast_blocks<B: GgmlBlock>(bytes: &[u8]) -> Result<&[B]> {
     check_block_bytes::<B>("try_cast_blocks bytes", bytes)?;
+    if bytes.is_empty() {
+        // An empty slice's (dangling) address says nothing about the caller's buffer.
+        return Ok(&[]);
+    }
     bytemuck::try_cast_slice(bytes).map_err(|_| {
         Error::Shape(ShapeError::new(
             "try_cast_blocks bytes",
