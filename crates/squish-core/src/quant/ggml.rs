@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::round_half_away;
+use super::{floor_non_negative, round_half_away};
 use crate::{Error, Result, ShapeError, check_finite};
 
 /// Number of values in a [`BlockQ8_0`] (GGML's `QK8_0`).
@@ -358,7 +358,7 @@ pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<()> {
             let t = v * id + 8.5;
             let t = if t < 15.0 { t } else { 15.0 };
             let t = if t > 0.0 { t } else { 0.0 };
-            *c = t as u8;
+            *c = floor_non_negative(t) as u8;
         }
         let (lo, hi) = codes.split_at(QK4_0 / 2);
         for ((q, &l), &h) in yb.qs.iter_mut().zip(lo).zip(hi) {

@@ -71,23 +71,55 @@ pub use grouped::{
 };
 pub use pack::{QuantBits, pack_codes, unpack_codes};
 
-/// Rounds `v` to the nearest integer, ties away from zero (C's `roundf`), for finite
-/// `|v| < 2^31`.
+/// `1.5 * 2^23`: adding it to an `f32` of magnitude below `2^22` lands in the binade whose
+/// spacing is exactly 1, which rounds to an integer (ties to even) and makes the integer
+/// readable from the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+
+/// Nearest integer to `v`, ties to even, for `|v| < 2^22` (never fused or reassociated in
+/// Rust, so the magic-number trick is exact).
+#[inline(always)]
+fn round_ties_even_small(v: f32) -> f32 {
+    (v + MAGIC) - MAGIC
+}
+
+/// The value of an integral `f32` with `|n| < 2^22`, as `i32`.
 ///
-/// Written with a truncating conversion and an exact remainder instead of `f32::round`, which
-/// is a libm call (and blocks vectorisation) on targets without SSE4.1. `v - trunc(v)` is exact
-/// in `f32` (Sterbenz), so this matches `roundf` for every such `v`, including the
-/// `0.49999997` case that `floor(v + 0.5)` gets wrong.
+/// A bit-level conversion instead of `as`: Rust's saturating float-to-int cast does not
+/// vectorise on x86-64's baseline (it becomes a scalar `cvttss2si` with NaN and range checks
+/// per element), while this is one add and one integer subtract per lane.
+#[inline(always)]
+fn int_of_integral(n: f32) -> i32 {
+    (n + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// Rounds `v` to the nearest integer, ties away from zero (C's `roundf`), for finite
+/// `|v| < 2^22`.
+///
+/// Written branch-free on top of [`round_ties_even_small`] instead of `f32::round`, which is a
+/// libm call (and blocks vectorisation) on targets without SSE4.1: `|v|` is rounded to
+/// nearest-even, and a tie that went down (`|v| - n == 0.5`, exact in `f32`) is moved up. This
+/// matches `roundf` for every such `v`, including the `0.49999997` case that
+/// `floor(v + 0.5)` gets wrong.
 #[inline(always)]
 fn round_half_away(v: f32) -> i32 {
-    let t = v as i32;
-    let frac = v - t as f32;
-    t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
+    let a = v.abs();
+    let n = round_ties_even_small(a);
+    let n = if a - n == 0.5 { n + 1.0 } else { n };
+    int_of_integral(n.copysign(v))
+}
+
+/// `floor(v)` for finite `0 <= v < 2^22` (C's truncating cast of a non-negative float).
+#[inline(always)]
+fn floor_non_negative(v: f32) -> i32 {
+    let n = round_ties_even_small(v);
+    let n = if n > v { n - 1.0 } else { n };
+    int_of_integral(n)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::round_half_away;
+    use super::{floor_non_negative, round_half_away};
 
     #[test]
     fn round_half_away_matches_std_round() {
@@ -119,6 +151,29 @@ mod tests {
                 assert_eq!(round_half_away(v), v.round() as i32, "{v}");
             }
             bits += 997;
+        }
+    }
+
+    #[test]
+    fn floor_non_negative_matches_std_floor() {
+        for v in [
+            0.0f32,
+            0.5,
+            0.499_999_97,
+            0.999_999_94,
+            1.0,
+            7.5,
+            14.999_999,
+            15.0,
+            16.5,
+        ] {
+            assert_eq!(floor_non_negative(v), v.floor() as i32, "{v}");
+        }
+        let mut bits = 0u32;
+        while bits < 0x4380_0000 {
+            let v = f32::from_bits(bits);
+            assert_eq!(floor_non_negative(v), v.floor() as i32, "{v}");
+            bits += 991;
         }
     }
 }
