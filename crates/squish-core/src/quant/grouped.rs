@@ -298,7 +298,9 @@ impl GroupedQuantized {
 ///   dimension along `cfg.axis`.
 /// - [`Error::Shape`] if `x.len() != rows * cols`.
 /// - [`Error::NonFinite`] for the first NaN or infinity in `x`, or (context says so) for a
-///   group whose range `max - min` overflows `f32` (naming the group's maximum).
+///   group whose range `max - min` (or its reconstruction `min + (2^bits - 1) * scale`)
+///   overflows `f32`, naming the group's maximum. Only ranges within a rounding of
+///   `f32::MAX` (about `3.4e38`) are affected.
 ///
 /// # Example
 /// ```
@@ -398,14 +400,13 @@ pub fn quantize_grouped_into(
         }
     }
 
-    // Pass 2: maximum -> scale.
+    // Pass 2: maximum -> scale. The largest reconstruction `min + max_code * scale` must be
+    // finite too: with a range just below f32::MAX, `max_code * scale` can round up past it.
     let max_code = f32::from(cfg.bits.max_code());
-    if let Some(g) = out
-        .scales
-        .iter()
-        .zip(&out.zeros)
-        .position(|(&hi, &lo)| !(hi - lo).is_finite())
-    {
+    if let Some(g) = out.scales.iter().zip(&out.zeros).position(|(&hi, &lo)| {
+        let range = hi - lo;
+        !(range.is_finite() && (lo + max_code * (range / max_code)).is_finite())
+    }) {
         let e = range_overflow(x, rows, cols, cfg, g, out.scales[g]);
         out.clear();
         return Err(e);
@@ -557,7 +558,7 @@ fn range_overflow(
     };
     debug_assert!(index < rows * cols);
     Error::NonFinite {
-        context: "quantize_grouped x (a group's range max - min overflows f32)",
+        context: "quantize_grouped x (a group's range max - min is too large for f32)",
         index,
         value: x[index],
     }
@@ -603,6 +604,13 @@ mod tests {
         let e = quantize_grouped(&[0.0; 7], 4, 2, &cfg).unwrap_err();
         insta::assert_snapshot!(e, @"shape mismatch in quantize_grouped x: expected 4 x 2 = 8 values, got 7 values");
         let e = quantize_grouped(&[3e38, 0.0, -3e38, 0.0], 2, 2, &cfg).unwrap_err();
-        insta::assert_snapshot!(e, @"non-finite value in quantize_grouped x (a group's range max - min overflows f32): element 0 is 300000000000000000000000000000000000000");
+        insta::assert_snapshot!(e, @"non-finite value in quantize_grouped x (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
+        // A range of exactly f32::MAX: `3 * (MAX / 3)` rounds past MAX unless it is caught.
+        let near = [f32::MAX, 0.0, 0.0, 0.0];
+        let cfg = GroupedQuantConfig::new(QuantBits::B2, 4, GroupAxis::AlongRow);
+        match quantize_grouped(&near, 1, 4, &cfg) {
+            Ok(q) => assert!(q.dequantize().iter().all(|v| v.is_finite())),
+            Err(e) => assert!(matches!(e, Error::NonFinite { index: 0, .. })),
+        }
     }
 }
