@@ -1,1 +1,92 @@
-//! (work in progress)
+//! Bulk conversion between `f32` and the 16-bit floats [`f16`](struct@f16) (IEEE binary16) and [`bf16`]
+//! (bfloat16).
+//!
+//! Thin, documented wrappers over [`half::slice::HalfFloatSliceExt`], which converts whole
+//! slices with F16C instructions when the CPU has them (detected at run time) and a scalar
+//! fallback otherwise. Results equal the scalar `f16::from_f32` / `bf16::from_f32` /
+//! `to_f32` element by element:
+//!
+//! - `f32 -> f16 / bf16` rounds to nearest, ties to even; values beyond the format's range
+//!   become ±infinity; tiny values become subnormals or ±0 (the sign is kept);
+//!   NaN stays NaN (the payload is not guaranteed).
+//! - `f16 / bf16 -> f32` is exact (both formats are subsets of `f32`).
+//!
+//! # Example
+//! ```
+//! use squish_core::convert::{f16, f16_to_f32_into, f32_to_f16_into};
+//! let x = [1.0f32, 0.1, 65504.0, 1e6];
+//! let mut h = [f16::ZERO; 4];
+//! f32_to_f16_into(&x, &mut h);
+//! let mut y = [0.0f32; 4];
+//! f16_to_f32_into(&h, &mut y);
+//! assert_eq!(y, [1.0, 0.099975586, 65504.0, f32::INFINITY]);
+//! ```
+
+use half::slice::HalfFloatSliceExt;
+
+pub use half::{bf16, f16};
+
+/// Converts `src` to `f16` into `dst` (round to nearest even; overflow to ±infinity).
+///
+/// # Panics
+/// If `src.len() != dst.len()`.
+pub fn f32_to_f16_into(src: &[f32], dst: &mut [f16]) {
+    check_len("f32_to_f16_into", src.len(), dst.len());
+    dst.convert_from_f32_slice(src);
+}
+
+/// Converts `src` from `f16` to `f32` into `dst` (exact).
+///
+/// # Panics
+/// If `src.len() != dst.len()`.
+pub fn f16_to_f32_into(src: &[f16], dst: &mut [f32]) {
+    check_len("f16_to_f32_into", src.len(), dst.len());
+    src.convert_to_f32_slice(dst);
+}
+
+/// Converts `src` to `bf16` into `dst` (round to nearest even; overflow to ±infinity).
+///
+/// # Panics
+/// If `src.len() != dst.len()`.
+pub fn f32_to_bf16_into(src: &[f32], dst: &mut [bf16]) {
+    check_len("f32_to_bf16_into", src.len(), dst.len());
+    dst.convert_from_f32_slice(src);
+}
+
+/// Converts `src` from `bf16` to `f32` into `dst` (exact).
+///
+/// # Panics
+/// If `src.len() != dst.len()`.
+pub fn bf16_to_f32_into(src: &[bf16], dst: &mut [f32]) {
+    check_len("bf16_to_f32_into", src.len(), dst.len());
+    src.convert_to_f32_slice(dst);
+}
+
+#[track_caller]
+fn check_len(what: &str, src: usize, dst: usize) {
+    assert_eq!(
+        src, dst,
+        "{what}: source has {src} elements but destination has {dst}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "f32_to_f16_into: source has 2 elements but destination has 1")]
+    fn length_mismatch_panics() {
+        f32_to_f16_into(&[1.0, 2.0], &mut [f16::ZERO]);
+    }
+
+    #[test]
+    fn bf16_keeps_the_f32_exponent_range() {
+        let mut b = [bf16::ZERO; 2];
+        f32_to_bf16_into(&[1e30, -3.0e38], &mut b);
+        let mut y = [0.0f32; 2];
+        bf16_to_f32_into(&b, &mut y);
+        assert!((y[0] / 1e30 - 1.0).abs() < 1e-2);
+        assert!(y[1].is_finite() && y[1] < -2.9e38);
+    }
+}

@@ -1,1 +1,179 @@
-//! (work in progress)
+//! Quantisation formats: GGML's `Q8_0` / `Q4_0` blocks and KIVI-style grouped asymmetric
+//! quantisation for KV caches.
+//!
+//! # GGML blocks (`Q8_0`, `Q4_0`)
+//!
+//! Both formats cut a row into blocks of 32 consecutive `f32` values and store one `f16` scale
+//! `d` per block followed by the 32 codes. The layouts are byte-compatible with GGML's
+//! `block_q8_0` / `block_q4_0` (and therefore with GGUF tensors of those types) on
+//! little-endian targets; the scale is stored in native byte order.
+//!
+//! ```text
+//! BlockQ8_0 (34 bytes, align 2)          value[j] = qs[j] * d
+//! offset: 0    2    3    4          33
+//!         +----+----+----+-- ... --+----+
+//!         | d  |qs0 |qs1 |         |qs31|    d: f16 = amax / 127,  qs: i8 in [-127, 127]
+//!         +----+----+----+-- ... --+----+
+//!
+//! BlockQ4_0 (18 bytes, align 2)          value[j] = (code[j] - 8) * d
+//! offset: 0    2         3               17
+//!         +----+---------+-- ... --+---------+
+//!         | d  | qs[0]   |         | qs[15]  |   d: f16 = max / -8 (max: the signed value
+//!         +----+---------+-- ... --+---------+      of largest magnitude), code in [0, 15]
+//!   qs[j] = code[j] | code[j + 16] << 4      (low nibble: element j, high nibble: j + 16)
+//! ```
+//!
+//! Quantisation reproduces GGML's reference (`quantize_row_q8_0_ref`,
+//! `quantize_row_q4_0_ref` in `ggml-quants.c`) bit for bit; see [`quantize_row_q8_0`] and
+//! [`quantize_row_q4_0`] for the exact arithmetic. Dequantisation (`code * d` in `f32`) is exact.
+//! Blocks are `#[repr(C)]` [`bytemuck::Pod`] structs: [`blocks_as_bytes`] views them as bytes
+//! without copying, [`try_cast_blocks`] views aligned bytes as blocks, and [`blocks_from_bytes`]
+//! copies from bytes of any alignment.
+//!
+//! # Grouped asymmetric quantisation (KIVI)
+//!
+//! [`quantize_grouped`] quantises a row-major `[rows, cols]` matrix (rows = tokens,
+//! cols = channels) with 2, 4 or 8 bits per value and one `f32` scale and zero-point per group
+//! of [`GroupedQuantConfig::group_size`] values:
+//!
+//! ```text
+//! scale = (max - min) / (2^bits - 1)      zero = min
+//! code  = clamp(round((x - min) / scale), 0, 2^bits - 1)      x' = zero + code * scale
+//! ```
+//!
+//! A group runs along one axis ([`GroupAxis`]): KIVI quantises **keys per channel**
+//! ([`GroupAxis::AlongColumn`]: `group_size` consecutive tokens of one channel) and **values
+//! per token** ([`GroupAxis::AlongRow`]: `group_size` consecutive channels of one token).
+//!
+//! Codes are stored in row-major element order, packed little-end first:
+//!
+//! ```text
+//! 8 bits: byte i = code[i]
+//! 4 bits: byte i = code[2i] | code[2i+1] << 4                  (low nibble = earlier element)
+//! 2 bits: byte i = code[4i] | code[4i+1] << 2 | code[4i+2] << 4 | code[4i+3] << 6
+//! ```
+//!
+//! so `n` codes take exactly `ceil(n * bits / 8)` bytes (unused high bits of the last byte are
+//! zero). [`pack_codes`] / [`unpack_codes`] expose the packing for caches that append codes
+//! incrementally.
+
+mod ggml;
+mod grouped;
+mod pack;
+
+pub use ggml::{
+    BlockQ4_0, BlockQ8_0, GgmlBlock, QK4_0, QK8_0, blocks_as_bytes, blocks_from_bytes,
+    dequantize_row_q4_0, dequantize_row_q8_0, quantize_q4_0, quantize_q8_0, quantize_row_q4_0,
+    quantize_row_q8_0, try_cast_blocks,
+};
+pub use grouped::{
+    GroupAxis, GroupedQuantConfig, GroupedQuantized, quantize_grouped, quantize_grouped_into,
+};
+pub use pack::{QuantBits, pack_codes, unpack_codes};
+
+/// `1.5 * 2^23`: adding it to an `f32` of magnitude below `2^22` lands in the binade whose
+/// spacing is exactly 1, which rounds to an integer (ties to even) and makes the integer
+/// readable from the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+
+/// Nearest integer to `v`, ties to even, for `|v| < 2^22` (never fused or reassociated in
+/// Rust, so the magic-number trick is exact).
+#[inline(always)]
+fn round_ties_even_small(v: f32) -> f32 {
+    (v + MAGIC) - MAGIC
+}
+
+/// The value of an integral `f32` with `|n| < 2^22`, as `i32`.
+///
+/// A bit-level conversion instead of `as`: Rust's saturating float-to-int cast does not
+/// vectorise on x86-64's baseline (it becomes a scalar `cvttss2si` with NaN and range checks
+/// per element), while this is one add and one integer subtract per lane.
+#[inline(always)]
+fn int_of_integral(n: f32) -> i32 {
+    (n + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// Rounds `v` to the nearest integer, ties away from zero (C's `roundf`), for finite
+/// `|v| < 2^22`.
+///
+/// Written branch-free on top of [`round_ties_even_small`] instead of `f32::round`, which is a
+/// libm call (and blocks vectorisation) on targets without SSE4.1: `|v|` is rounded to
+/// nearest-even, and a tie that went down (`|v| - n == 0.5`, exact in `f32`) is moved up. This
+/// matches `roundf` for every such `v`, including the `0.49999997` case that
+/// `floor(v + 0.5)` gets wrong.
+#[inline(always)]
+fn round_half_away(v: f32) -> i32 {
+    let a = v.abs();
+    let n = round_ties_even_small(a);
+    let n = if a - n == 0.5 { n + 1.0 } else { n };
+    int_of_integral(n.copysign(v))
+}
+
+/// `floor(v)` for finite `0 <= v < 2^22` (C's truncating cast of a non-negative float).
+#[inline(always)]
+fn floor_non_negative(v: f32) -> i32 {
+    let n = round_ties_even_small(v);
+    let n = if n > v { n - 1.0 } else { n };
+    int_of_integral(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{floor_non_negative, round_half_away};
+
+    #[test]
+    fn round_half_away_matches_std_round() {
+        let specials = [
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+            -126.5,
+            127.0,
+            -127.0,
+            1e-30,
+            f32::from_bits(1),
+        ];
+        for v in specials {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+        }
+        // Every f32 in [-130, 130] with a coarse bit stride, plus its neighbours.
+        let mut bits = 0u32;
+        while bits < 0x4302_0000 {
+            for v in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+            }
+            bits += 997;
+        }
+    }
+
+    #[test]
+    fn floor_non_negative_matches_std_floor() {
+        for v in [
+            0.0f32,
+            0.5,
+            0.499_999_97,
+            0.999_999_94,
+            1.0,
+            7.5,
+            14.999_999,
+            15.0,
+            16.5,
+        ] {
+            assert_eq!(floor_non_negative(v), v.floor() as i32, "{v}");
+        }
+        let mut bits = 0u32;
+        while bits < 0x4380_0000 {
+            let v = f32::from_bits(bits);
+            assert_eq!(floor_non_negative(v), v.floor() as i32, "{v}");
+            bits += 991;
+        }
+    }
+}

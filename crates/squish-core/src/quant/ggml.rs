@@ -1,0 +1,457 @@
+//! GGML's legacy 32-element block formats `Q8_0` and `Q4_0`.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use super::{floor_non_negative, round_half_away};
+use crate::{Error, Result, ShapeError, check_finite};
+
+/// Number of values in a [`BlockQ8_0`] (GGML's `QK8_0`).
+pub const QK8_0: usize = 32;
+
+/// Number of values in a [`BlockQ4_0`] (GGML's `QK4_0`).
+pub const QK4_0: usize = 32;
+
+/// One GGML `Q8_0` block: 32 values as `i8` codes times one `f16` scale (8.5 bits per value).
+///
+/// Value `j` is `qs[j] as f32 * d.to_f32()`. Layout (34 bytes, alignment 2, no padding) is
+/// GGML's `block_q8_0`: the scale `d`, then the 32 codes.
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{BlockQ8_0, blocks_as_bytes, dequantize_row_q8_0, quantize_row_q8_0};
+/// let x: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+/// let mut blocks = [BlockQ8_0::default()];
+/// quantize_row_q8_0(&x, &mut blocks)?;
+/// assert_eq!(blocks_as_bytes(&blocks).len(), 34);
+/// let mut y = [0.0f32; 32];
+/// dequantize_row_q8_0(&blocks, &mut y);
+/// assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() <= 0.07));
+/// # Ok::<(), squish_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    /// Scale: `amax / 127` rounded to `f16`, where `amax` is the block's largest `|x|`.
+    pub d: f16,
+    /// Codes in `[-127, 127]` (`-128` is never produced, but decodes as `-128 * d`).
+    pub qs: [i8; QK8_0],
+}
+
+/// One GGML `Q4_0` block: 32 values as 4-bit codes times one `f16` scale (4.5 bits per value).
+///
+/// Value `j` is `(code[j] as f32 - 8.0) * d.to_f32()`, where `code[j]` is the low nibble of
+/// `qs[j]` for `j < 16` and the high nibble of `qs[j - 16]` for `j >= 16`. Layout (18 bytes,
+/// alignment 2, no padding) is GGML's `block_q4_0`.
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{BlockQ4_0, dequantize_row_q4_0, quantize_row_q4_0};
+/// // Multiples of 0.5 in [-4, 3.5] are exact: max = -4 gives d = 0.5.
+/// let x: Vec<f32> = (0..32).map(|i| (i % 16) as f32 * 0.5 - 4.0).collect();
+/// let mut blocks = [BlockQ4_0::default()];
+/// quantize_row_q4_0(&x, &mut blocks)?;
+/// assert_eq!(blocks[0].d.to_f32(), 0.5);
+/// let mut y = [0.0f32; 32];
+/// dequantize_row_q4_0(&blocks, &mut y);
+/// assert_eq!(x, y);
+/// # Ok::<(), squish_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    /// Scale: `max / -8` rounded to `f16`, where `max` is the block's signed value of largest
+    /// magnitude (the first one, on ties).
+    pub d: f16,
+    /// Packed codes: low nibble = code of element `j`, high nibble = code of element `j + 16`.
+    pub qs: [u8; QK4_0 / 2],
+}
+
+const _: () = assert!(size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(align_of::<BlockQ8_0>() == 2);
+const _: () = assert!(size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(align_of::<BlockQ4_0>() == 2);
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::BlockQ8_0 {}
+    impl Sealed for super::BlockQ4_0 {}
+}
+
+/// A GGML block type ([`BlockQ8_0`] or [`BlockQ4_0`]): its size and name, for the generic byte
+/// views [`blocks_as_bytes`], [`try_cast_blocks`] and [`blocks_from_bytes`].
+///
+/// Sealed: implemented only by this crate's block types.
+pub trait GgmlBlock: Pod + sealed::Sealed {
+    /// GGML's name of the type, e.g. `"Q8_0"`.
+    const NAME: &'static str;
+    /// Number of `f32` values one block holds.
+    const VALUES: usize;
+    /// Size of one block in bytes.
+    const BYTES: usize;
+}
+
+impl GgmlBlock for BlockQ8_0 {
+    const NAME: &'static str = "Q8_0";
+    const VALUES: usize = QK8_0;
+    const BYTES: usize = size_of::<Self>();
+}
+
+impl GgmlBlock for BlockQ4_0 {
+    const NAME: &'static str = "Q4_0";
+    const VALUES: usize = QK4_0;
+    const BYTES: usize = size_of::<Self>();
+}
+
+/// Views blocks as their bytes, without copying: `blocks.len() * B::BYTES` bytes in GGML's
+/// layout (the `f16` scale in native byte order, i.e. GGML's little-endian layout on
+/// little-endian targets).
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{BlockQ4_0, blocks_as_bytes};
+/// let blocks = [BlockQ4_0::default(); 3];
+/// assert_eq!(blocks_as_bytes(&blocks).len(), 3 * 18);
+/// ```
+pub fn blocks_as_bytes<B: GgmlBlock>(blocks: &[B]) -> &[u8] {
+    bytemuck::cast_slice(blocks)
+}
+
+/// Views bytes as blocks without copying.
+///
+/// The bytes must start at an address aligned for `B` (2 bytes, for the `f16` scale); for
+/// bytes at any address (e.g. at an odd offset inside a file) use [`blocks_from_bytes`].
+///
+/// # Errors
+/// [`Error::Shape`] if `bytes.len()` is not a multiple of `B::BYTES`, or if `bytes` is
+/// non-empty and not aligned for `B`.
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{BlockQ8_0, blocks_as_bytes, try_cast_blocks};
+/// let blocks = [BlockQ8_0::default(); 2];
+/// let bytes = blocks_as_bytes(&blocks);
+/// let back: &[BlockQ8_0] = try_cast_blocks(bytes)?;
+/// assert_eq!(back, &blocks);
+/// assert!(try_cast_blocks::<BlockQ8_0>(&bytes[..33]).is_err());
+/// # Ok::<(), squish_core::Error>(())
+/// ```
+pub fn try_cast_blocks<B: GgmlBlock>(bytes: &[u8]) -> Result<&[B]> {
+    check_block_bytes::<B>("try_cast_blocks bytes", bytes)?;
+    if bytes.is_empty() {
+        // An empty slice's (dangling) address says nothing about the caller's buffer.
+        return Ok(&[]);
+    }
+    bytemuck::try_cast_slice(bytes).map_err(|_| {
+        Error::Shape(ShapeError::new(
+            "try_cast_blocks bytes",
+            format_args!("a start address aligned to {} bytes", align_of::<B>()),
+            "an unaligned address (use blocks_from_bytes)",
+        ))
+    })
+}
+
+/// Copies bytes of any alignment into a new vector of blocks.
+///
+/// # Errors
+/// [`Error::Shape`] if `bytes.len()` is not a multiple of `B::BYTES`.
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{BlockQ4_0, blocks_as_bytes, blocks_from_bytes};
+/// let blocks = [BlockQ4_0::default(); 2];
+/// let mut file = vec![0xff_u8]; // one header byte: the blocks start at an odd offset
+/// file.extend_from_slice(blocks_as_bytes(&blocks));
+/// let back: Vec<BlockQ4_0> = blocks_from_bytes(&file[1..])?;
+/// assert_eq!(back, blocks);
+/// # Ok::<(), squish_core::Error>(())
+/// ```
+pub fn blocks_from_bytes<B: GgmlBlock>(bytes: &[u8]) -> Result<Vec<B>> {
+    check_block_bytes::<B>("blocks_from_bytes bytes", bytes)?;
+    Ok(bytes
+        .chunks_exact(B::BYTES)
+        .map(bytemuck::pod_read_unaligned)
+        .collect())
+}
+
+fn check_block_bytes<B: GgmlBlock>(context: &'static str, bytes: &[u8]) -> Result<()> {
+    if bytes.len().is_multiple_of(B::BYTES) {
+        Ok(())
+    } else {
+        Err(Error::Shape(ShapeError::new(
+            context,
+            format_args!("a multiple of {} bytes ({} blocks)", B::BYTES, B::NAME),
+            format_args!("{} bytes", bytes.len()),
+        )))
+    }
+}
+
+/// Largest `|x|` of a block. The block is finite (validated up front), so plain comparisons
+/// replace NaN-aware `f32::max`; eight lanes let the loop vectorise.
+#[inline]
+fn max_abs(x: &[f32; 32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for chunk in x.as_chunks::<8>().0 {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            let v = v.abs();
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().fold(0.0, |m, &v| if v > m { v } else { m })
+}
+
+/// `1 / d`, or 0 when `d` is zero or so small (below about `2.9e-39`) that `1 / d` overflows.
+///
+/// GGML's reference computes `id = d ? 1.0f/d : 0.0f`; for the overflowing case its next step
+/// converts an infinite or NaN float to an integer, which is undefined behaviour in C. Such a
+/// block's `f16` scale is 0 anyway, so we quantise it as the zero block.
+#[inline]
+fn recip_or_zero(d: f32) -> f32 {
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    if id.is_finite() { id } else { 0.0 }
+}
+
+fn scale_overflow(context: &'static str, block_start: usize, x: &[f32; 32], amax: f32) -> Error {
+    let at = x.iter().position(|v| v.abs() == amax).unwrap_or(0);
+    Error::NonFinite {
+        context,
+        index: block_start + at,
+        value: x[at],
+    }
+}
+
+#[track_caller]
+fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
+    assert!(
+        blocks.checked_mul(per_block) == Some(values),
+        "{what}: {values} values do not fill {blocks} blocks of {per_block}"
+    );
+}
+
+/// Quantises `x` into `Q8_0` blocks, bit-identical to GGML's `quantize_row_q8_0_ref`.
+///
+/// For each block of 32 values, in `f32` arithmetic:
+/// `amax = max |x|`, `d = amax / 127`, `id = 1 / d` (0 if `d == 0`), and
+/// `qs[j] = roundf(x[j] * id)` with ties rounded **away from zero** (C's `roundf`, not
+/// ties-to-even). The code is computed from the `f32` scale `d`; only then is `d` rounded to
+/// `f16` (round to nearest even) for storage. The products are never fused into an FMA.
+/// A block so small that `1 / d` overflows `f32` (`amax < ~3.7e-37`, where GGML's C is
+/// undefined behaviour) is stored as the zero block; its `f16` scale would be 0 regardless.
+///
+/// # Errors
+/// - [`Error::NonFinite`] for the first NaN or infinity in `x` (nothing is quantised with a
+///   silent bad scale).
+/// - [`Error::NonFinite`] (context says the scale overflows) for a block whose `f16` scale
+///   would be infinite (`amax / 127 >= 65520`, i.e. `amax >= ~8.32e6`); it names the block's
+///   largest element. GGML would store an infinite scale there.
+///
+/// On error, the contents of `out` are unspecified.
+///
+/// # Panics
+/// If `x.len() != out.len() * 32`.
+///
+/// # Performance
+/// One validation pass, then per block a vectorisable max-abs and a branch-free encode loop.
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> Result<()> {
+    assert_row_len("quantize_row_q8_0", x.len(), out.len(), QK8_0);
+    check_finite("quantize_row_q8_0 x", x)?;
+    for (i, (xb, yb)) in x.as_chunks::<QK8_0>().0.iter().zip(out).enumerate() {
+        let amax = max_abs(xb);
+        let d = amax / 127.0;
+        let dh = f16::from_f32(d);
+        if dh.is_infinite() {
+            return Err(scale_overflow(
+                "quantize_row_q8_0 x (the block's f16 scale amax / 127 overflows)",
+                i * QK8_0,
+                xb,
+                amax,
+            ));
+        }
+        let id = recip_or_zero(d);
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            // |v * id| <= 127 * (1 + 2^-20) < 127.5, so clamping before rounding is exact and
+            // keeps the integer conversion in range.
+            let v = v * id;
+            let v = if v > 127.0 { 127.0 } else { v };
+            let v = if v < -127.0 { -127.0 } else { v };
+            *q = round_half_away(v) as i8;
+        }
+        yb.d = dh;
+    }
+    Ok(())
+}
+
+/// Quantises `x` into a new vector of `Q8_0` blocks; see [`quantize_row_q8_0`].
+///
+/// # Errors
+/// [`Error::Shape`] if `x.len()` is not a multiple of 32, and the errors of
+/// [`quantize_row_q8_0`].
+pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
+    check_values_len::<BlockQ8_0>("quantize_q8_0 x", x.len())?;
+    let mut out = vec![BlockQ8_0::zeroed(); x.len() / QK8_0];
+    quantize_row_q8_0(x, &mut out)?;
+    Ok(out)
+}
+
+/// Dequantises `Q8_0` blocks into `out` (`out[32 * i + j] = qs[j] * d` of block `i`), exactly
+/// as GGML's `dequantize_row_q8_0`. Every product is exact in `f32`.
+///
+/// # Panics
+/// If `out.len() != blocks.len() * 32`.
+pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
+    assert_row_len("dequantize_row_q8_0", out.len(), blocks.len(), QK8_0);
+    for (b, y) in blocks.iter().zip(out.as_chunks_mut::<QK8_0>().0) {
+        let d = b.d.to_f32();
+        for (o, &q) in y.iter_mut().zip(&b.qs) {
+            *o = f32::from(q) * d;
+        }
+    }
+}
+
+/// Quantises `x` into `Q4_0` blocks, bit-identical to GGML's `quantize_row_q4_0_ref`.
+///
+/// For each block of 32 values, in `f32` arithmetic: `max` is the first value of largest
+/// magnitude (keeping its sign; `+0.0` for an all-zero block), `d = max / -8`,
+/// `id = 1 / d` (0 if `d == 0`), and `code[j] = min(15, trunc(x[j] * id + 8.5))`: round half
+/// **up** in code space (not `roundf`), computed as an `f32` multiply then an `f32` add
+/// (never fused). `max` itself maps to code 0 (value `-8 d = max`); the opposite extreme would
+/// need code 16 and is clamped to 15. `d` is rounded to `f16` (nearest even) only for storage.
+/// An all-zero block stores `d = -0.0` (bytes `00 80`, as GGML: `0.0 / -8`) and codes 8.
+/// A block so small that `1 / d` overflows `f32` (GGML: undefined behaviour) is stored with
+/// codes 8, i.e. as zeros; its `f16` scale is ±0 regardless.
+///
+/// # Errors
+/// - [`Error::NonFinite`] for the first NaN or infinity in `x`.
+/// - [`Error::NonFinite`] (context says the scale overflows) for a block whose `f16` scale
+///   would be infinite (`|max| / 8 >= 65520`); it names the block's largest element.
+///
+/// On error, the contents of `out` are unspecified.
+///
+/// # Panics
+/// If `x.len() != out.len() * 32`.
+pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<()> {
+    assert_row_len("quantize_row_q4_0", x.len(), out.len(), QK4_0);
+    check_finite("quantize_row_q4_0 x", x)?;
+    for (i, (xb, yb)) in x.as_chunks::<QK4_0>().0.iter().zip(out).enumerate() {
+        let amax = max_abs(xb);
+        // GGML keeps the first element with `amax < |v|`, i.e. the first of largest magnitude.
+        let max = if amax == 0.0 {
+            0.0
+        } else {
+            xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+        };
+        let d = max / -8.0;
+        let dh = f16::from_f32(d);
+        if dh.is_infinite() {
+            return Err(scale_overflow(
+                "quantize_row_q4_0 x (the block's f16 scale max / -8 overflows)",
+                i * QK4_0,
+                xb,
+                amax,
+            ));
+        }
+        let id = recip_or_zero(d);
+        let mut codes = [0u8; QK4_0];
+        for (c, &v) in codes.iter_mut().zip(xb) {
+            // v * id is in [-8 (1 + 2^-20), 8 (1 + 2^-20)], so t >= 0.49 and C's truncating
+            // (int8_t) cast is a floor; clamping to [0, 15] first equals GGML's MIN(15, ..).
+            let t = v * id + 8.5;
+            let t = if t < 15.0 { t } else { 15.0 };
+            let t = if t > 0.0 { t } else { 0.0 };
+            *c = floor_non_negative(t) as u8;
+        }
+        let (lo, hi) = codes.split_at(QK4_0 / 2);
+        for ((q, &l), &h) in yb.qs.iter_mut().zip(lo).zip(hi) {
+            *q = l | (h << 4);
+        }
+        yb.d = dh;
+    }
+    Ok(())
+}
+
+/// Quantises `x` into a new vector of `Q4_0` blocks; see [`quantize_row_q4_0`].
+///
+/// # Errors
+/// [`Error::Shape`] if `x.len()` is not a multiple of 32, and the errors of
+/// [`quantize_row_q4_0`].
+pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<BlockQ4_0>> {
+    check_values_len::<BlockQ4_0>("quantize_q4_0 x", x.len())?;
+    let mut out = vec![BlockQ4_0::zeroed(); x.len() / QK4_0];
+    quantize_row_q4_0(x, &mut out)?;
+    Ok(out)
+}
+
+/// Dequantises `Q4_0` blocks into `out` (`(code - 8) * d`), exactly as GGML's
+/// `dequantize_row_q4_0`. Every product is exact in `f32`.
+///
+/// # Panics
+/// If `out.len() != blocks.len() * 32`.
+pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
+    assert_row_len("dequantize_row_q4_0", out.len(), blocks.len(), QK4_0);
+    for (b, y) in blocks.iter().zip(out.as_chunks_mut::<QK4_0>().0) {
+        let d = b.d.to_f32();
+        let (lo, hi) = y.split_at_mut(QK4_0 / 2);
+        for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b.qs) {
+            *l = f32::from(i16::from(q & 0x0f) - 8) * d;
+            *h = f32::from(i16::from(q >> 4) - 8) * d;
+        }
+    }
+}
+
+fn check_values_len<B: GgmlBlock>(context: &'static str, len: usize) -> Result<()> {
+    if len.is_multiple_of(B::VALUES) {
+        Ok(())
+    } else {
+        Err(Error::Shape(ShapeError::new(
+            context,
+            format_args!("a multiple of {} values ({} blocks)", B::VALUES, B::NAME),
+            format_args!("{len} values"),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_abs_is_the_largest_magnitude() {
+        let mut x = [0.0f32; 32];
+        assert_eq!(max_abs(&x), 0.0);
+        x[31] = -3.0;
+        x[5] = 2.0;
+        assert_eq!(max_abs(&x), 3.0);
+    }
+
+    #[test]
+    fn recip_or_zero_handles_tiny_scales() {
+        assert_eq!(recip_or_zero(0.0), 0.0);
+        assert_eq!(recip_or_zero(-0.0), 0.0);
+        assert_eq!(recip_or_zero(2.0), 0.5);
+        assert_eq!(recip_or_zero(f32::from_bits(1)), 0.0);
+    }
+
+    #[test]
+    fn tiny_blocks_quantise_as_zero() {
+        let x = [1e-40f32; 32];
+        let mut q8 = [BlockQ8_0::zeroed()];
+        quantize_row_q8_0(&x, &mut q8).unwrap();
+        assert_eq!(q8[0], BlockQ8_0::zeroed());
+        let mut q4 = [BlockQ4_0::zeroed()];
+        quantize_row_q4_0(&x, &mut q4).unwrap();
+        assert_eq!(q4[0].qs, [0x88; 16]);
+        assert_eq!(q4[0].d.to_f32(), 0.0);
+    }
+
+    #[test]
+    fn error_messages() {
+        let mut x = [0.0f32; 32];
+        x[3] = 1e7;
+        let e = quantize_q4_0(&x).unwrap_err();
+        insta::assert_snapshot!(e, @"non-finite value in quantize_row_q4_0 x (the block's f16 scale max / -8 overflows): element 3 is 10000000");
+        let e = quantize_q8_0(&x[..31]).unwrap_err();
+        insta::assert_snapshot!(e, @"shape mismatch in quantize_q8_0 x: expected a multiple of 32 values (Q8_0 blocks), got 31 values");
+        let e = blocks_from_bytes::<BlockQ4_0>(&[0; 19]).unwrap_err();
+        insta::assert_snapshot!(e, @"shape mismatch in blocks_from_bytes bytes: expected a multiple of 18 bytes (Q4_0 blocks), got 19 bytes");
+    }
+}

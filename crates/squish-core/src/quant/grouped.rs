@@ -1,0 +1,616 @@
+//! KIVI-style grouped asymmetric quantisation (scale + zero-point per group).
+
+use super::pack::{QuantBits, pack_codes, packed_code, unpack_codes};
+use super::round_half_away;
+use crate::{ConfigError, Error, Result, ShapeError, check_finite};
+
+/// The direction a group runs in a row-major `[rows, cols]` matrix (rows = tokens,
+/// cols = channels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupAxis {
+    /// A group is `group_size` consecutive elements of one **row**: per-token quantisation,
+    /// which KIVI uses for the **values**. `cols` must be a multiple of `group_size`.
+    AlongRow,
+    /// A group is `group_size` consecutive elements of one **column**: per-channel
+    /// quantisation, which KIVI uses for the **keys** (whose outlier channels would otherwise
+    /// stretch every token's range). `rows` must be a multiple of `group_size`.
+    AlongColumn,
+}
+
+/// Configuration of [`quantize_grouped`].
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{GroupAxis, GroupedQuantConfig, QuantBits};
+/// let keys = GroupedQuantConfig::new(QuantBits::B2, 32, GroupAxis::AlongColumn);
+/// assert!(keys.validate().is_ok());
+/// assert_eq!(GroupedQuantConfig::default(), keys);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupedQuantConfig {
+    /// Bits per code.
+    pub bits: QuantBits,
+    /// Values per group, `> 0`; must divide the matrix dimension along `axis`.
+    pub group_size: usize,
+    /// The direction groups run.
+    pub axis: GroupAxis,
+}
+
+impl Default for GroupedQuantConfig {
+    /// KIVI-2's key setting: 2 bits, groups of 32 tokens per channel.
+    fn default() -> Self {
+        Self::new(QuantBits::B2, 32, GroupAxis::AlongColumn)
+    }
+}
+
+impl GroupedQuantConfig {
+    /// A configuration with the given fields (not validated; see [`validate`](Self::validate)).
+    pub const fn new(bits: QuantBits, group_size: usize, axis: GroupAxis) -> Self {
+        Self {
+            bits,
+            group_size,
+            axis,
+        }
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] on `group_size` if it is 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.group_size == 0 {
+            return Err(ConfigError::new(
+                "GroupedQuantConfig",
+                "group_size",
+                "must be > 0",
+                self.group_size,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the configuration against a `[rows, cols]` matrix.
+    fn check_shape(&self, rows: usize, cols: usize) -> Result<(), ConfigError> {
+        self.validate()?;
+        let (dim, name) = match self.axis {
+            GroupAxis::AlongRow => (cols, "cols"),
+            GroupAxis::AlongColumn => (rows, "rows"),
+        };
+        if !dim.is_multiple_of(self.group_size) {
+            return Err(ConfigError::new(
+                "GroupedQuantConfig",
+                "group_size",
+                format!("must divide {name} ({dim}) for {:?} groups", self.axis),
+                self.group_size,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A matrix quantised by [`quantize_grouped`]: packed codes plus one `f32` scale and one `f32`
+/// zero-point per group.
+///
+/// Layout:
+/// - `codes()`: `rows * cols` codes in row-major element order, packed as by
+///   [`pack_codes`](super::pack_codes): exactly `ceil(rows * cols * bits / 8)` bytes.
+/// - `scales()`, `zeros()`: one entry per group, in the order of [`group_index`]:
+///   [`GroupAxis::AlongRow`]: `row * (cols / group_size) + col / group_size`;
+///   [`GroupAxis::AlongColumn`]: `(row / group_size) * cols + col` (so appending
+///   `group_size` tokens appends `cols` groups at the end).
+///
+/// Element `(r, c)` decodes to `zeros[g] + code(r, c) as f32 * scales[g]` with
+/// `g = group_index(r, c)`. Scales and zero-points are `f32` (not `f16`): 8 bytes per group,
+/// and the reconstruction bound `scale / 2` holds without an extra rounding of the parameters.
+///
+/// [`group_index`]: Self::group_index
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupedQuantized {
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    zeros: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    cfg: GroupedQuantConfig,
+}
+
+impl Default for GroupedQuantized {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Codes are encoded and decoded through a stack buffer of this many elements (a multiple of
+/// every `codes_per_byte`, so chunks stay byte-aligned when their row is).
+const CHUNK: usize = 256;
+
+impl GroupedQuantized {
+    /// An empty `0 x 0` matrix (with the default configuration), to be filled by
+    /// [`quantize_grouped_into`].
+    pub fn new() -> Self {
+        Self {
+            codes: Vec::new(),
+            scales: Vec::new(),
+            zeros: Vec::new(),
+            rows: 0,
+            cols: 0,
+            cfg: GroupedQuantConfig::default(),
+        }
+    }
+
+    /// Number of rows (tokens).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (channels).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of quantised values, `rows * cols`.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Whether the matrix holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configuration it was quantised with.
+    pub fn config(&self) -> &GroupedQuantConfig {
+        &self.cfg
+    }
+
+    /// The packed codes (see the type docs for the layout).
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+
+    /// Per-group scales, `(max - min) / (2^bits - 1)`.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Per-group zero-points (the group minimum).
+    pub fn zeros(&self) -> &[f32] {
+        &self.zeros
+    }
+
+    /// Number of groups, `rows * cols / group_size`.
+    pub fn group_count(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Index into [`scales`](Self::scales) / [`zeros`](Self::zeros) of the group holding
+    /// element `(row, col)`.
+    ///
+    /// # Panics
+    /// If `row >= rows()` or `col >= cols()`.
+    pub fn group_index(&self, row: usize, col: usize) -> usize {
+        self.check_element(row, col);
+        let gs = self.cfg.group_size;
+        match self.cfg.axis {
+            GroupAxis::AlongRow => row * (self.cols / gs) + col / gs,
+            GroupAxis::AlongColumn => (row / gs) * self.cols + col,
+        }
+    }
+
+    /// The code of element `(row, col)`, in `0..=bits.max_code()`.
+    ///
+    /// # Panics
+    /// If `row >= rows()` or `col >= cols()`.
+    pub fn code(&self, row: usize, col: usize) -> u8 {
+        self.check_element(row, col);
+        packed_code(&self.codes, self.cfg.bits, row * self.cols + col)
+    }
+
+    /// Bytes of quantised data held: packed codes plus 4 bytes per scale and per zero-point,
+    /// from the buffers' lengths (spare capacity kept for reuse is not counted).
+    pub fn bytes_held(&self) -> usize {
+        self.codes.len() + size_of::<f32>() * (self.scales.len() + self.zeros.len())
+    }
+
+    /// Reconstructs the matrix, row-major, into `out`:
+    /// `out[r * cols + c] = zero + code * scale` of the element's group (in `f32`).
+    ///
+    /// # Panics
+    /// If `out.len() != rows() * cols()`.
+    pub fn dequantize_into(&self, out: &mut [f32]) {
+        assert_eq!(
+            out.len(),
+            self.len(),
+            "dequantize_into: out must hold {} x {} values",
+            self.rows,
+            self.cols
+        );
+        let bits = self.cfg.bits;
+        let gs = self.cfg.group_size;
+        let mut buf = [0u8; CHUNK];
+        for (r, y_row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            let row_start = r * self.cols;
+            for (ci, y) in y_row.chunks_mut(CHUNK).enumerate() {
+                let c0 = ci * CHUNK;
+                let codes = &mut buf[..y.len()];
+                read_codes(&self.codes, bits, row_start + c0, codes);
+                match self.cfg.axis {
+                    GroupAxis::AlongRow => {
+                        let groups = r * (self.cols / gs);
+                        for_each_group_run(c0, y.len(), gs, |g, lo, hi| {
+                            let (z, s) = (self.zeros[groups + g], self.scales[groups + g]);
+                            for (o, &c) in y[lo..hi].iter_mut().zip(&codes[lo..hi]) {
+                                *o = z + f32::from(c) * s;
+                            }
+                        });
+                    }
+                    GroupAxis::AlongColumn => {
+                        let p = (r / gs) * self.cols + c0;
+                        let zs = &self.zeros[p..p + y.len()];
+                        let ss = &self.scales[p..p + y.len()];
+                        for (((o, &c), &z), &s) in y.iter_mut().zip(&*codes).zip(zs).zip(ss) {
+                            *o = z + f32::from(c) * s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconstructs the matrix into a new row-major vector; see
+    /// [`dequantize_into`](Self::dequantize_into).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.len()];
+        self.dequantize_into(&mut out);
+        out
+    }
+
+    #[track_caller]
+    fn check_element(&self, row: usize, col: usize) {
+        assert!(
+            row < self.rows && col < self.cols,
+            "element ({row}, {col}) outside a {} x {} matrix",
+            self.rows,
+            self.cols
+        );
+    }
+
+    fn clear(&mut self) {
+        self.codes.clear();
+        self.scales.clear();
+        self.zeros.clear();
+        self.rows = 0;
+        self.cols = 0;
+    }
+}
+
+/// Quantises a row-major `[rows, cols]` matrix with one scale and zero-point per group.
+///
+/// Per group, in `f32`: `min`, `max`, `scale = (max - min) / (2^bits - 1)`, `zero = min`, and
+/// `code = clamp(round((x - min) / scale), 0, 2^bits - 1)` with ties rounded up (away from
+/// zero; `(x - min) / scale >= 0`). A constant group gets `scale = 0` and all codes 0, and
+/// reconstructs exactly. Every element reconstructs within `scale / 2` of its input, up to
+/// `f32` rounding.
+///
+/// # Errors
+/// - [`Error::Config`] if the configuration is invalid or `group_size` does not divide the
+///   dimension along `cfg.axis`.
+/// - [`Error::Shape`] if `x.len() != rows * cols`.
+/// - [`Error::NonFinite`] for the first NaN or infinity in `x`, or (context says so) for a
+///   group whose range `max - min` (or its reconstruction `min + (2^bits - 1) * scale`)
+///   overflows `f32`, naming the group's maximum. Only ranges within a rounding of
+///   `f32::MAX` (about `3.4e38`) are affected.
+///
+/// # Example
+/// ```
+/// use squish_core::quant::{GroupAxis, GroupedQuantConfig, QuantBits, quantize_grouped};
+/// // 4 tokens x 2 channels; keys per channel: one group of 4 tokens per channel.
+/// let x = [0.0, 10.0, 1.0, 20.0, 2.0, 30.0, 3.0, 40.0];
+/// let cfg = GroupedQuantConfig::new(QuantBits::B2, 4, GroupAxis::AlongColumn);
+/// let q = quantize_grouped(&x, 4, 2, &cfg)?;
+/// assert_eq!(q.scales(), &[1.0, 10.0]);
+/// assert_eq!(q.zeros(), &[0.0, 10.0]);
+/// assert_eq!(q.codes().len(), 2); // 8 codes of 2 bits
+/// assert_eq!(q.dequantize(), x);
+/// # Ok::<(), squish_core::Error>(())
+/// ```
+pub fn quantize_grouped(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    cfg: &GroupedQuantConfig,
+) -> Result<GroupedQuantized> {
+    let mut out = GroupedQuantized::new();
+    quantize_grouped_into(x, rows, cols, cfg, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize_grouped`] into `out`, reusing its buffers: no allocation once they have grown
+/// to the size needed.
+///
+/// # Errors
+/// As [`quantize_grouped`]. On error `out` is left valid: unchanged for configuration, shape
+/// and NaN / infinity errors (checked first), empty (`0 x 0`) for a range overflow.
+pub fn quantize_grouped_into(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    cfg: &GroupedQuantConfig,
+    out: &mut GroupedQuantized,
+) -> Result<()> {
+    cfg.check_shape(rows, cols)?;
+    let n = rows.checked_mul(cols).ok_or_else(|| {
+        ShapeError::new(
+            "quantize_grouped x",
+            format_args!("{rows} x {cols} values"),
+            "an overflowing size",
+        )
+    })?;
+    if x.len() != n {
+        return Err(ShapeError::new(
+            "quantize_grouped x",
+            format_args!("{rows} x {cols} = {n} values"),
+            format_args!("{} values", x.len()),
+        )
+        .into());
+    }
+    check_finite("quantize_grouped x", x)?;
+
+    let gs = cfg.group_size;
+    let groups = n / gs;
+    out.rows = rows;
+    out.cols = cols;
+    out.cfg = cfg.clone();
+    out.zeros.clear();
+    out.zeros.resize(groups, 0.0);
+    out.scales.clear();
+    out.scales.resize(groups, 0.0);
+    out.codes.clear();
+    out.codes.resize(cfg.bits.packed_len(n), 0);
+    if n == 0 {
+        return Ok(());
+    }
+
+    // Pass 1: group minimum into `zeros`, maximum into `scales`.
+    match cfg.axis {
+        GroupAxis::AlongRow => {
+            let groups = x
+                .chunks_exact(gs)
+                .zip(out.zeros.iter_mut().zip(&mut out.scales));
+            for (g, (lo, hi)) in groups {
+                (*lo, *hi) = min_max(g);
+            }
+        }
+        GroupAxis::AlongColumn => {
+            for (block, (los, his)) in x.chunks_exact(gs * cols).zip(
+                out.zeros
+                    .chunks_exact_mut(cols)
+                    .zip(out.scales.chunks_exact_mut(cols)),
+            ) {
+                los.copy_from_slice(&block[..cols]);
+                his.copy_from_slice(&block[..cols]);
+                for row in block.chunks_exact(cols).skip(1) {
+                    for ((lo, hi), &v) in los.iter_mut().zip(his.iter_mut()).zip(row) {
+                        *lo = if v < *lo { v } else { *lo };
+                        *hi = if v > *hi { v } else { *hi };
+                    }
+                }
+            }
+        }
+    }
+
+    // Pass 2: maximum -> scale. The largest reconstruction `min + max_code * scale` must be
+    // finite too: with a range just below f32::MAX, `max_code * scale` can round up past it.
+    let max_code = f32::from(cfg.bits.max_code());
+    if let Some(g) = out.scales.iter().zip(&out.zeros).position(|(&hi, &lo)| {
+        let range = hi - lo;
+        !(range.is_finite() && (lo + max_code * (range / max_code)).is_finite())
+    }) {
+        let e = range_overflow(x, rows, cols, cfg, g, out.scales[g]);
+        out.clear();
+        return Err(e);
+    }
+    for (s, &lo) in out.scales.iter_mut().zip(&out.zeros) {
+        *s = (*s - lo) / max_code;
+    }
+
+    // Pass 3: encode row by row through a stack buffer, then pack.
+    let bits = cfg.bits;
+    let mut buf = [0u8; CHUNK];
+    for (r, x_row) in x.chunks_exact(cols).enumerate() {
+        let row_start = r * cols;
+        for (ci, xs) in x_row.chunks(CHUNK).enumerate() {
+            let c0 = ci * CHUNK;
+            let codes = &mut buf[..xs.len()];
+            match cfg.axis {
+                GroupAxis::AlongRow => {
+                    let first = r * (cols / gs);
+                    for_each_group_run(c0, xs.len(), gs, |g, lo, hi| {
+                        let (z, s) = (out.zeros[first + g], out.scales[first + g]);
+                        for (c, &v) in codes[lo..hi].iter_mut().zip(&xs[lo..hi]) {
+                            *c = encode(v, z, s, max_code);
+                        }
+                    });
+                }
+                GroupAxis::AlongColumn => {
+                    let p = (r / gs) * cols + c0;
+                    let zs = &out.zeros[p..p + xs.len()];
+                    let ss = &out.scales[p..p + xs.len()];
+                    for (((c, &v), &z), &s) in codes.iter_mut().zip(xs).zip(zs).zip(ss) {
+                        *c = encode(v, z, s, max_code);
+                    }
+                }
+            }
+            write_codes(&mut out.codes, bits, row_start + c0, codes);
+        }
+    }
+    Ok(())
+}
+
+/// The code of `v` in a group with zero-point `z` and scale `s`.
+///
+/// A constant group (`s == 0`, `v == z`) gives `0 / 0 = NaN`, which the first clamp sends to
+/// code 0; a range so small that `s` underflowed to 0 gives `+inf` for `v > z`, clamped to the
+/// largest code (both reconstruct as `z`, within the range of `v`).
+#[inline(always)]
+fn encode(v: f32, z: f32, s: f32, max_code: f32) -> u8 {
+    let t = (v - z) / s;
+    let t = if t > 0.0 { t } else { 0.0 };
+    let t = if t < max_code { t } else { max_code };
+    round_half_away(t) as u8
+}
+
+/// Minimum and maximum of a non-empty, finite slice.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let mut lo = [x[0]; 8];
+    let mut hi = [x[0]; 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for c in chunks {
+        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(c) {
+            *l = if v < *l { v } else { *l };
+            *h = if v > *h { v } else { *h };
+        }
+    }
+    let lo = lo
+        .iter()
+        .chain(rest)
+        .fold(x[0], |m, &v| if v < m { v } else { m });
+    let hi = hi
+        .iter()
+        .chain(rest)
+        .fold(x[0], |m, &v| if v > m { v } else { m });
+    (lo, hi)
+}
+
+/// Calls `f(g, lo, hi)` for each run `[lo, hi)` (relative to `c0`) of a chunk of `len`
+/// elements starting at column `c0` that lies in one row group `g` (relative to the row).
+#[inline]
+fn for_each_group_run(c0: usize, len: usize, gs: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let mut c = c0;
+    let end = c0 + len;
+    while c < end {
+        let g = c / gs;
+        let run_end = ((g + 1) * gs).min(end);
+        f(g, c - c0, run_end - c0);
+        c = run_end;
+    }
+}
+
+/// Writes `codes` into the zero-initialised packed buffer at element offset `start`.
+fn write_codes(packed: &mut [u8], bits: QuantBits, start: usize, codes: &[u8]) {
+    let k = bits.codes_per_byte();
+    if start.is_multiple_of(k) {
+        let b = start / k;
+        pack_codes(
+            codes,
+            bits,
+            &mut packed[b..b + bits.packed_len(codes.len())],
+        );
+    } else {
+        // Rows whose length is not a multiple of `k` start mid-byte: merge code by code into
+        // bytes that earlier writes left partially filled (their unused bits are zero).
+        let w = bits.bits() as usize;
+        for (i, &c) in (start..).zip(codes) {
+            packed[i / k] |= (c & bits.max_code()) << (w * (i % k));
+        }
+    }
+}
+
+/// Reads `out.len()` codes starting at element offset `start`.
+fn read_codes(packed: &[u8], bits: QuantBits, start: usize, out: &mut [u8]) {
+    let k = bits.codes_per_byte();
+    if start.is_multiple_of(k) {
+        let b = start / k;
+        unpack_codes(&packed[b..b + bits.packed_len(out.len())], bits, out);
+    } else {
+        for (i, c) in (start..).zip(out.iter_mut()) {
+            *c = packed_code(packed, bits, i);
+        }
+    }
+}
+
+fn range_overflow(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    cfg: &GroupedQuantConfig,
+    g: usize,
+    max: f32,
+) -> Error {
+    let gs = cfg.group_size;
+    let index = match cfg.axis {
+        GroupAxis::AlongRow => {
+            let start = g * gs;
+            start
+                + x[start..start + gs]
+                    .iter()
+                    .position(|&v| v == max)
+                    .unwrap_or(0)
+        }
+        GroupAxis::AlongColumn => {
+            let (rb, c) = (g / cols, g % cols);
+            (rb * gs..(rb + 1) * gs)
+                .map(|r| r * cols + c)
+                .find(|&i| x[i] == max)
+                .unwrap_or(c)
+        }
+    };
+    debug_assert!(index < rows * cols);
+    Error::NonFinite {
+        context: "quantize_grouped x (a group's range max - min is too large for f32)",
+        index,
+        value: x[index],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_max_of_odd_lengths() {
+        let x: Vec<f32> = (0..19).map(|i| ((i * 7) % 19) as f32 - 9.0).collect();
+        assert_eq!(min_max(&x), (-9.0, 9.0));
+        assert_eq!(min_max(&[4.0]), (4.0, 4.0));
+    }
+
+    #[test]
+    fn encode_handles_degenerate_scales() {
+        assert_eq!(encode(1.5, 1.5, 0.0, 3.0), 0);
+        assert_eq!(encode(1e-45, 0.0, 0.0, 3.0), 3);
+        assert_eq!(encode(0.5, 0.0, 1.0, 3.0), 1);
+        assert_eq!(encode(9.0, 0.0, 1.0, 3.0), 3);
+    }
+
+    #[test]
+    fn group_runs_split_chunks() {
+        let mut runs = Vec::new();
+        for_each_group_run(6, 10, 4, |g, lo, hi| runs.push((g, lo, hi)));
+        assert_eq!(runs, [(1, 0, 2), (2, 2, 6), (3, 6, 10)]);
+    }
+
+    #[test]
+    fn error_messages() {
+        let cfg = GroupedQuantConfig::new(QuantBits::B4, 32, GroupAxis::AlongRow);
+        let e = quantize_grouped(&[0.0; 100], 1, 100, &cfg).unwrap_err();
+        insta::assert_snapshot!(e, @"invalid GroupedQuantConfig.group_size: must divide cols (100) for AlongRow groups, got 32");
+        let cfg = GroupedQuantConfig::new(QuantBits::B4, 3, GroupAxis::AlongColumn);
+        let e = quantize_grouped(&[0.0; 8], 4, 2, &cfg).unwrap_err();
+        insta::assert_snapshot!(e, @"invalid GroupedQuantConfig.group_size: must divide rows (4) for AlongColumn groups, got 3");
+        let cfg = GroupedQuantConfig::new(QuantBits::B4, 0, GroupAxis::AlongColumn);
+        insta::assert_snapshot!(cfg.validate().unwrap_err(), @"invalid GroupedQuantConfig.group_size: must be > 0, got 0");
+        let cfg = GroupedQuantConfig::new(QuantBits::B4, 2, GroupAxis::AlongColumn);
+        let e = quantize_grouped(&[0.0; 7], 4, 2, &cfg).unwrap_err();
+        insta::assert_snapshot!(e, @"shape mismatch in quantize_grouped x: expected 4 x 2 = 8 values, got 7 values");
+        let e = quantize_grouped(&[3e38, 0.0, -3e38, 0.0], 2, 2, &cfg).unwrap_err();
+        insta::assert_snapshot!(e, @"non-finite value in quantize_grouped x (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
+        // A range of exactly f32::MAX: `3 * (MAX / 3)` rounds past MAX unless it is caught.
+        let near = [f32::MAX, 0.0, 0.0, 0.0];
+        let cfg = GroupedQuantConfig::new(QuantBits::B2, 4, GroupAxis::AlongRow);
+        match quantize_grouped(&near, 1, 4, &cfg) {
+            Ok(q) => assert!(q.dequantize().iter().all(|v| v.is_finite())),
+            Err(e) => assert!(matches!(e, Error::NonFinite { index: 0, .. })),
+        }
+    }
+}
