@@ -121,6 +121,16 @@ pub enum Error {
         /// The offending value.
         value: f32,
     },
+    /// Input data is finite but too large for the format: a quantisation scale or range would
+    /// overflow (e.g. a `Q8_0` block whose `f16` scale `amax / 127` exceeds `f16::MAX`).
+    OutOfRange {
+        /// Where the value was found, and what overflows.
+        context: &'static str,
+        /// Index of the offending element (the largest magnitude of its block or group).
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
     /// A probability vector is not a distribution: a negative or non-finite entry, or a sum
     /// that is not positive.
     InvalidDistribution {
@@ -144,6 +154,16 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "non-finite value in {context}: element {index} is {value}"
+                )
+            }
+            Self::OutOfRange {
+                context,
+                index,
+                value,
+            } => {
+                write!(
+                    f,
+                    "value out of range in {context}: element {index} is {value}"
                 )
             }
             Self::InvalidDistribution { context, reason } => {
@@ -250,6 +270,16 @@ mod tests {
         );
         insta::assert_snapshot!(e, @"non-finite value in test data: element 700 is inf");
         assert!(check_finite("empty", &[]).is_ok());
+    }
+
+    #[test]
+    fn out_of_range_message() {
+        let e = Error::OutOfRange {
+            context: "quantize_row_q8_0 (f16 scale overflows)",
+            index: 3,
+            value: 1e7,
+        };
+        insta::assert_snapshot!(e, @"value out of range in quantize_row_q8_0 (f16 scale overflows): element 3 is 10000000");
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn recip_or_zero(d: f32) -> f32 {
 
 fn scale_overflow(context: &'static str, block_start: usize, x: &[f32; 32], amax: f32) -> Error {
     let at = x.iter().position(|v| v.abs() == amax).unwrap_or(0);
-    Error::NonFinite {
+    Error::OutOfRange {
         context,
         index: block_start + at,
         value: x[at],
@@ -241,7 +241,7 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
 /// # Errors
 /// - [`Error::NonFinite`] for the first NaN or infinity in `x` (nothing is quantised with a
 ///   silent bad scale).
-/// - [`Error::NonFinite`] (context says the scale overflows) for a block whose `f16` scale
+/// - [`Error::OutOfRange`] for a block whose `f16` scale
 ///   would be infinite (`amax / 127 >= 65520`, i.e. `amax >= ~8.32e6`); it names the block's
 ///   largest element. GGML would store an infinite scale there.
 ///
@@ -322,7 +322,7 @@ pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
 ///
 /// # Errors
 /// - [`Error::NonFinite`] for the first NaN or infinity in `x`.
-/// - [`Error::NonFinite`] (context says the scale overflows) for a block whose `f16` scale
+/// - [`Error::OutOfRange`] for a block whose `f16` scale
 ///   would be infinite (`|max| / 8 >= 65520`); it names the block's largest element.
 ///
 /// On error, the contents of `out` are unspecified.
@@ -448,7 +448,7 @@ mod tests {
         let mut x = [0.0f32; 32];
         x[3] = 1e7;
         let e = quantize_q4_0(&x).unwrap_err();
-        insta::assert_snapshot!(e, @"non-finite value in quantize_row_q4_0 x (the block's f16 scale max / -8 overflows): element 3 is 10000000");
+        insta::assert_snapshot!(e, @"value out of range in quantize_row_q4_0 x (the block's f16 scale max / -8 overflows): element 3 is 10000000");
         let e = quantize_q8_0(&x[..31]).unwrap_err();
         insta::assert_snapshot!(e, @"shape mismatch in quantize_q8_0 x: expected a multiple of 32 values (Q8_0 blocks), got 31 values");
         let e = blocks_from_bytes::<BlockQ4_0>(&[0; 19]).unwrap_err();

@@ -297,8 +297,8 @@ impl GroupedQuantized {
 /// - [`Error::Config`] if the configuration is invalid or `group_size` does not divide the
 ///   dimension along `cfg.axis`.
 /// - [`Error::Shape`] if `x.len() != rows * cols`.
-/// - [`Error::NonFinite`] for the first NaN or infinity in `x`, or (context says so) for a
-///   group whose range `max - min` (or its reconstruction `min + (2^bits - 1) * scale`)
+/// - [`Error::NonFinite`] for the first NaN or infinity in `x`.
+/// - [`Error::OutOfRange`] for a group whose range `max - min` (or its reconstruction `min + (2^bits - 1) * scale`)
 ///   overflows `f32`, naming the group's maximum. Only ranges within a rounding of
 ///   `f32::MAX` (about `3.4e38`) are affected.
 ///
@@ -557,7 +557,7 @@ fn range_overflow(
         }
     };
     debug_assert!(index < rows * cols);
-    Error::NonFinite {
+    Error::OutOfRange {
         context: "quantize_grouped x (a group's range max - min is too large for f32)",
         index,
         value: x[index],
@@ -604,13 +604,13 @@ mod tests {
         let e = quantize_grouped(&[0.0; 7], 4, 2, &cfg).unwrap_err();
         insta::assert_snapshot!(e, @"shape mismatch in quantize_grouped x: expected 4 x 2 = 8 values, got 7 values");
         let e = quantize_grouped(&[3e38, 0.0, -3e38, 0.0], 2, 2, &cfg).unwrap_err();
-        insta::assert_snapshot!(e, @"non-finite value in quantize_grouped x (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
+        insta::assert_snapshot!(e, @"value out of range in quantize_grouped x (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
         // A range of exactly f32::MAX: `3 * (MAX / 3)` rounds past MAX unless it is caught.
         let near = [f32::MAX, 0.0, 0.0, 0.0];
         let cfg = GroupedQuantConfig::new(QuantBits::B2, 4, GroupAxis::AlongRow);
         match quantize_grouped(&near, 1, 4, &cfg) {
             Ok(q) => assert!(q.dequantize().iter().all(|v| v.is_finite())),
-            Err(e) => assert!(matches!(e, Error::NonFinite { index: 0, .. })),
+            Err(e) => assert!(matches!(e, Error::OutOfRange { index: 0, .. })),
         }
     }
 }

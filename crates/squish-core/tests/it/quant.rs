@@ -446,14 +446,14 @@ fn f16_scale_overflow_is_an_error() {
     x[7] = -9.0e6; // d = 70866 -> f16 infinity
     assert!(matches!(
         quantize_q8_0(&x),
-        Err(Error::NonFinite { index: 7, .. })
+        Err(Error::OutOfRange { index: 7, .. })
     ));
     x[7] = 65504.0 * 8.0;
     assert_eq!(quantize_q4_0(&x).unwrap()[0].d.to_f32(), -65504.0);
     x[7] = 6.0e5;
     assert!(matches!(
         quantize_q4_0(&x),
-        Err(Error::NonFinite { index: 7, .. })
+        Err(Error::OutOfRange { index: 7, .. })
     ));
 }
 
@@ -754,7 +754,7 @@ fn grouped_errors() {
     let x = [3.0e38, -3.0e38, 0.0, 0.0];
     assert!(matches!(
         quantize_grouped_into(&x, 1, 4, &cfg, &mut out),
-        Err(Error::NonFinite { index: 0, .. })
+        Err(Error::OutOfRange { index: 0, .. })
     ));
     assert!(out.is_empty() && out.codes().is_empty());
     // Empty matrices are fine.
