@@ -99,7 +99,8 @@ fn validated_total(context: &'static str, probs: impl Iterator<Item = f64>) -> R
 
 /// The first index with positive weight whose cumulative weight exceeds `u`, or the last index
 /// with positive weight. The weights have been validated (finite, `>= 0`, positive sum).
-fn inverse_cdf(probs: impl Iterator<Item = f64>, u: f64) -> usize {
+/// Shared with k-means++ seeding.
+pub(crate) fn inverse_cdf(probs: impl Iterator<Item = f64>, u: f64) -> usize {
     let mut cum = 0.0f64;
     let mut last_positive = 0;
     for (i, p) in probs.enumerate() {
