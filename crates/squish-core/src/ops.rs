@@ -14,8 +14,17 @@
 //!
 //! # Performance
 //! Sums and maxima use eight independent lane accumulators over `chunks_exact(8)`, which the
-//! compiler keeps in vector registers; [`dot`] and [`axpy`] dispatch at run time to AVX2 + FMA
-//! kernels on `x86_64` CPUs that have them (detected once per process).
+//! compiler keeps in vector registers. [`dot`], [`axpy`] and the exponential pass of the softmax
+//! family dispatch at run time to AVX2 + FMA kernels on `x86_64` CPUs that have them (detected
+//! once per process); measured on a 2-core x86_64 VM: dot 1.9–3.1×, axpy 1.3×, softmax and
+//! log-sum-exp ≈ 5× (softmax of 4096 logits: 12.9 µs → 2.8 µs).
+//!
+//! # Accuracy across machines
+//! Results can differ in the last bits between CPUs with and without AVX2: reductions sum in a
+//! different order, and the vectorised exponential is within about 2 ulp of the exact value
+//! (the platform's `expf` is within about 0.5 ulp). On the vector path an exponent below
+//! `ln(f32::MIN_POSITIVE)` ≈ -87.3 gives exactly 0, so softmax probabilities smaller than
+//! `1.2e-38` times the largest one are flushed to zero.
 
 use std::cmp::Ordering;
 
@@ -223,36 +232,16 @@ pub fn argmax(x: &[f32]) -> Option<usize> {
     Some(x.iter().position(|&v| v == m).unwrap_or(0))
 }
 
-/// Lane-accumulated sum.
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rem = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += c[l];
-        }
-    }
-    for (l, &v) in rem.iter().enumerate() {
-        acc[l] += v;
-    }
-    simd::reduce_lanes(acc)
-}
-
+/// `1 / temperature` after checking the temperature; a reciprocal that overflows (temperatures
+/// below ~3e-39) is capped at `f32::MAX`, which keeps `0 · (1/T) = 0` for the maximum logit
+/// instead of `0 · inf = NaN` and gives the `T → 0` limit (all mass on the maxima).
 #[track_caller]
-fn check_temperature(temperature: f32) {
+fn inv_temperature(temperature: f32) -> f32 {
     assert!(
         temperature.is_finite() && temperature > 0.0,
         "temperature must be finite and > 0, got {temperature}"
     );
-}
-
-/// Writes `exp((xᵢ - m) / T)` into `out` and returns its sum.
-fn exp_shifted(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f32 {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = ((v - m) * inv_t).exp();
-    }
-    sum(out)
+    (1.0 / temperature).min(f32::MAX)
 }
 
 /// Softmax of `x / temperature`, allocating the output. See [`softmax_into`].
@@ -306,13 +295,13 @@ pub fn softmax_into(x: &[f32], temperature: f32, out: &mut [f32]) {
         out.len(),
         x.len()
     );
-    check_temperature(temperature);
+    let inv_t = inv_temperature(temperature);
     let Some(m) = max(x) else { return };
     assert!(
         m > f32::NEG_INFINITY,
         "softmax: every logit is -inf (fully masked row)"
     );
-    let s = exp_shifted(x, m, 1.0 / temperature, out);
+    let s = simd::exp_shifted_into(x, m, inv_t, out);
     // s >= 1 (the maximum contributes exp(0) = 1), so the reciprocal is safe.
     let inv = 1.0 / s;
     for o in out.iter_mut() {
@@ -333,17 +322,13 @@ pub fn softmax_into(x: &[f32], temperature: f32, out: &mut [f32]) {
 /// assert_eq!(x, [0.5, 0.5]);
 /// ```
 pub fn softmax_in_place(x: &mut [f32], temperature: f32) {
-    check_temperature(temperature);
+    let inv_t = inv_temperature(temperature);
     let Some(m) = max(x) else { return };
     assert!(
         m > f32::NEG_INFINITY,
         "softmax: every logit is -inf (fully masked row)"
     );
-    let inv_t = 1.0 / temperature;
-    for v in x.iter_mut() {
-        *v = ((*v - m) * inv_t).exp();
-    }
-    let inv = 1.0 / sum(x);
+    let inv = 1.0 / simd::exp_shifted_in_place(x, m, inv_t);
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -369,26 +354,14 @@ pub fn softmax_in_place(x: &mut [f32], temperature: f32) {
 /// assert_eq!(log_sum_exp(&[], 1.0), f32::NEG_INFINITY);
 /// ```
 pub fn log_sum_exp(x: &[f32], temperature: f32) -> f32 {
-    check_temperature(temperature);
+    let inv_t = inv_temperature(temperature);
     let Some(m) = max(x) else {
         return f32::NEG_INFINITY;
     };
     if m == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    let inv_t = 1.0 / temperature;
-    let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rem = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += ((c[l] - m) * inv_t).exp();
-        }
-    }
-    for (l, &v) in rem.iter().enumerate() {
-        acc[l] += ((v - m) * inv_t).exp();
-    }
-    m * inv_t + simd::reduce_lanes(acc).ln()
+    m * inv_t + simd::exp_shifted_sum(x, m, inv_t).ln()
 }
 
 /// The ordering of top-k: larger value first, then lower index first. `-0.0` and `0.0` are the
@@ -467,6 +440,13 @@ mod tests {
         let mut y = x;
         softmax_in_place(&mut y, 0.1);
         assert_eq!(y, [0.0, 0.5, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn tiny_temperature_is_the_argmax_limit() {
+        let p = softmax(&[1.0, 3.0, 3.0, -2.0], 1e-45);
+        assert_eq!(p, [0.0, 0.5, 0.5, 0.0]);
+        assert!(log_sum_exp(&[1.0, 3.0], 1e-45).is_infinite());
     }
 
     #[test]
