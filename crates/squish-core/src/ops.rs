@@ -395,8 +395,11 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
 /// and its capacity reused. `k == 0` gives an empty result; `k >= x.len()` gives every index.
 ///
 /// # Performance
-/// `O(n + k log k)`: an `O(n)` selection ([`slice::select_nth_unstable_by`]) of the top `k`,
-/// then a sort of those `k`. No allocation once `out` has capacity for `x.len()` indices.
+/// `O(n + k log k)`: an `O(n)` selection ([`slice::select_nth_unstable`]) of the top `k`,
+/// then a sort of those `k`. On 64-bit targets (for `x.len() <= 2³²`) each candidate is packed
+/// into one `usize` — an order-preserving transform of the value's bits above the index — so
+/// selection and sort compare plain integers instead of chasing indices into `x`. No allocation
+/// once `out` has capacity for `x.len()` indices.
 ///
 /// # Example
 /// ```
@@ -411,12 +414,57 @@ pub fn top_k_into(x: &[f32], k: usize, out: &mut Vec<usize>) {
     if k == 0 {
         return;
     }
+    #[cfg(target_pointer_width = "64")]
+    if u32::try_from(x.len() - 1).is_ok() {
+        top_k_packed(x, k, out);
+        return;
+    }
+    top_k_by_comparator(x, k, out);
+}
+
+/// [`top_k_into`] for any length: indices selected and sorted with [`top_k_order`].
+/// `1 <= k <= x.len()`, `out` empty.
+fn top_k_by_comparator(x: &[f32], k: usize, out: &mut Vec<usize>) {
     out.extend(0..x.len());
     if k < x.len() {
         out.select_nth_unstable_by(k - 1, |&a, &b| top_k_order(x, a, b));
         out.truncate(k);
     }
     out.sort_unstable_by(|&a, &b| top_k_order(x, a, b));
+}
+
+/// A `u32` whose ascending order is the *descending* order of the values (with `-0.0 == 0.0`,
+/// and [`f32::total_cmp`] order otherwise).
+#[cfg(target_pointer_width = "64")]
+fn descending_key(v: f32) -> u32 {
+    let bits = if v == 0.0 { 0 } else { v.to_bits() };
+    // The usual order-preserving map to unsigned (flip all bits of negatives, the sign bit of
+    // positives), then inverted for descending order.
+    let ascending = if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    };
+    !ascending
+}
+
+/// [`top_k_into`] with each candidate packed as `descending_key << 32 | index`: ascending
+/// integer order is exactly (value descending, index ascending). `1 <= k <= x.len() <= 2³²`.
+#[cfg(target_pointer_width = "64")]
+fn top_k_packed(x: &[f32], k: usize, out: &mut Vec<usize>) {
+    out.extend(
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| ((descending_key(v) as usize) << 32) | i),
+    );
+    if k < x.len() {
+        out.select_nth_unstable(k - 1);
+        out.truncate(k);
+    }
+    out.sort_unstable();
+    for o in out.iter_mut() {
+        *o &= 0xffff_ffff;
+    }
 }
 
 #[cfg(test)]
@@ -473,6 +521,42 @@ mod tests {
         assert!((tiny[0] - 0.6).abs() < 1e-6);
         assert!((cosine(&[1e30, 1e30], &[2e30, 2e30]) - 1.0).abs() < 1e-6);
         assert!((cosine(&[1e-30, 0.0], &[-1e-30, 0.0]) + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn packed_top_k_matches_the_comparator_order() {
+        squish_testkit::prop::check("ops_top_k_packed", 200, |rng| {
+            use rand::RngExt;
+            let n = rng.random_range(0..200);
+            let specials = [
+                0.0,
+                -0.0,
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+                f32::MIN,
+                f32::MAX,
+            ];
+            let x: Vec<f32> = (0..n)
+                .map(|_| match rng.random_range(0..4) {
+                    0 => specials[rng.random_range(0..specials.len())],
+                    // Any finite bit pattern (the lowest exponent bit cleared rules out inf and NaN).
+                    1 => f32::from_bits(rng.random::<u32>() & 0xff7f_ffff),
+                    2 => rng.random_range(-2i32..3) as f32,
+                    _ => rng.random_range(-1e3f32..1e3),
+                })
+                .collect();
+            let mut expected: Vec<usize> = (0..n).collect();
+            expected.sort_by(|&a, &b| top_k_order(&x, a, b));
+            for k in [0, 1, n / 3, n, n + 1] {
+                assert_eq!(top_k(&x, k), expected[..k.min(n)], "k={k} x={x:?}");
+                let k = k.min(n);
+                if k > 0 {
+                    let mut out = Vec::new();
+                    top_k_by_comparator(&x, k, &mut out);
+                    assert_eq!(out, expected[..k], "comparator path, k={k}");
+                }
+            }
+        });
     }
 
     #[test]
