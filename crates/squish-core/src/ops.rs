@@ -17,7 +17,8 @@
 //! compiler keeps in vector registers. [`dot`], [`axpy`] and the exponential pass of the softmax
 //! family dispatch at run time to AVX2 + FMA kernels on `x86_64` CPUs that have them (detected
 //! once per process); measured on a 2-core x86_64 VM: dot 1.9–3.1×, axpy 1.3×, softmax and
-//! log-sum-exp ≈ 5× (softmax of 4096 logits: 12.9 µs → 2.8 µs).
+//! log-sum-exp ≈ 5× (softmax of 4096 logits: 12.9 µs → 2.8 µs). Setting the environment
+//! variable `SQUISH_SIMD=off` before the first call forces the portable path.
 //!
 //! # Accuracy across machines
 //! Results can differ in the last bits between CPUs with and without AVX2: reductions sum in a

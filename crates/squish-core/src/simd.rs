@@ -3,7 +3,9 @@
 //! Every kernel has a portable scalar twin (`*_scalar`) and, on `x86_64`, an AVX2 + FMA
 //! version. The instruction set is detected once per process (`is_x86_feature_detected!`,
 //! cached in a [`OnceLock`]) and every call dispatches on the cached value; other targets always
-//! take the scalar path. Only safe wrappers leave this module.
+//! take the scalar path. Setting the environment variable `SQUISH_SIMD=off` (read once, at
+//! detection) forces the scalar path, so `SQUISH_SIMD=off cargo test` checks the portable
+//! kernels through the public API as well. Only safe wrappers leave this module.
 //!
 //! Kernels: [`dot`], [`axpy`], the exponential pass of softmax / log-sum-exp
 //! ([`exp_shifted_into`], [`exp_shifted_in_place`], [`exp_shifted_sum`]:
@@ -77,6 +79,11 @@ pub(crate) fn isa() -> Isa {
 }
 
 fn detect() -> Isa {
+    // Escape hatch for testing and for bisecting numerical differences between machines: the
+    // whole test suite can be run on the portable path with `SQUISH_SIMD=off cargo test`.
+    if std::env::var_os("SQUISH_SIMD").is_some_and(|v| v == "off") {
+        return Isa::Scalar;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -596,6 +603,9 @@ mod tests {
     #[test]
     fn detection_is_cached_and_stable() {
         assert_eq!(isa(), isa());
+        if std::env::var_os("SQUISH_SIMD").is_some_and(|v| v == "off") {
+            assert_eq!(isa(), Isa::Scalar);
+        }
     }
 
     #[test]
