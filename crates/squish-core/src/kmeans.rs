@@ -21,10 +21,11 @@
 //!
 //! # Determinism and performance
 //! The same data, configuration and RNG state give bit-identical results on one machine. The
-//! distance kernel is runtime-dispatched (AVX2 + FMA on `x86_64` when available, see the
-//! crate's SIMD notes), so results on machines with and without AVX2 can differ in the last
-//! bits, and a near-tie can then resolve to a different centroid. Fitting the KV codec's
-//! codebook shape (k = 32, dim = 32, n = 400) takes about 0.6 ms on a 2-core x86_64 VM.
+//! distance kernel is runtime-dispatched (AVX2 + FMA on `x86_64` when available, as described
+//! in [`ops`](crate::ops#accuracy-across-machines)), so results on machines with and without
+//! AVX2 can differ in the last bits, and a near-tie can then resolve to a different centroid.
+//! Fitting the KV codec's codebook shape (k = 32, dim = 32, n = 400) takes about 0.6 ms on a
+//! 2-core x86_64 VM (1.7 ms on the portable path).
 //!
 //! The recorded inertia is non-increasing: in exact arithmetic each Lloyd step cannot increase
 //! it, and an iteration whose inertia came out larger only through rounding (a converged

@@ -35,13 +35,13 @@ use crate::simd::{self, LANES};
 ///
 /// The summation order depends on the instruction set detected at run time (8 lane accumulators
 /// on the portable path, 32 with AVX2), so the last bits may differ between machines; the error
-/// is within `n · 2⁻²⁴ · Σ|aᵢ·bᵢ|` of the exact value on every path.
+/// is within `(n + 1) · 2⁻²⁴ · Σ|aᵢ·bᵢ|` of the exact value on every path.
 ///
 /// # Panics
 /// If `a.len() != b.len()`.
 ///
 /// # Performance
-/// Runtime-dispatched AVX2 + FMA on `x86_64` (see the crate's SIMD notes); allocation-free.
+/// Runtime-dispatched AVX2 + FMA on `x86_64` (see the [module docs](self)); allocation-free.
 ///
 /// # Example
 /// ```
