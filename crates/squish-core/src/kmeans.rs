@@ -35,7 +35,7 @@ use rand::{Rng, RngExt};
 
 use crate::error::{ConfigError, Error, Result, ShapeError, check_finite};
 use crate::ops;
-use crate::sampling::inverse_cdf;
+use crate::sampling::{chunked_total, inverse_cdf};
 use crate::simd;
 
 /// Configuration of [`KMeans::fit`].
@@ -292,10 +292,10 @@ fn seed_plus_plus<R: Rng + ?Sized>(data: &[f32], dim: usize, k: usize, rng: &mut
         .map(|x| simd::sq_dist(x, row(first)))
         .collect();
     for _ in 1..k {
-        let total: f64 = min_d2.iter().map(|&d| f64::from(d)).sum();
+        let total = chunked_total(&min_d2);
         let next = if total > 0.0 {
             let u = rng.random::<f64>() * total;
-            inverse_cdf(min_d2.iter().map(|&d| f64::from(d)), u)
+            inverse_cdf(&min_d2, u)
         } else {
             // Every point coincides with a chosen centroid: any choice is as good.
             0
