@@ -484,6 +484,13 @@ mod tests {
     }
 
     #[test]
+    fn types_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<KMeans>();
+        assert_send_sync::<KMeansConfig>();
+    }
+
+    #[test]
     fn empty_cluster_is_reseeded_at_the_farthest_point() {
         // 1-D points in two groups; the third centroid starts far from everything.
         let data = [0.0f32, 1.0, 2.0, 10.0, 11.0, 12.0];

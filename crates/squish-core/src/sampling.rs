@@ -320,6 +320,16 @@ mod tests {
         assert_eq!(inverse_cdf(&w, 1.0), 17);
         assert_eq!(inverse_cdf(&w, 1.999), 17);
         assert_eq!(inverse_cdf(&w, 2.0), 17);
+
+        // The pairwise chunk sum (1 + 13.3e-16) exceeds the sequential one (1 + 11.1e-16): a u in
+        // between selects the chunk but passes every running sum inside it, and gets the
+        // chunk's last positive index (6), not the trailing zero (7).
+        let c = [1.0f64, 3e-16, 0.0, 3e-16, 3e-16, 3e-16, 3e-16, 0.0];
+        let seq = c.iter().fold(0.0, |a, &b| a + b);
+        let total = chunked_total(&c);
+        assert!(total > seq);
+        assert_eq!(inverse_cdf(&c, seq), 6);
+        assert_eq!(inverse_cdf(&c, 0.5), 0);
     }
 
     #[test]
