@@ -1,1 +1,812 @@
-//! (work in progress)
+//! Runtime-dispatched SIMD kernels: the one module of the crate allowed to use `unsafe`.
+//!
+//! Every kernel has a portable scalar twin (`*_scalar`) and, on `x86_64`, an AVX2 + FMA
+//! version. The instruction set is detected once per process (`is_x86_feature_detected!`,
+//! cached in a [`OnceLock`]) and every call dispatches on the cached value; other targets always
+//! take the scalar path. Setting the environment variable `SQUISH_SIMD=off` (read once, at
+//! detection) forces the scalar path, so `SQUISH_SIMD=off cargo test` checks the portable
+//! kernels through the public API as well. Only safe wrappers leave this module.
+//!
+//! Kernels: [`dot`], [`axpy`], the exponential pass of softmax / log-sum-exp
+//! ([`exp_shifted_into`], [`exp_shifted_in_place`], [`exp_shifted_sum`]:
+//! `exp((xᵢ - m) · inv_t)` and its sum), and the squared distances of k-means ([`sq_dist`],
+//! [`nearest`]). `max` is not here: the portable lane-maximum loop already
+//! compiles to packed SSE compares and runs at ~0.05 ns per element, far below the exponentials.
+//!
+//! # Agreement with the scalar twins
+//! - [`dot`]: the AVX2 version keeps 32 partial sums (4 × 8 lanes, fused multiply-add) where the
+//!   scalar twin keeps 8, so the summation order differs. Each is within `(n + 1) · ε/2 · Σ|aᵢbᵢ|`
+//!   of the exact value (ε = 2⁻²³), so they agree to within twice that; the tests check exactly
+//!   this bound.
+//! - [`axpy`]: the AVX2 version uses a separate multiply and add (no FMA), the same two
+//!   roundings as the scalar loop, so results are **bit-identical**.
+//! - [`sq_dist`], [`nearest`]: as for `dot` (32 vs 8 partial sums), each distance within
+//!   `(n + 3) · ε/2` (relative) of the exact value on both paths. Exact inputs (e.g. small
+//!   integers) give identical distances and so identical nearest indices; otherwise a near-tie
+//!   between two centroids can resolve differently on the two paths.
+//! - exponential pass: the scalar twin calls the platform's [`f32::exp`] (≈ 0.5 ulp); the AVX2
+//!   version uses a Cephes-style range reduction and degree-7 polynomial whose measured worst
+//!   relative error over `[-87.33, 0]` is ≈ 0.98 ε (about 2 ulp); the tests check each element
+//!   within 2 ε of the twin and the sums within `(n + 4) ε` (relative). Exponents below
+//!   `ln(f32::MIN_POSITIVE)` ≈ -87.3, including the `-inf` of masked logits, give exactly 0 on
+//!   the AVX2 path (the twin gives a subnormal or 0): a probability below `1.2e-38` of the
+//!   maximum's is flushed to zero. `exp(0)` is exactly 1 on both paths.
+//!
+//! # Measured gain
+//! Ad-hoc timing (release build, default target without `target-cpu`, so the scalar twins
+//! compile to SSE2; 2-core x86_64 VM with AVX2 + FMA; median over repeated calls, warm cache):
+//!
+//! | kernel | n | scalar twin | AVX2(+FMA) | speed-up |
+//! |---|---:|---:|---:|---:|
+//! | dot | 64 | 14.9 ns | 8.0 ns | 1.9× |
+//! | dot | 256 | 47.8 ns | 15.4 ns | 3.1× |
+//! | dot | 4096 | 686 ns | 237 ns | 2.9× |
+//! | dot | 65536 | 11.7 µs | 6.2 µs | 1.9× (memory-bound) |
+//! | axpy | 64 | 7.9 ns | 6.1 ns | 1.3× |
+//! | axpy | 4096 | 413 ns | 313 ns | 1.3× |
+//! | axpy | 65536 | 7.4 µs | 7.2 µs | 1.0× (memory-bound) |
+//! | `ops::softmax_into` | 64 | 318 ns | 67 ns | 4.7× |
+//! | `ops::softmax_into` | 4096 | 12.9 µs | 2.8 µs | 4.6× |
+//! | `ops::softmax_into` | 32000 | 101 µs | 21 µs | 4.8× |
+//! | `ops::log_sum_exp` | 4096 | 12.8 µs | 2.3 µs | 5.5× |
+//! | `KMeans::assign_into`, k = 32, dim = 32 | 128 points | 40.9 µs | 13.4 µs | 3.1× |
+//! | `KMeans::fit`, k = 32, dim = 32 | 400 points | 1.71 ms | 0.60 ms | 2.9× |
+//!
+//! `dot` gains from wider registers, FMA and more accumulators; `axpy` is bound by loads and
+//! stores and gains less, but never loses; softmax and log-sum-exp were dominated by one libm
+//! `expf` call per element (≈ 3 ns) and now evaluate eight exponentials at once; the k-means
+//! distance scan dispatches once per point and inlines a 32-wide distance kernel.
+
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+/// The instruction set the kernels dispatch to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Portable code (SSE2 on `x86_64`, whatever the compiler vectorises elsewhere).
+    Scalar,
+    /// AVX2 and FMA, detected at run time.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+static ISA: OnceLock<Isa> = OnceLock::new();
+
+/// The detected instruction set, computed once.
+pub(crate) fn isa() -> Isa {
+    *ISA.get_or_init(detect)
+}
+
+fn detect() -> Isa {
+    // Escape hatch for testing and for bisecting numerical differences between machines: the
+    // whole test suite can be run on the portable path with `SQUISH_SIMD=off cargo test`.
+    if std::env::var_os("SQUISH_SIMD").is_some_and(|v| v == "off") {
+        return Isa::Scalar;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Scalar
+}
+
+/// Number of independent accumulators of the scalar reductions (as ndarray does): enough for the
+/// compiler to keep them in vector registers.
+pub(crate) const LANES: usize = 8;
+
+/// Dot product `Σ aᵢ·bᵢ`, dispatched.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after `is_x86_feature_detected!` confirmed both the
+        // AVX2 and FMA features on this CPU, which is what `dot_avx2_fma` is compiled for.
+        Isa::Avx2Fma => unsafe { x86::dot_avx2_fma(a, b) },
+        Isa::Scalar => dot_scalar(a, b),
+    }
+}
+
+/// `y += alpha * x`, dispatched.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: length mismatch");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`: AVX2 was detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::axpy_avx2(alpha, x, y) },
+        Isa::Scalar => axpy_scalar(alpha, x, y),
+    }
+}
+
+/// Squared Euclidean distance `Σ (aᵢ - bᵢ)²`, dispatched.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "sq_dist: length mismatch");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::sq_dist_avx2_fma(a, b) },
+        Isa::Scalar => sq_dist_scalar(a, b),
+    }
+}
+
+/// The row of the row-major `centroids` (rows of `x.len()` floats) nearest to `x` in squared
+/// Euclidean distance, and that distance; the lower index on ties, `(0, inf)` for no rows.
+/// Dispatched once per call, so the per-row distances are inlined.
+///
+/// # Panics
+/// If `x` is empty or `centroids.len()` is not a multiple of `x.len()`.
+pub(crate) fn nearest(centroids: &[f32], x: &[f32]) -> (usize, f32) {
+    assert!(
+        !x.is_empty() && centroids.len().is_multiple_of(x.len()),
+        "nearest: {} centroid floats for points of length {}",
+        centroids.len(),
+        x.len()
+    );
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::nearest_avx2_fma(centroids, x) },
+        Isa::Scalar => nearest_scalar(centroids, x),
+    }
+}
+
+/// Scalar twin of [`sq_dist`]: eight lane accumulators. Lengths must match.
+pub(crate) fn sq_dist_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..LANES {
+            let d = xa[l] - xb[l];
+            acc[l] += d * d;
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        let d = x - y;
+        acc[l] += d * d;
+    }
+    reduce_lanes(acc)
+}
+
+/// Scalar twin of [`nearest`]. Shapes must be valid.
+pub(crate) fn nearest_scalar(centroids: &[f32], x: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::INFINITY);
+    for (j, c) in centroids.chunks_exact(x.len()).enumerate() {
+        let d = sq_dist_scalar(x, c);
+        if d < best.1 {
+            best = (j, d);
+        }
+    }
+    best
+}
+
+/// Scalar twin of [`dot`]: eight lane accumulators over `chunks_exact(8)`, then the tail, then a
+/// pairwise sum of the lanes. Lengths must match (checked by the caller).
+pub(crate) fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += xa[l] * xb[l];
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    reduce_lanes(acc)
+}
+
+/// Scalar twin of [`axpy`]. Lengths must match (checked by the caller).
+pub(crate) fn axpy_scalar(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+/// Writes `exp((xᵢ - m) · inv_t)` into `out` and returns the sum of what it wrote: the
+/// exponential pass of softmax, dispatched. Entries whose exponent is below `ln(f32::MIN_POSITIVE)`
+/// (≈ -87.3, including `-inf`, i.e. masked logits) give exactly `0` on the AVX2 path.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn exp_shifted_into(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len(), "exp_shifted_into: length mismatch");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::exp_shifted_into_avx2(x, m, inv_t, out) },
+        Isa::Scalar => exp_shifted_into_scalar(x, m, inv_t, out),
+    }
+}
+
+/// [`exp_shifted_into`] in place: `x` is replaced by `exp((xᵢ - m) · inv_t)`; returns the sum.
+pub(crate) fn exp_shifted_in_place(x: &mut [f32], m: f32, inv_t: f32) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::exp_shifted_in_place_avx2(x, m, inv_t) },
+        Isa::Scalar => exp_shifted_in_place_scalar(x, m, inv_t),
+    }
+}
+
+/// `Σ exp((xᵢ - m) · inv_t)` without writing anything: the log-sum-exp pass, dispatched.
+pub(crate) fn exp_shifted_sum(x: &[f32], m: f32, inv_t: f32) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::exp_shifted_sum_avx2(x, m, inv_t) },
+        Isa::Scalar => exp_shifted_sum_scalar(x, m, inv_t),
+    }
+}
+
+/// Scalar twin of [`exp_shifted_into`] ([`f32::exp`] from the platform's libm, lane sums).
+pub(crate) fn exp_shifted_into_scalar(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f32 {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v - m) * inv_t).exp();
+    }
+    lane_sum(out)
+}
+
+/// Scalar twin of [`exp_shifted_in_place`].
+pub(crate) fn exp_shifted_in_place_scalar(x: &mut [f32], m: f32, inv_t: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = ((*v - m) * inv_t).exp();
+    }
+    lane_sum(x)
+}
+
+/// Scalar twin of [`exp_shifted_sum`].
+pub(crate) fn exp_shifted_sum_scalar(x: &[f32], m: f32, inv_t: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += ((c[l] - m) * inv_t).exp();
+        }
+    }
+    for (l, &v) in rem.iter().enumerate() {
+        acc[l] += ((v - m) * inv_t).exp();
+    }
+    reduce_lanes(acc)
+}
+
+/// Sum with eight lane accumulators.
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    for (l, &v) in rem.iter().enumerate() {
+        acc[l] += v;
+    }
+    reduce_lanes(acc)
+}
+
+/// Pairwise sum of eight lane accumulators.
+pub(crate) fn reduce_lanes(acc: [f32; LANES]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m256, _CMP_LT_OQ, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _mm_add_ps, _mm_add_ss,
+        _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps, _mm256_add_epi32, _mm256_add_ps,
+        _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cmp_ps,
+        _mm256_cvtps_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
+        _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_mul_ps, _mm256_round_ps,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32, _mm256_storeu_ps,
+        _mm256_sub_ps,
+    };
+
+    /// Horizontal sum of the eight lanes of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// AVX2+FMA dot product: four 8-lane FMA accumulators over blocks of 32, one over the
+    /// remaining blocks of 8, then a scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
+        let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (xa, xb) in ca.zip(cb) {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `xa` and `xb` are exactly 32 floats long, so the 8 floats at offset
+                // 8*j (j < 4) are in bounds; `loadu` has no alignment requirement.
+                let (va, vb) = unsafe {
+                    (
+                        _mm256_loadu_ps(xa.as_ptr().add(8 * j)),
+                        _mm256_loadu_ps(xb.as_ptr().add(8 * j)),
+                    )
+                };
+                *acc = _mm256_fmadd_ps(va, vb, *acc);
+            }
+        }
+        let (ca8, cb8) = (ra.chunks_exact(8), rb.chunks_exact(8));
+        let (ta, tb) = (ca8.remainder(), cb8.remainder());
+        for (xa, xb) in ca8.zip(cb8) {
+            // SAFETY: `xa` and `xb` are exactly 8 floats long; `loadu` is unaligned.
+            let (va, vb) = unsafe { (_mm256_loadu_ps(xa.as_ptr()), _mm256_loadu_ps(xb.as_ptr())) };
+            acc[0] = _mm256_fmadd_ps(va, vb, acc[0]);
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum(v);
+        for (&x, &y) in ta.iter().zip(tb) {
+            s += x * y;
+        }
+        s
+    }
+
+    /// AVX2+FMA squared distance: four 8-lane accumulators over blocks of 32, one over the
+    /// remaining blocks of 8, then a scalar tail (the same shape as the dot product).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn sq_dist_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
+        let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (xa, xb) in ca.zip(cb) {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `xa` and `xb` are exactly 32 floats long, so the 8 floats at offset
+                // 8*j (j < 4) are in bounds; `loadu` has no alignment requirement.
+                let d = unsafe {
+                    _mm256_sub_ps(
+                        _mm256_loadu_ps(xa.as_ptr().add(8 * j)),
+                        _mm256_loadu_ps(xb.as_ptr().add(8 * j)),
+                    )
+                };
+                *acc = _mm256_fmadd_ps(d, d, *acc);
+            }
+        }
+        let (ca8, cb8) = (ra.chunks_exact(8), rb.chunks_exact(8));
+        let (ta, tb) = (ca8.remainder(), cb8.remainder());
+        for (xa, xb) in ca8.zip(cb8) {
+            // SAFETY: `xa` and `xb` are exactly 8 floats long; `loadu` is unaligned.
+            let d = unsafe {
+                _mm256_sub_ps(_mm256_loadu_ps(xa.as_ptr()), _mm256_loadu_ps(xb.as_ptr()))
+            };
+            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum(v);
+        for (&x, &y) in ta.iter().zip(tb) {
+            let d = x - y;
+            s += d * d;
+        }
+        s
+    }
+
+    /// AVX2+FMA [`nearest`](super::nearest): the distance kernel inlined into the scan.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn nearest_avx2_fma(centroids: &[f32], x: &[f32]) -> (usize, f32) {
+        let mut best = (0, f32::INFINITY);
+        for (j, c) in centroids.chunks_exact(x.len()).enumerate() {
+            let d = sq_dist_avx2_fma(x, c);
+            if d < best.1 {
+                best = (j, d);
+            }
+        }
+        best
+    }
+
+    /// AVX2 `y += alpha * x` with a separate multiply and add, bit-identical to the scalar loop.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let va = _mm256_set1_ps(alpha);
+        let mut cy = y.chunks_exact_mut(8);
+        let mut cx = x.chunks_exact(8);
+        for (yc, xc) in cy.by_ref().zip(cx.by_ref()) {
+            // SAFETY: `xc` and `yc` are exactly 8 floats long, `yc` is a unique borrow, and
+            // `loadu` / `storeu` have no alignment requirement.
+            unsafe {
+                let vx = _mm256_loadu_ps(xc.as_ptr());
+                let vy = _mm256_loadu_ps(yc.as_ptr());
+                _mm256_storeu_ps(yc.as_mut_ptr(), _mm256_add_ps(vy, _mm256_mul_ps(va, vx)));
+            }
+        }
+        for (yi, &xi) in cy.into_remainder().iter_mut().zip(cx.remainder()) {
+            *yi += alpha * xi;
+        }
+    }
+
+    /// `exp` of eight lanes: Cephes-style range reduction `x = n·ln2 + r` (|r| <= ln2 / 2,
+    /// ln2 split in two constants), a degree-7 polynomial for `exp(r)` and `2ⁿ` built in the
+    /// exponent bits. Inputs below `ln(f32::MIN_POSITIVE)` (including `-inf`) give exactly 0
+    /// (no subnormal results); inputs above 88.37 saturate to `f32::MAX`-ish / inf. Relative
+    /// error against a correctly rounded `exp` is within a few ulp (see the tests).
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
+        const HI: f32 = 88.376_26;
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));
+        let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(HI)), _mm256_set1_ps(LO));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // r = x - n·ln2, with ln2 = 0.693359375 - 2.12194440e-4 (the first part is exact in
+        // few bits, so n·C1 is exact; `0.693_359_4` is that f32, 0x3f31_7200).
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        // Cephes expf coefficients (its 5.0000001201e-1 rounds to 0.5 in f32).
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        // exp(r) ≈ 1 + r + r²·p(r)
+        let y = _mm256_fmadd_ps(
+            p,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_andnot_ps(underflow, _mm256_mul_ps(y, pow2))
+    }
+
+    /// `exp((v - m) · inv_t)` on eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_shifted8(v: __m256, m: __m256, inv_t: __m256) -> __m256 {
+        exp8(_mm256_mul_ps(_mm256_sub_ps(v, m), inv_t))
+    }
+
+    /// The tail (< 8 elements) padded with `-inf`, whose exponential is exactly 0, so the tail
+    /// goes through the same approximation as the body.
+    fn padded(tail: &[f32]) -> [f32; 8] {
+        let mut buf = [f32::NEG_INFINITY; 8];
+        buf[..tail.len()].copy_from_slice(tail);
+        buf
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_shifted_into_avx2(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f32 {
+        let (vm, vt) = (_mm256_set1_ps(m), _mm256_set1_ps(inv_t));
+        let mut acc = _mm256_setzero_ps();
+        let mut co = out.chunks_exact_mut(8);
+        let cx = x.chunks_exact(8);
+        let tail = padded(cx.remainder());
+        for (o, xc) in co.by_ref().zip(cx) {
+            // SAFETY: `xc` and `o` are exactly 8 floats long; unaligned load / store.
+            unsafe {
+                let e = exp_shifted8(_mm256_loadu_ps(xc.as_ptr()), vm, vt);
+                _mm256_storeu_ps(o.as_mut_ptr(), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+        }
+        let rest = co.into_remainder();
+        if !rest.is_empty() {
+            let mut buf = [0.0f32; 8];
+            // SAFETY: `tail` and `buf` are 8-float arrays; unaligned load / store.
+            unsafe {
+                let e = exp_shifted8(_mm256_loadu_ps(tail.as_ptr()), vm, vt);
+                _mm256_storeu_ps(buf.as_mut_ptr(), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+            rest.copy_from_slice(&buf[..rest.len()]);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_shifted_in_place_avx2(x: &mut [f32], m: f32, inv_t: f32) -> f32 {
+        let (vm, vt) = (_mm256_set1_ps(m), _mm256_set1_ps(inv_t));
+        let mut acc = _mm256_setzero_ps();
+        let mut cx = x.chunks_exact_mut(8);
+        for c in cx.by_ref() {
+            // SAFETY: `c` is exactly 8 floats long and uniquely borrowed; unaligned load / store.
+            unsafe {
+                let e = exp_shifted8(_mm256_loadu_ps(c.as_ptr()), vm, vt);
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+        }
+        let rest = cx.into_remainder();
+        if !rest.is_empty() {
+            let mut buf = padded(rest);
+            // SAFETY: `buf` is an 8-float array; unaligned load / store.
+            unsafe {
+                let e = exp_shifted8(_mm256_loadu_ps(buf.as_ptr()), vm, vt);
+                _mm256_storeu_ps(buf.as_mut_ptr(), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+            let n = rest.len();
+            rest.copy_from_slice(&buf[..n]);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_shifted_sum_avx2(x: &[f32], m: f32, inv_t: f32) -> f32 {
+        let (vm, vt) = (_mm256_set1_ps(m), _mm256_set1_ps(inv_t));
+        let mut acc = _mm256_setzero_ps();
+        let cx = x.chunks_exact(8);
+        let tail = padded(cx.remainder());
+        for c in cx {
+            // SAFETY: `c` is exactly 8 floats long; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            acc = _mm256_add_ps(acc, exp_shifted8(v, vm, vt));
+        }
+        if !x.len().is_multiple_of(8) {
+            // SAFETY: `tail` is an 8-float array; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(tail.as_ptr()) };
+            acc = _mm256_add_ps(acc, exp_shifted8(v, vm, vt));
+        }
+        hsum(acc)
+    }
+
+    /// Test access to the vector `exp`.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp8_array(x: [f32; 8]) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        // SAFETY: both are 8-float arrays; unaligned load / store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(x.as_ptr()))) };
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngExt;
+
+    fn f64_dot(a: &[f32], b: &[f32]) -> (f64, f64) {
+        let exact = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum();
+        let abs = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
+            .sum();
+        (exact, abs)
+    }
+
+    fn lengths() -> impl Iterator<Item = usize> {
+        (0..80).chain([127, 128, 129, 255, 1000, 4096, 4099])
+    }
+
+    #[test]
+    fn detection_is_cached_and_stable() {
+        assert_eq!(isa(), isa());
+        if std::env::var_os("SQUISH_SIMD").is_some_and(|v| v == "off") {
+            assert_eq!(isa(), Isa::Scalar);
+        }
+    }
+
+    #[test]
+    fn dot_twins_agree_within_reordering_bound() {
+        squish_testkit::prop::check("simd_dot_twins_agree", 20, |rng| {
+            for n in lengths() {
+                let a: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let b: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let (exact, abs) = f64_dot(&a, &b);
+                let eps = f64::from(f32::EPSILON) / 2.0;
+                // Worst-case bound of any summation order, plus the final rounding.
+                let bound = (n as f64 + 1.0) * eps * abs + f64::from(f32::MIN_POSITIVE);
+                let s = dot_scalar(&a, &b);
+                let d = dot(&a, &b);
+                assert!((f64::from(s) - exact).abs() <= bound, "scalar n={n}");
+                assert!((f64::from(d) - exact).abs() <= bound, "dispatched n={n}");
+                assert!(
+                    (f64::from(d) - f64::from(s)).abs() <= 2.0 * bound,
+                    "twins n={n}"
+                );
+                #[cfg(target_arch = "x86_64")]
+                if isa() == Isa::Avx2Fma {
+                    // SAFETY: AVX2 and FMA were detected.
+                    let v = unsafe { x86::dot_avx2_fma(&a, &b) };
+                    assert_eq!(v.to_bits(), d.to_bits());
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn axpy_twins_are_bit_identical() {
+        squish_testkit::prop::check("simd_axpy_twins_identical", 20, |rng| {
+            for n in lengths() {
+                let alpha = rng.random_range(-3.0f32..3.0);
+                let x: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let y0: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let mut ys = y0.clone();
+                axpy_scalar(alpha, &x, &mut ys);
+                let mut yd = y0.clone();
+                axpy(alpha, &x, &mut yd);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&ys), bits(&yd), "n={n}");
+            }
+        });
+    }
+
+    #[test]
+    fn exact_small_integer_dot() {
+        // Small integers: every partial sum is exact, so all orders agree exactly.
+        let a: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..1000).map(|i| (i % 5) as f32 - 2.0).collect();
+        let (exact, _) = f64_dot(&a, &b);
+        assert_eq!(f64::from(dot(&a, &b)), exact);
+        assert_eq!(f64::from(dot_scalar(&a, &b)), exact);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_exact() {
+        if isa() != Isa::Avx2Fma {
+            return;
+        }
+        let eps = f64::from(f32::EPSILON);
+        // Every 10007th float in [-87.33, 0] (x <= 0 is all softmax needs), plus small positives.
+        let mut xs: Vec<f32> = Vec::new();
+        let mut b = (-87.33f32).to_bits();
+        while b > 0x8000_0000 {
+            xs.push(f32::from_bits(b));
+            b = b.saturating_sub(10_007).max(0x8000_0000);
+        }
+        xs.extend([0.0, -0.0, 1e-30, 0.5, 1.0, 10.0, 80.0]);
+        for chunk in xs.chunks(8) {
+            let mut arr = [0.0f32; 8];
+            arr[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: AVX2 and FMA were detected.
+            let e = unsafe { x86::exp8_array(arr) };
+            for (&x, &y) in arr.iter().zip(&e) {
+                let r = f64::from(x).exp();
+                let rel = (f64::from(y) - r).abs() / r;
+                // Measured worst case ≈ 0.98·ε (about 2 ulp); libm is ≈ 0.5·ε.
+                assert!(rel <= 1.5 * eps, "exp({x}) = {y}, exact {r}, rel {rel:e}");
+            }
+        }
+        // SAFETY: as above.
+        let e = unsafe {
+            x86::exp8_array([
+                0.0,
+                -0.0,
+                -87.34,
+                -88.0,
+                -1e4,
+                f32::NEG_INFINITY,
+                -87.33,
+                1.0,
+            ])
+        };
+        assert_eq!(e[..6], [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert!(e[6] >= f32::MIN_POSITIVE);
+    }
+
+    #[test]
+    fn exp_pass_twins_agree() {
+        squish_testkit::prop::check("simd_exp_pass_twins_agree", 20, |rng| {
+            let eps = f64::from(f32::EPSILON);
+            for n in lengths() {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-30.0f32..30.0)).collect();
+                for v in x.iter_mut() {
+                    if rng.random_bool(0.1) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+                let inv_t = 1.0 / rng.random_range(0.1f32..4.0);
+
+                let mut es = vec![0.0f32; n];
+                let ss = exp_shifted_into_scalar(&x, m, inv_t, &mut es);
+                let mut ed = vec![0.0f32; n];
+                let sd = exp_shifted_into(&x, m, inv_t, &mut ed);
+                for (&a, &b) in ed.iter().zip(&es) {
+                    // Per element: 2 ulp of the approximation, or both below the smallest
+                    // normal (the vector path flushes those to 0).
+                    let ok = (f64::from(a) - f64::from(b)).abs() <= 2.0 * eps * f64::from(b)
+                        || (a == 0.0 && b < f32::MIN_POSITIVE);
+                    assert!(ok, "n={n}: {a} vs {b}");
+                }
+                // Sums of n positive terms in different orders: within (n + 4)·ε relative.
+                let bound = (n as f64 + 4.0) * eps * f64::from(ss) + 1e-37;
+                assert!(
+                    (f64::from(sd) - f64::from(ss)).abs() <= bound,
+                    "n={n}: {sd} vs {ss}"
+                );
+
+                // The in-place and sum-only forms are the same computation, bit for bit, on each
+                // path.
+                let mut xi = x.clone();
+                assert_eq!(
+                    exp_shifted_in_place(&mut xi, m, inv_t).to_bits(),
+                    sd.to_bits()
+                );
+                assert_eq!(xi, ed);
+                assert_eq!(exp_shifted_sum(&x, m, inv_t).to_bits(), sd.to_bits());
+                let mut xs = x.clone();
+                assert_eq!(
+                    exp_shifted_in_place_scalar(&mut xs, m, inv_t).to_bits(),
+                    ss.to_bits()
+                );
+                assert_eq!(xs, es);
+                assert_eq!(exp_shifted_sum_scalar(&x, m, inv_t).to_bits(), ss.to_bits());
+            }
+        });
+    }
+    #[test]
+    fn distance_twins_agree() {
+        squish_testkit::prop::check("simd_distance_twins_agree", 20, |rng| {
+            let eps = f64::from(f32::EPSILON) / 2.0;
+            for n in lengths().filter(|&n| n > 0) {
+                let a: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let b: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let exact: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+                    .sum();
+                // Each difference rounds once (relative ε/2, so its square 2·ε/2), then any
+                // summation order of n non-negative terms: (n + 3)·ε/2 relative overall.
+                let bound = (n as f64 + 3.0) * eps * exact + f64::from(f32::MIN_POSITIVE);
+                let s = sq_dist_scalar(&a, &b);
+                let d = sq_dist(&a, &b);
+                assert!((f64::from(s) - exact).abs() <= bound, "scalar n={n}");
+                assert!((f64::from(d) - exact).abs() <= bound, "dispatched n={n}");
+            }
+        });
+    }
+
+    #[test]
+    fn nearest_twins_agree() {
+        squish_testkit::prop::check("simd_nearest_twins_agree", 50, |rng| {
+            let dim = rng.random_range(1..70);
+            let k = rng.random_range(1..20);
+            // Small integers: every distance is exact on both paths, so the labels (ties to the
+            // lower index included) must be identical.
+            let cents: Vec<f32> = (0..k * dim)
+                .map(|_| rng.random_range(-2i32..3) as f32)
+                .collect();
+            for _ in 0..20 {
+                let x: Vec<f32> = (0..dim)
+                    .map(|_| rng.random_range(-2i32..3) as f32)
+                    .collect();
+                assert_eq!(nearest(&cents, &x), nearest_scalar(&cents, &x));
+            }
+            // Continuous values: the chosen distances agree within the reordering bound.
+            let cents: Vec<f32> = (0..k * dim)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let x: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (_, d) = nearest(&cents, &x);
+            let (_, s) = nearest_scalar(&cents, &x);
+            let bound = (dim as f64 + 3.0) * f64::from(f32::EPSILON) * f64::from(s);
+            assert!((f64::from(d) - f64::from(s)).abs() <= bound);
+        });
+        assert_eq!(nearest(&[], &[1.0]), (0, f32::INFINITY));
+    }
+}
