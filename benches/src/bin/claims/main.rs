@@ -30,7 +30,8 @@ struct Measured {
 /// A claim key of `claims.tsv` and the function that measures it.
 type Claim = (&'static str, fn(Opts) -> Measured);
 
-/// The claims measured so far. Each component issue adds its row here.
+/// The claims measured so far. Each component adds a module beside this file and its row
+/// here.
 const CLAIMS: &[Claim] = &[];
 
 fn main() {
