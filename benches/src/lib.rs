@@ -4,6 +4,11 @@
 //! a seed row asks [`seed_row`] for its criterion group and id by the row's key, so the names in
 //! the report can never drift from the table.
 
+// The workspace README's example is compiled and run as a doctest of this crate.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
