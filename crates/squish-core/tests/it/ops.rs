@@ -372,3 +372,28 @@ fn top_k_small_cases() {
     ops::top_k_into(&[0.5, 0.25], 1, &mut out);
     assert_eq!(out, [0]);
 }
+
+/// Small `k` against long inputs (the bounded-heap path), with ties, signed zeros and
+/// infinities, against the full-sort oracle.
+#[test]
+fn top_k_small_k_long_input_equals_full_sort() {
+    let mut out = Vec::new();
+    check("ops_top_k_small_k", 100, |rng| {
+        let n = rng.random_range(64..5000);
+        let tied = rng.random_bool(0.5);
+        let mut x: Vec<f32> = if tied {
+            (0..n)
+                .map(|_| rng.random_range(0..7) as f32 - 3.0)
+                .collect()
+        } else {
+            normal_vec(rng, n, 0.0, 1.0)
+        };
+        for _ in 0..3 {
+            let i = rng.random_range(0..n);
+            x[i] = [f32::INFINITY, f32::NEG_INFINITY, -0.0][rng.random_range(0..3)];
+        }
+        let k = rng.random_range(1..=n / 16);
+        top_k_into(&x, k, &mut out);
+        assert_eq!(out, top_k_oracle(&x, k), "n={n} k={k}");
+    });
+}
