@@ -503,16 +503,17 @@ impl<M> Drop for LoadGuard<'_, M> {
 ///
 /// # Performance
 /// A hit is one lock, one hash lookup and one `Arc` clone; its release one lock and one lookup
-/// (`ModelPool/acquire_release` in the benches). A miss scans the resident models to plan
+/// (`ModelPool/acquire_release` in the benches). Dropping the pool unloads its idle models
+/// through the loader. A miss scans the resident models to plan
 /// evictions (O(r log r) in the r resident models) and calls the loader outside the lock.
 /// Waiting callers share one condition variable, woken on every change that can free memory.
-pub struct ModelPool<M, L> {
+pub struct ModelPool<M, L: ModelLoader<M>> {
     cfg: ModelPoolConfig,
     loader: L,
-    shared: Shared<M>,
+    shared: Arc<Shared<M>>,
 }
 
-impl<M, L> fmt::Debug for ModelPool<M, L> {
+impl<M, L: ModelLoader<M>> fmt::Debug for ModelPool<M, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.shared.state.lock();
         f.debug_struct("ModelPool")
@@ -545,10 +546,10 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
         Ok(Self {
             cfg,
             loader,
-            shared: Shared {
+            shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 cond: Condvar::new(),
-            },
+            }),
         })
     }
 
@@ -764,7 +765,8 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     /// # Performance
     /// A hit takes the lock once (and its release once more); see [`ModelPool`].
     pub fn acquire(&self, key: ModelKey) -> Result<Lease<'_, M>> {
-        self.acquire_inner(key, None)
+        let model = self.acquire_inner(key, None)?;
+        Ok(self.lease(key, model))
     }
 
     /// As [`acquire`](Self::acquire), but when the model does not fit and not enough can be
@@ -776,12 +778,52 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     /// [`Error::PoolExhausted`]. A caller that waits for memory while holding a lease the
     /// pool needs waits until the timeout.
     pub fn acquire_timeout(&self, key: ModelKey, timeout: Duration) -> Result<Lease<'_, M>> {
-        self.acquire_inner(key, Some(timeout))
+        let model = self.acquire_inner(key, Some(timeout))?;
+        Ok(self.lease(key, model))
     }
 
-    fn acquire_inner(&self, key: ModelKey, timeout: Option<Duration>) -> Result<Lease<'_, M>> {
-        let shared = &self.shared;
-        let mut guard = shared.state.lock();
+    /// Leases model `key` like [`acquire`](Self::acquire), as an [`OwnedLease`] that does not
+    /// borrow the pool (for `'static` tasks, e.g. async request handlers).
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Performance
+    /// One more atomic reference-count increment (and decrement on release) than a [`Lease`].
+    pub fn acquire_owned(&self, key: ModelKey) -> Result<OwnedLease<M>> {
+        let model = self.acquire_inner(key, None)?;
+        Ok(OwnedLease {
+            shared: Arc::clone(&self.shared),
+            key,
+            model: Some(model),
+        })
+    }
+
+    /// [`acquire_owned`](Self::acquire_owned) with the waiting of
+    /// [`acquire_timeout`](Self::acquire_timeout).
+    ///
+    /// # Errors
+    /// As [`acquire_timeout`](Self::acquire_timeout).
+    pub fn acquire_owned_timeout(&self, key: ModelKey, timeout: Duration) -> Result<OwnedLease<M>> {
+        let model = self.acquire_inner(key, Some(timeout))?;
+        Ok(OwnedLease {
+            shared: Arc::clone(&self.shared),
+            key,
+            model: Some(model),
+        })
+    }
+
+    fn lease(&self, key: ModelKey, model: Arc<M>) -> Lease<'_, M> {
+        Lease {
+            shared: &self.shared,
+            key,
+            model: Some(model),
+        }
+    }
+
+    /// The acquire protocol; returns the model with its count already incremented.
+    fn acquire_inner(&self, key: ModelKey, timeout: Option<Duration>) -> Result<Arc<M>> {
+        let mut guard = self.shared.state.lock();
         let mut counted = false;
         let mut waited = false;
         let mut deadline: Option<Instant> = None;
@@ -810,12 +852,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
                 Residency::Resident { model, refs } => {
                     *refs += 1;
                     e.last_use = tick;
-                    let model = Arc::clone(model);
-                    return Ok(Lease {
-                        shared,
-                        key,
-                        model: Some(model),
-                    });
+                    return Ok(Arc::clone(model));
                 }
                 Residency::Loading | Residency::Unloading => {
                     let pending = matches!(e.residency, Residency::Loading).then_some(e.load_gen);
@@ -909,7 +946,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
         generation: u64,
         victims: Vec<(ModelKey, Arc<M>)>,
         extra: u64,
-    ) -> Result<Lease<'_, M>> {
+    ) -> Result<Arc<M>> {
         let pending = LoadGuard {
             shared: &self.shared,
             key,
@@ -923,12 +960,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
             .load(key)
             .map(Arc::new)
             .map_err(|e| e.to_string());
-        let model = pending.finish(outcome)?;
-        Ok(Lease {
-            shared: &self.shared,
-            key,
-            model: Some(model),
-        })
+        pending.finish(outcome)
     }
 
     /// The counters.
@@ -1014,6 +1046,76 @@ impl<M> Drop for Lease<'_, M> {
     fn drop(&mut self) {
         drop(self.model.take());
         self.shared.release(self.key);
+    }
+}
+
+/// A lease that owns a handle on the pool's shared state instead of borrowing the pool:
+/// `'static`, so it can move into spawned tasks. Otherwise identical to [`Lease`]; made by
+/// [`ModelPool::acquire_owned`].
+///
+/// If the pool is dropped first, the model is dropped (without the loader's `unload`) when its
+/// last owned lease is.
+pub struct OwnedLease<M> {
+    shared: Arc<Shared<M>>,
+    key: ModelKey,
+    /// Always `Some` until drop (see [`Lease`]).
+    model: Option<Arc<M>>,
+}
+
+impl<M> OwnedLease<M> {
+    /// The leased model's key.
+    pub fn key(&self) -> ModelKey {
+        self.key
+    }
+}
+
+impl<M> Deref for OwnedLease<M> {
+    type Target = M;
+
+    fn deref(&self) -> &M {
+        match &self.model {
+            Some(m) => m,
+            None => unreachable!("a lease holds its model until it is dropped"),
+        }
+    }
+}
+
+impl<M: fmt::Debug> fmt::Debug for OwnedLease<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedLease")
+            .field("key", &self.key)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl<M> Drop for OwnedLease<M> {
+    fn drop(&mut self) {
+        drop(self.model.take());
+        self.shared.release(self.key);
+    }
+}
+
+impl<M, L: ModelLoader<M>> Drop for ModelPool<M, L> {
+    /// Unloads every loaded model that no [`OwnedLease`] holds, through the loader.
+    fn drop(&mut self) {
+        let idle: Vec<(ModelKey, Arc<M>)> = {
+            let mut st = self.shared.state.lock();
+            let st = &mut *st;
+            let mut out = Vec::new();
+            for (&key, e) in &mut st.entries {
+                if let Residency::Resident { model, refs: 0 } = &e.residency {
+                    let model = Arc::clone(model);
+                    e.residency = Residency::Unloading;
+                    st.resident_bytes -= e.size;
+                    out.push((key, model));
+                }
+            }
+            out
+        };
+        for (key, model) in idle {
+            self.unload(key, model);
+        }
     }
 }
 

@@ -160,6 +160,7 @@ fn pool_and_lease_are_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ModelPool<Model, TestLoader>>();
     assert_send_sync::<Lease<'static, Model>>();
+    assert_send_sync::<OwnedLease<Model>>();
     assert_send_sync::<ModelPoolConfig>();
     assert_send_sync::<ModelPoolSnapshot>();
 }
@@ -389,6 +390,38 @@ fn unregister_unloads_idle_models_only() {
     drop(a);
     p.register(ModelKey(2), 10).unwrap();
     p.unregister(ModelKey(2)).unwrap(); // never loaded
+}
+
+#[test]
+fn owned_leases_are_static_and_dropping_the_pool_unloads_idle_models() {
+    let unloaded = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&unloaded);
+    let loader = FnLoader {
+        load: |k: ModelKey| Ok::<u32, String>(k.0),
+        unload: move |_: ModelKey, _: u32| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+    };
+    let p = ModelPool::new(ModelPoolConfig::new(100), loader).unwrap();
+    p.register(K1, 40).unwrap();
+    p.register(K2, 40).unwrap();
+    let lease = p.acquire_owned(K1).unwrap();
+    assert_eq!(lease.key(), K1);
+    // 'static: it moves into a plain spawned thread.
+    let lease = std::thread::spawn(move || {
+        assert_eq!(*lease, 1);
+        lease
+    })
+    .join()
+    .unwrap();
+    assert_eq!(p.snapshot().resident[0].leases, 1);
+    drop(p.acquire_owned_timeout(K2, Duration::ZERO).unwrap());
+    assert!(format!("{lease:?}").contains("OwnedLease"));
+    drop(p); // unloads K2 (idle), not K1 (leased)
+    assert_eq!(unloaded.load(Ordering::SeqCst), 1);
+    assert_eq!(*lease, 1);
+    drop(lease);
+    assert_eq!(unloaded.load(Ordering::SeqCst), 1);
 }
 
 #[test]
