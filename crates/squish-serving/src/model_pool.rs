@@ -500,11 +500,11 @@ impl<M> Drop for LoadGuard<'_, M> {
 /// pool"); see the [module docs](self) for the protocol and an example.
 ///
 /// `M` is the model type (shared by leases through an `Arc`); `L` the [`ModelLoader`].
+/// Dropping the pool unloads its idle models through the loader.
 ///
 /// # Performance
 /// A hit is one lock, one hash lookup and one `Arc` clone; its release one lock and one lookup
-/// (`ModelPool/acquire_release` in the benches). Dropping the pool unloads its idle models
-/// through the loader. A miss scans the resident models to plan
+/// (`ModelPool/acquire_release` in the benches). A miss scans the resident models to plan
 /// evictions (O(r log r) in the r resident models) and calls the loader outside the lock.
 /// Waiting callers share one condition variable, woken on every change that can free memory.
 pub struct ModelPool<M, L: ModelLoader<M>> {
