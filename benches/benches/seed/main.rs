@@ -11,6 +11,8 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod model_pool;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(model_pool, model_pool::benches);
+criterion_main!(core_primitives, model_pool);

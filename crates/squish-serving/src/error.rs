@@ -4,6 +4,8 @@ use std::fmt;
 
 use squish_core::{ConfigError, ShapeError};
 
+use crate::model_pool::ModelKey;
+
 /// Errors returned by `squish_serving`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -15,6 +17,53 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// A [`ModelPool`](crate::model_pool::ModelPool) call named a model that is not
+    /// registered.
+    ModelNotRegistered {
+        /// The model.
+        model: ModelKey,
+    },
+    /// A model id was registered twice with a [`ModelPool`](crate::model_pool::ModelPool).
+    ModelAlreadyRegistered {
+        /// The model.
+        model: ModelKey,
+    },
+    /// A model is larger than its pool's whole budget.
+    ModelTooLarge {
+        /// The model.
+        model: ModelKey,
+        /// Its size in bytes.
+        size_bytes: u64,
+        /// The pool's budget in bytes.
+        budget_bytes: u64,
+    },
+    /// A model pool cannot make room: evicting every idle, unpinned model would not free
+    /// enough (nothing was evicted).
+    PoolExhausted {
+        /// The model being loaded or grown.
+        model: ModelKey,
+        /// Bytes it needs.
+        needed_bytes: u64,
+        /// Bytes free plus bytes held by evictable models.
+        available_bytes: u64,
+    },
+    /// A model pool caller's wait timed out.
+    PoolTimeout {
+        /// The model being acquired.
+        model: ModelKey,
+    },
+    /// A pool model cannot be unregistered or resized now: it is leased, loading or unloading.
+    ModelBusy {
+        /// The model.
+        model: ModelKey,
+    },
+    /// A pool's loader failed (the message is the loader error's `Display`).
+    ModelLoadFailed {
+        /// The model.
+        model: ModelKey,
+        /// The loader's error message.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +72,30 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::ModelNotRegistered { model } => write!(f, "{model} is not registered"),
+            Self::ModelAlreadyRegistered { model } => write!(f, "{model} is already registered"),
+            Self::ModelTooLarge {
+                model,
+                size_bytes,
+                budget_bytes,
+            } => write!(
+                f,
+                "{model} needs {size_bytes} bytes, more than the pool budget of {budget_bytes} bytes"
+            ),
+            Self::PoolExhausted {
+                model,
+                needed_bytes,
+                available_bytes,
+            } => write!(
+                f,
+                "model pool exhausted: {model} needs {needed_bytes} bytes but at most \
+                 {available_bytes} can be freed (the rest is leased, pinned or reserved)"
+            ),
+            Self::PoolTimeout { model } => write!(f, "timed out waiting to acquire {model}"),
+            Self::ModelBusy { model } => write!(f, "{model} is leased, loading or unloading"),
+            Self::ModelLoadFailed { model, reason } => {
+                write!(f, "{model} failed to load: {reason}")
+            }
         }
     }
 }
@@ -33,6 +106,13 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            Self::ModelNotRegistered { .. }
+            | Self::ModelAlreadyRegistered { .. }
+            | Self::ModelTooLarge { .. }
+            | Self::PoolExhausted { .. }
+            | Self::PoolTimeout { .. }
+            | Self::ModelBusy { .. }
+            | Self::ModelLoadFailed { .. } => None,
         }
     }
 }

@@ -2,5 +2,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
+pub mod model_pool;
 
 pub use error::{Error, Result};
+pub use model_pool::{ModelKey, ModelPool, ModelPoolConfig};
