@@ -15,6 +15,43 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// A model id that the component was not configured with.
+    UnknownModel {
+        /// Where the id was passed (component and function).
+        context: &'static str,
+        /// The offending model id.
+        model: u32,
+    },
+    /// A tenant id that the component was not configured with.
+    UnknownTenant {
+        /// Where the id was passed (component and function).
+        context: &'static str,
+        /// The offending tenant id.
+        tenant: u32,
+    },
+    /// A request id that is already in the ledger with different usage: a repeat must carry
+    /// identical usage (then it is an idempotent no-op), never a correction.
+    LedgerConflict {
+        /// The request id.
+        request: u64,
+    },
+    /// The ledger holds its configured maximum number of records.
+    LedgerFull {
+        /// The configured capacity.
+        capacity: usize,
+    },
+    /// Checked integer arithmetic on money or usage overflowed.
+    Overflow {
+        /// What was being computed.
+        context: &'static str,
+    },
+    /// A caller-supplied value breaks its rule (NaN, infinite, negative, inconsistent counts).
+    InvalidInput {
+        /// Where the value was passed (function and argument).
+        context: &'static str,
+        /// What is wrong with it, lowercase, naming the value.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +60,23 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::UnknownModel { context, model } => {
+                write!(f, "unknown model {model} in {context}")
+            }
+            Self::UnknownTenant { context, tenant } => {
+                write!(f, "unknown tenant {tenant} in {context}")
+            }
+            Self::LedgerConflict { request } => write!(
+                f,
+                "ledger conflict: request {request} was already recorded with different usage"
+            ),
+            Self::LedgerFull { capacity } => {
+                write!(f, "ledger full: it already holds {capacity} records")
+            }
+            Self::Overflow { context } => write!(f, "integer overflow in {context}"),
+            Self::InvalidInput { context, reason } => {
+                write!(f, "invalid input to {context}: {reason}")
+            }
         }
     }
 }
@@ -33,6 +87,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -84,6 +139,34 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn cost_estimator_error_messages() {
+        let e = Error::UnknownModel {
+            context: "RequestCostEstimator::estimate",
+            model: 7,
+        };
+        insta::assert_snapshot!(e, @"unknown model 7 in RequestCostEstimator::estimate");
+        let e = Error::UnknownTenant {
+            context: "RequestCostEstimator::estimate",
+            tenant: 3,
+        };
+        insta::assert_snapshot!(e, @"unknown tenant 3 in RequestCostEstimator::estimate");
+        let e = Error::LedgerConflict { request: 42 };
+        insta::assert_snapshot!(e, @"ledger conflict: request 42 was already recorded with different usage");
+        let e = Error::LedgerFull { capacity: 2 };
+        insta::assert_snapshot!(e, @"ledger full: it already holds 2 records");
+        let e = Error::Overflow {
+            context: "RequestCostEstimator kv cost",
+        };
+        insta::assert_snapshot!(e, @"integer overflow in RequestCostEstimator kv cost");
+        let e = Error::InvalidInput {
+            context: "KvSegment::from_secs_f64",
+            reason: "duration must be finite and >= 0, got NaN".into(),
+        };
+        insta::assert_snapshot!(e, @"invalid input to KvSegment::from_secs_f64: duration must be finite and >= 0, got NaN");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cost_estimator;
 mod error;
 
+pub use cost_estimator::{RequestCostEstimator, RequestCostEstimatorConfig};
 pub use error::{Error, Result};
