@@ -11,6 +11,8 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod request_cost_estimator;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(request_cost_estimator, request_cost_estimator::benches);
+criterion_main!(core_primitives, request_cost_estimator);

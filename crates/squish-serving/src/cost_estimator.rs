@@ -198,7 +198,10 @@ impl MicroCredits {
     }
 
     fn add(self, rhs: Self, context: &'static str) -> Result<Self> {
-        self.checked_add(rhs).ok_or(Error::Overflow { context })
+        match self.checked_add(rhs) {
+            Some(v) => Ok(v),
+            None => Err(Error::Overflow { context }),
+        }
     }
 }
 
@@ -531,17 +534,16 @@ impl KvByteTime {
     /// [`Error::Overflow`] if it exceeds `u128` half-byte-nanoseconds (about 5.4 × 10¹⁸
     /// TB·hours: only absurd inputs reach it).
     pub fn from_segments(segments: &[KvSegment]) -> Result<Self> {
+        let overflow = || Error::Overflow {
+            context: "KvByteTime::from_segments",
+        };
         let mut acc: u128 = 0;
         for s in segments {
             let bytes = u128::from(s.start_bytes) + u128::from(s.end_bytes);
             let term = bytes
                 .checked_mul(s.duration.as_nanos())
-                .ok_or(Error::Overflow {
-                    context: "KvByteTime::from_segments",
-                })?;
-            acc = acc.checked_add(term).ok_or(Error::Overflow {
-                context: "KvByteTime::from_segments",
-            })?;
+                .ok_or_else(overflow)?;
+            acc = acc.checked_add(term).ok_or_else(overflow)?;
         }
         Ok(Self(acc))
     }
@@ -687,14 +689,14 @@ pub struct Totals {
 
 impl Totals {
     fn plus(&self, r: &BillingRecord) -> Result<Self> {
-        let overflow = Error::Overflow {
+        let overflow = || Error::Overflow {
             context: "RequestCostEstimator ledger totals",
         };
         Ok(Self {
-            requests: self.requests.checked_add(1).ok_or(overflow.clone())?,
-            tokens: self.tokens.checked_add(r.tokens).ok_or(overflow.clone())?,
-            kv: self.kv.checked_add(r.kv).ok_or(overflow.clone())?,
-            cost: self.cost.checked_add(r.cost).ok_or(overflow)?,
+            requests: self.requests.checked_add(1).ok_or_else(overflow)?,
+            tokens: self.tokens.checked_add(r.tokens).ok_or_else(overflow)?,
+            kv: self.kv.checked_add(r.kv).ok_or_else(overflow)?,
+            cost: self.cost.checked_add(r.cost).ok_or_else(overflow)?,
         })
     }
 }
@@ -731,22 +733,25 @@ const TOKENS_PER_MTOK: u64 = 1_000_000;
 
 /// `tokens × rate / 10⁶`, rounded once to the nearest micro-credit (ties to even).
 fn token_line(tokens: u64, rate: MicroCredits) -> Result<MicroCredits> {
-    let q = match tokens.checked_mul(rate.0) {
-        // Fast path: a u64 division by a constant compiles to a multiply and shifts.
-        Some(p) => {
-            let (q, r) = (p / TOKENS_PER_MTOK, p % TOKENS_PER_MTOK);
-            let rest = TOKENS_PER_MTOK - r;
-            u128::from(if r > rest || (r == rest && q & 1 == 1) {
-                q + 1
-            } else {
-                q
-            })
-        }
-        None => div_round_half_even(
-            u128::from(tokens) * u128::from(rate.0),
-            u128::from(TOKENS_PER_MTOK),
-        ),
-    };
+    if let Some(p) = tokens.checked_mul(rate.0) {
+        // Fast path: a u64 division by a constant compiles to a multiply and shifts, and the
+        // rounded quotient (at most u64::MAX / 10⁶ + 1) cannot overflow.
+        let (q, r) = (p / TOKENS_PER_MTOK, p % TOKENS_PER_MTOK);
+        let rest = TOKENS_PER_MTOK - r;
+        return Ok(MicroCredits(
+            q + u64::from(r > rest || (r == rest && q & 1 == 1)),
+        ));
+    }
+    token_line_wide(tokens, rate)
+}
+
+/// [`token_line`] for products beyond `u64`.
+#[cold]
+fn token_line_wide(tokens: u64, rate: MicroCredits) -> Result<MicroCredits> {
+    let q = div_round_half_even(
+        u128::from(tokens) * u128::from(rate.0),
+        u128::from(TOKENS_PER_MTOK),
+    );
     u64::try_from(q)
         .map(MicroCredits)
         .map_err(|_| Error::Overflow {
@@ -763,12 +768,10 @@ const KV_DEN: u128 = (NS_PER_HOUR as u128) << KV_SHIFT;
 /// `kv × rate / (2³¹ × NS_PER_HOUR)` (half-byte-ns × µcr per GiB-hour), rounded once to the
 /// nearest micro-credit (ties to even).
 fn kv_line(kv: KvByteTime, rate: MicroCredits) -> Result<MicroCredits> {
-    let overflow = Error::Overflow {
+    let overflow = || Error::Overflow {
         context: "RequestCostEstimator kv line item",
     };
-    let num =
-        kv.0.checked_mul(u128::from(rate.0))
-            .ok_or(overflow.clone())?;
+    let num = kv.0.checked_mul(u128::from(rate.0)).ok_or_else(overflow)?;
     let hi = num >> KV_SHIFT;
     let q = match u64::try_from(hi) {
         // Fast path: num = hi·2³¹ + lo, so num / (2³¹·H) = hi / H (floor) with remainder
@@ -782,7 +785,7 @@ fn kv_line(kv: KvByteTime, rate: MicroCredits) -> Result<MicroCredits> {
         }
         Err(_) => div_round_half_even(num, KV_DEN),
     };
-    u64::try_from(q).map(MicroCredits).map_err(|_| overflow)
+    u64::try_from(q).map(MicroCredits).map_err(|_| overflow())
 }
 
 fn price_with(prices: &Prices, tokens: &TokenUsage, kv: KvByteTime) -> Result<CostBreakdown> {
@@ -825,9 +828,11 @@ type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 #[derive(Debug, Clone, Copy)]
 struct ModelEntry {
     prices: Prices,
-    kv_bytes_per_token: u128,
-    prefill_ns_per_token: u128,
-    decode_ns_per_token: u128,
+    /// `kv_bytes_per_token × prefill ns per token` (`None` if it overflows `u128`: then any
+    /// estimate with a prefill overflows).
+    kv_prefill: Option<u128>,
+    /// `kv_bytes_per_token × decode ns per token`, likewise.
+    kv_decode: Option<u128>,
 }
 
 #[derive(Debug, Default)]
@@ -853,8 +858,8 @@ struct Ledger {
 pub struct RequestCostEstimator {
     cfg: RequestCostEstimatorConfig,
     models: IdMap<ModelId, ModelEntry>,
-    tenants: IdMap<TenantId, ()>,
-    overrides: IdMap<(ModelId, TenantId), Prices>,
+    /// Each known tenant with its overrides (usually none or a few: scanned linearly).
+    tenants: IdMap<TenantId, Box<[(ModelId, Prices)]>>,
     ledger: Mutex<Ledger>,
 }
 
@@ -869,26 +874,32 @@ impl RequestCostEstimator {
             .models
             .iter()
             .map(|m| {
+                let b = u128::from(m.kv_bytes_per_token);
                 let entry = ModelEntry {
                     prices: m.prices,
-                    kv_bytes_per_token: u128::from(m.kv_bytes_per_token),
-                    prefill_ns_per_token: m.prefill_time_per_token.as_nanos(),
-                    decode_ns_per_token: m.decode_time_per_token.as_nanos(),
+                    kv_prefill: b.checked_mul(m.prefill_time_per_token.as_nanos()),
+                    kv_decode: b.checked_mul(m.decode_time_per_token.as_nanos()),
                 };
                 (m.model, entry)
             })
             .collect();
-        let tenants = cfg.tenants.iter().map(|&t| (t, ())).collect();
-        let overrides = cfg
-            .tenant_prices
+        let tenants = cfg
+            .tenants
             .iter()
-            .map(|o| ((o.model, o.tenant), o.prices))
+            .map(|&t| {
+                let own: Box<[(ModelId, Prices)]> = cfg
+                    .tenant_prices
+                    .iter()
+                    .filter(|o| o.tenant == t)
+                    .map(|o| (o.model, o.prices))
+                    .collect();
+                (t, own)
+            })
             .collect();
         Ok(Self {
             cfg,
             models,
             tenants,
-            overrides,
             ledger: Mutex::new(Ledger::default()),
         })
     }
@@ -898,26 +909,29 @@ impl RequestCostEstimator {
         &self.cfg
     }
 
+    #[inline]
     fn lookup(
         &self,
         model: ModelId,
         tenant: TenantId,
         context: &'static str,
     ) -> Result<(&ModelEntry, &Prices)> {
-        let entry = self.models.get(&model).ok_or(Error::UnknownModel {
-            context,
-            model: model.0,
-        })?;
-        if !self.tenants.contains_key(&tenant) {
+        let Some(entry) = self.models.get(&model) else {
+            return Err(Error::UnknownModel {
+                context,
+                model: model.0,
+            });
+        };
+        let Some(own) = self.tenants.get(&tenant) else {
             return Err(Error::UnknownTenant {
                 context,
                 tenant: tenant.0,
             });
-        }
-        let prices = self
-            .overrides
-            .get(&(model, tenant))
-            .unwrap_or(&entry.prices);
+        };
+        let prices = own
+            .iter()
+            .find(|(m, _)| *m == model)
+            .map_or(&entry.prices, |(_, p)| p);
         Ok((entry, prices))
     }
 
@@ -938,7 +952,7 @@ impl RequestCostEstimator {
     /// item or the total exceeds `u64` micro-credits.
     ///
     /// # Performance
-    /// Three hash lookups and four integer line items; no allocation, no lock.
+    /// Two hash lookups and four integer line items; no allocation, no lock.
     pub fn price(
         &self,
         model: ModelId,
@@ -1111,25 +1125,49 @@ impl RequestCostEstimator {
 /// The KV byte-time of a request running at the model's nominal speed (see
 /// [`RequestCostEstimator::estimate`]), computed as the two trapezoids directly.
 fn nominal_kv(entry: &ModelEntry, req: &EstimateRequest) -> Result<KvByteTime> {
+    // In half-byte-ns, with b the bytes per token: prefill (cached·b + prompt·b) × input·t_p,
+    // decode (prompt·b + (prompt + new)·b) × new·t_d.
+    let (c, i, n) = (
+        req.cached_input_tokens,
+        req.input_tokens,
+        req.max_new_tokens,
+    );
+    // Fast path: token products and per-token factors fit u64, so each term is one widening
+    // multiply that cannot overflow, and their sum fits u128.
+    let fast = || -> Option<u128> {
+        let prompt = c.checked_add(i)?;
+        let pre = c.checked_add(prompt)?.checked_mul(i)?;
+        let dec = prompt.checked_mul(2)?.checked_add(n)?.checked_mul(n)?;
+        let fp = u64::try_from(entry.kv_prefill?).ok()?;
+        let fd = u64::try_from(entry.kv_decode?).ok()?;
+        Some(u128::from(pre) * u128::from(fp) + u128::from(dec) * u128::from(fd))
+    };
+    if let Some(kv) = fast() {
+        return Ok(KvByteTime(kv));
+    }
+    nominal_kv_wide(entry, c, i, n)
+}
+
+/// [`nominal_kv`] in full `u128` checked arithmetic.
+#[cold]
+fn nominal_kv_wide(entry: &ModelEntry, c: u64, i: u64, n: u64) -> Result<KvByteTime> {
     let overflow = || Error::Overflow {
         context: "RequestCostEstimator::estimate kv",
     };
-    let b = entry.kv_bytes_per_token;
-    let cached = u128::from(req.cached_input_tokens);
-    let input = u128::from(req.input_tokens);
-    let new = u128::from(req.max_new_tokens);
-    let prompt = cached + input;
-    // Prefill: (cached·b + prompt·b) × input·t_p; decode: (prompt·b + (prompt+new)·b) × new·t_d.
-    let prefill = (cached + prompt)
-        .checked_mul(b)
-        .and_then(|x| x.checked_mul(input))
-        .and_then(|x| x.checked_mul(entry.prefill_ns_per_token))
-        .ok_or_else(overflow)?;
-    let decode = (2 * prompt + new)
-        .checked_mul(b)
-        .and_then(|x| x.checked_mul(new))
-        .and_then(|x| x.checked_mul(entry.decode_ns_per_token))
-        .ok_or_else(overflow)?;
+    // Sums of three u64s cannot overflow u128.
+    let term = |bytes_tokens: u128, tokens: u64, factor: Option<u128>| -> Result<u128> {
+        if tokens == 0 || factor == Some(0) {
+            return Ok(0);
+        }
+        bytes_tokens
+            .checked_mul(u128::from(tokens))
+            .and_then(|x| x.checked_mul(factor?))
+            .ok_or_else(overflow)
+    };
+    let cached = u128::from(c);
+    let prompt = cached + u128::from(i);
+    let prefill = term(cached + prompt, i, entry.kv_prefill)?;
+    let decode = term(2 * prompt + u128::from(n), n, entry.kv_decode)?;
     prefill
         .checked_add(decode)
         .map(KvByteTime)
@@ -1198,6 +1236,32 @@ mod tests {
                 (Some(n), Err(_)) => assert!(div_round_half_even(n, KV_DEN) > u128::from(u64::MAX)),
                 (None, r) => assert!(r.is_err()),
             }
+        }
+    }
+
+    #[test]
+    fn nominal_kv_fast_path_matches_the_wide_path() {
+        use rand::RngExt;
+        let mut rng = squish_testkit::rng(12);
+        for _ in 0..20_000 {
+            let mut draw = |max_shift: u32| rng.random::<u64>() >> rng.random_range(max_shift..64);
+            let entry = ModelEntry {
+                prices: Prices::default(),
+                kv_prefill: Some(u128::from(draw(0)) * u128::from(draw(20))),
+                kv_decode: Some(u128::from(draw(0))),
+            };
+            let req = EstimateRequest {
+                input_tokens: draw(0),
+                cached_input_tokens: draw(0),
+                max_new_tokens: draw(0),
+            };
+            let wide = nominal_kv_wide(
+                &entry,
+                req.cached_input_tokens,
+                req.input_tokens,
+                req.max_new_tokens,
+            );
+            assert_eq!(nominal_kv(&entry, &req), wide, "{req:?} {entry:?}");
         }
     }
 
