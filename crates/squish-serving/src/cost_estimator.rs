@@ -3,9 +3,13 @@
 //! [`RequestCostEstimator`] implements the seed's `RequestCostEstimator` ("3-factor billing
 //! computation": prompt, output and KV-cache cost). Where the seed kept money in `f64` (so its
 //! lifetime total drifted, became NaN forever after one NaN input, and billed a repeated request
-//! twice), this one follows how production metering works (the usage records of OpenAI- and
-//! Anthropic-style APIs, with separate prices for input, cached input and output tokens, and
-//! the byte-time metering of storage billing, as in S-LoRA / vLLM-style KV accounting):
+//! twice), this one follows how production metering works: the per-request usage records of
+//! LLM APIs (OpenAI's and Anthropic's usage objects bill input, cached input and output tokens
+//! at separate per-million-token prices), the byte-time metering of storage billing (a GB-month
+//! is integrated over the bytes actually held, not the peak), applied to the KV cache a paged
+//! allocator such as vLLM's PagedAttention (Kwon et al., SOSP 2023) grows and frees block by
+//! block, and the idempotency keys of payment APIs (a retried request with the same key is
+//! answered from the record, never charged twice):
 //!
 //! - **Money** is [`MicroCredits`], a `u64` count of 10⁻⁶ credits. Every sum is checked: an
 //!   overflow is [`Error::Overflow`], never a wrap.
@@ -883,18 +887,14 @@ impl RequestCostEstimator {
                 (m.model, entry)
             })
             .collect();
+        let mut own: IdMap<TenantId, Vec<(ModelId, Prices)>> = IdMap::default();
+        for o in &cfg.tenant_prices {
+            own.entry(o.tenant).or_default().push((o.model, o.prices));
+        }
         let tenants = cfg
             .tenants
             .iter()
-            .map(|&t| {
-                let own: Box<[(ModelId, Prices)]> = cfg
-                    .tenant_prices
-                    .iter()
-                    .filter(|o| o.tenant == t)
-                    .map(|o| (o.model, o.prices))
-                    .collect();
-                (t, own)
-            })
+            .map(|&t| (t, own.remove(&t).unwrap_or_default().into_boxed_slice()))
             .collect();
         Ok(Self {
             cfg,
