@@ -144,7 +144,8 @@ impl MicroCredits {
     }
 
     /// Converts a decimal amount of credits (as found in a price sheet), rounded to the nearest
-    /// micro-credit with ties to even.
+    /// micro-credit with ties to even. A decimal literal with at most six decimals below 10⁹
+    /// credits converts exactly (tested against its digits).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if `credits` is NaN, infinite, negative, or too large for a
@@ -1301,6 +1302,25 @@ mod tests {
     fn estimator_is_send_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<RequestCostEstimator>();
+    }
+
+    #[test]
+    fn decimal_prices_convert_exactly() {
+        // Oracle: a price sheet's decimal with at most 6 decimals is that many micro-credits
+        // exactly (up to 10⁹ credits, far beyond any per-token or per-GiB-hour price).
+        use rand::RngExt;
+        let mut rng = squish_testkit::rng(13);
+        for _ in 0..50_000 {
+            let micros: u64 = rng.random_range(0..1_000_000_000_000_000);
+            let text = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+            let credits: f64 = text.parse().unwrap();
+            assert_eq!(
+                MicroCredits::from_credits_f64(credits).unwrap().0,
+                micros,
+                "{text}"
+            );
+            assert_eq!(MicroCredits(micros).to_string(), format!("{text} cr"));
+        }
     }
 
     #[test]
