@@ -28,6 +28,11 @@
 //! - **The ledger** is keyed by [`RequestId`]: recording the same request again with identical
 //!   usage returns the stored record and bills nothing; with different usage it is
 //!   [`Error::LedgerConflict`] and nothing changes.
+//! - **Inputs**: token counts and bytes are `u64` and durations are [`Duration`], so a negative
+//!   or NaN usage cannot be expressed; the two float entry points
+//!   ([`MicroCredits::from_credits_f64`] for price sheets, [`KvSegment::from_secs_f64`] for
+//!   telemetry) reject NaN, infinities and negatives with [`Error::InvalidInput`]. Unknown model
+//!   and tenant ids are [`Error::UnknownModel`] / [`Error::UnknownTenant`].
 //!
 //! # Example
 //! ```
