@@ -835,6 +835,42 @@ impl Hasher for IdHasher {
 
 type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// A read-only table keyed by a `u32` id: a direct-indexed vector when the ids are compact
+/// (the largest is below `4 × len + 64`, as when ids are numbered from 0), else a hash map.
+/// The dense form turns a lookup into a bounds check and a load.
+#[derive(Debug)]
+enum IdTable<V> {
+    Dense(Vec<Option<V>>),
+    Sparse(IdMap<u32, V>),
+}
+
+impl<V> IdTable<V> {
+    fn new(entries: Vec<(u32, V)>) -> Self {
+        let max = entries.iter().map(|&(id, _)| id as usize).max();
+        match max {
+            Some(max) if max >= 4 * entries.len() + 64 => {
+                Self::Sparse(entries.into_iter().collect())
+            }
+            _ => {
+                let mut dense: Vec<Option<V>> = Vec::new();
+                dense.resize_with(max.map_or(0, |m| m + 1), || None);
+                for (id, v) in entries {
+                    dense[id as usize] = Some(v);
+                }
+                Self::Dense(dense)
+            }
+        }
+    }
+
+    #[inline]
+    fn get(&self, id: u32) -> Option<&V> {
+        match self {
+            Self::Dense(v) => v.get(id as usize)?.as_ref(),
+            Self::Sparse(m) => m.get(&id),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct ModelEntry {
     prices: Prices,
@@ -867,9 +903,9 @@ struct Ledger {
 #[derive(Debug)]
 pub struct RequestCostEstimator {
     cfg: RequestCostEstimatorConfig,
-    models: IdMap<ModelId, ModelEntry>,
+    models: IdTable<ModelEntry>,
     /// Each known tenant with its overrides (usually none or a few: scanned linearly).
-    tenants: IdMap<TenantId, Box<[(ModelId, Prices)]>>,
+    tenants: IdTable<Box<[(ModelId, Prices)]>>,
     ledger: Mutex<Ledger>,
 }
 
@@ -890,9 +926,10 @@ impl RequestCostEstimator {
                     kv_prefill: b.checked_mul(m.prefill_time_per_token.as_nanos()),
                     kv_decode: b.checked_mul(m.decode_time_per_token.as_nanos()),
                 };
-                (m.model, entry)
+                (m.model.0, entry)
             })
             .collect();
+        let models = IdTable::new(models);
         let mut own: IdMap<TenantId, Vec<(ModelId, Prices)>> = IdMap::default();
         for o in &cfg.tenant_prices {
             own.entry(o.tenant).or_default().push((o.model, o.prices));
@@ -900,8 +937,9 @@ impl RequestCostEstimator {
         let tenants = cfg
             .tenants
             .iter()
-            .map(|&t| (t, own.remove(&t).unwrap_or_default().into_boxed_slice()))
+            .map(|&t| (t.0, own.remove(&t).unwrap_or_default().into_boxed_slice()))
             .collect();
+        let tenants = IdTable::new(tenants);
         Ok(Self {
             cfg,
             models,
@@ -922,13 +960,13 @@ impl RequestCostEstimator {
         tenant: TenantId,
         context: &'static str,
     ) -> Result<(&ModelEntry, &Prices)> {
-        let Some(entry) = self.models.get(&model) else {
+        let Some(entry) = self.models.get(model.0) else {
             return Err(Error::UnknownModel {
                 context,
                 model: model.0,
             });
         };
-        let Some(own) = self.tenants.get(&tenant) else {
+        let Some(own) = self.tenants.get(tenant.0) else {
             return Err(Error::UnknownTenant {
                 context,
                 tenant: tenant.0,
@@ -1097,7 +1135,7 @@ impl RequestCostEstimator {
     /// # Errors
     /// [`Error::UnknownTenant`] for a tenant not in the configuration.
     pub fn tenant_totals(&self, tenant: TenantId) -> Result<Totals> {
-        if !self.tenants.contains_key(&tenant) {
+        if self.tenants.get(tenant.0).is_none() {
             return Err(Error::UnknownTenant {
                 context: "RequestCostEstimator::tenant_totals",
                 tenant: tenant.0,
@@ -1288,6 +1326,33 @@ mod tests {
                 .0,
             1
         );
+    }
+
+    #[test]
+    fn id_tables_dense_and_sparse_agree() {
+        use rand::RngExt;
+        let mut rng = squish_testkit::rng(14);
+        for case in 0..200 {
+            let n = rng.random_range(0..50usize);
+            let spread: u32 = if case % 2 == 0 { 100 } else { u32::MAX };
+            let mut ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..spread)).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let t = IdTable::new(ids.iter().map(|&i| (i, u64::from(i) * 3)).collect());
+            let compact = ids
+                .last()
+                .is_none_or(|&m| (m as usize) < 4 * ids.len() + 64);
+            assert_eq!(matches!(t, IdTable::Dense(_)), compact);
+            for probe in ids
+                .iter()
+                .copied()
+                .chain((0..50).map(|_| rng.random_range(0..spread)))
+            {
+                let want = ids.binary_search(&probe).ok().map(|_| u64::from(probe) * 3);
+                assert_eq!(t.get(probe).copied(), want);
+            }
+            assert_eq!(t.get(u32::MAX).is_some(), ids.last() == Some(&u32::MAX));
+        }
     }
 
     #[test]

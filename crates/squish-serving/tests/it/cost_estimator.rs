@@ -738,3 +738,52 @@ fn concurrent_ledger_matches_a_sequential_reference() {
         );
     }
 }
+
+#[test]
+fn sparse_ids_price_like_dense_ids() {
+    // Ids far apart take the hash-table path; prices must not depend on the representation.
+    let sparse = RequestCostEstimator::new(table(
+        vec![ModelPricing::new(
+            ModelId(4_000_000_000),
+            prices(2_500_000, 1_250_000, 10_000_000, 50_000),
+        )],
+        vec![TenantId(3_000_000_000), TenantId(7)],
+        vec![TenantPrices::new(
+            ModelId(4_000_000_000),
+            TenantId(7),
+            prices(1, 2, 3, 4),
+        )],
+    ))
+    .unwrap();
+    let dense = estimator();
+    let req = EstimateRequest::from_prompt(4096, 1024, 512).unwrap();
+    let t = TokenUsage {
+        input_tokens: 3,
+        cached_input_tokens: 2,
+        output_tokens: 1,
+    };
+    let a = sparse.price(
+        ModelId(4_000_000_000),
+        TenantId(3_000_000_000),
+        &t,
+        KvByteTime::ZERO,
+    );
+    let b = dense.price(ModelId(1), TenantId(10), &t, KvByteTime::ZERO);
+    assert_eq!(a, b);
+    assert_eq!(
+        sparse.prices(ModelId(4_000_000_000), TenantId(7)).unwrap(),
+        prices(1, 2, 3, 4)
+    );
+    assert!(matches!(
+        sparse.estimate(ModelId(1), TenantId(7), &req),
+        Err(Error::UnknownModel { model: 1, .. })
+    ));
+    assert!(matches!(
+        sparse.estimate(ModelId(4_000_000_000), TenantId(8), &req),
+        Err(Error::UnknownTenant { tenant: 8, .. })
+    ));
+    assert!(matches!(
+        dense.estimate(ModelId(u32::MAX), TenantId(10), &req),
+        Err(Error::UnknownModel { .. })
+    ));
+}
