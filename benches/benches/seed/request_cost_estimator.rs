@@ -5,7 +5,7 @@
 //! bytes per token: 30 layers × 3 KV heads × 64 dims × K and V × 2 bytes), 1 000 tenants and
 //! 100 per-tenant overrides. Each timed call prices one request for a tenant drawn (outside the
 //! timed closure) from a seeded sequence of 1 024 tenants, a fifth of them with an override,
-//! so the hash lookups are not a single hot key. One call per iteration: criterion resolves it.
+//! so the table lookups are not a single hot key. One call per iteration: criterion resolves it.
 
 use std::hint::black_box;
 use std::time::Duration;
