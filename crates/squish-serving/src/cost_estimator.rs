@@ -996,7 +996,8 @@ impl RequestCostEstimator {
     /// item or the total exceeds `u64` micro-credits.
     ///
     /// # Performance
-    /// Two table lookups (direct-indexed for compact ids, else hashed) and four integer line items; no allocation, no lock.
+    /// Two table lookups (direct-indexed for compact ids, else hashed) and four integer line
+    /// items; no allocation, no lock.
     pub fn price(
         &self,
         model: ModelId,
