@@ -38,8 +38,8 @@
 //! ```
 //! use std::time::Duration;
 //! use squish_serving::cost_estimator::{
-//!     EstimateRequest, KvSegment, MicroCredits, ModelId, ModelPricing, Prices, RequestCostEstimator,
-//!     RequestCostEstimatorConfig, RequestId, TenantId, TokenUsage,
+//!     EstimateRequest, KvSegment, MicroCredits, ModelId, ModelPricing, Prices,
+//!     RequestCostEstimator, RequestCostEstimatorConfig, RequestId, TenantId, TokenUsage,
 //! };
 //!
 //! # fn main() -> squish_serving::Result<()> {
@@ -1025,7 +1025,8 @@ impl RequestCostEstimator {
     /// sizes.
     ///
     /// # Performance
-    /// No allocation, no lock: two table lookups and a few integer multiplies (about 270 instructions under callgrind).
+    /// No allocation, no lock: two table lookups and a few integer multiplies (about 270
+    /// instructions under callgrind).
     pub fn estimate(
         &self,
         model: ModelId,
