@@ -12,7 +12,9 @@ use criterion::{criterion_group, criterion_main};
 
 mod core;
 mod model_pool;
+mod request_cost_estimator;
 
 criterion_group!(core_primitives, core::benches);
 criterion_group!(model_pool, model_pool::benches);
-criterion_main!(core_primitives, model_pool);
+criterion_group!(request_cost_estimator, request_cost_estimator::benches);
+criterion_main!(core_primitives, model_pool, request_cost_estimator,);

@@ -64,6 +64,43 @@ pub enum Error {
         /// The loader's error message.
         reason: String,
     },
+    /// A model id that the component was not configured with.
+    UnknownModel {
+        /// Where the id was passed (component and function).
+        context: &'static str,
+        /// The offending model id.
+        model: u32,
+    },
+    /// A tenant id that the component was not configured with.
+    UnknownTenant {
+        /// Where the id was passed (component and function).
+        context: &'static str,
+        /// The offending tenant id.
+        tenant: u32,
+    },
+    /// A request id that is already in the ledger with different usage: a repeat must carry
+    /// identical usage (then it is an idempotent no-op), never a correction.
+    LedgerConflict {
+        /// The request id.
+        request: u64,
+    },
+    /// The ledger holds its configured maximum number of records.
+    LedgerFull {
+        /// The configured capacity.
+        capacity: usize,
+    },
+    /// Checked integer arithmetic on money or usage overflowed.
+    Overflow {
+        /// What was being computed.
+        context: &'static str,
+    },
+    /// A caller-supplied value breaks its rule (NaN, infinite, negative, inconsistent counts).
+    InvalidInput {
+        /// Where the value was passed (function and argument).
+        context: &'static str,
+        /// What is wrong with it, lowercase, naming the value.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -96,6 +133,23 @@ impl fmt::Display for Error {
             Self::ModelLoadFailed { model, reason } => {
                 write!(f, "{model} failed to load: {reason}")
             }
+            Self::UnknownModel { context, model } => {
+                write!(f, "unknown model {model} in {context}")
+            }
+            Self::UnknownTenant { context, tenant } => {
+                write!(f, "unknown tenant {tenant} in {context}")
+            }
+            Self::LedgerConflict { request } => write!(
+                f,
+                "ledger conflict: request {request} was already recorded with different usage"
+            ),
+            Self::LedgerFull { capacity } => {
+                write!(f, "ledger full: it already holds {capacity} records")
+            }
+            Self::Overflow { context } => write!(f, "integer overflow in {context}"),
+            Self::InvalidInput { context, reason } => {
+                write!(f, "invalid input to {context}: {reason}")
+            }
         }
     }
 }
@@ -112,7 +166,13 @@ impl std::error::Error for Error {
             | Self::PoolExhausted { .. }
             | Self::PoolTimeout { .. }
             | Self::ModelBusy { .. }
-            | Self::ModelLoadFailed { .. } => None,
+            | Self::ModelLoadFailed { .. }
+            | Self::UnknownModel { .. }
+            | Self::UnknownTenant { .. }
+            | Self::LedgerConflict { .. }
+            | Self::LedgerFull { .. }
+            | Self::Overflow { .. }
+            | Self::InvalidInput { .. } => None,
         }
     }
 }
@@ -170,5 +230,33 @@ mod tests {
     fn error_is_send_sync() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn cost_estimator_error_messages() {
+        let e = Error::UnknownModel {
+            context: "RequestCostEstimator::estimate",
+            model: 7,
+        };
+        insta::assert_snapshot!(e, @"unknown model 7 in RequestCostEstimator::estimate");
+        let e = Error::UnknownTenant {
+            context: "RequestCostEstimator::estimate",
+            tenant: 3,
+        };
+        insta::assert_snapshot!(e, @"unknown tenant 3 in RequestCostEstimator::estimate");
+        let e = Error::LedgerConflict { request: 42 };
+        insta::assert_snapshot!(e, @"ledger conflict: request 42 was already recorded with different usage");
+        let e = Error::LedgerFull { capacity: 2 };
+        insta::assert_snapshot!(e, @"ledger full: it already holds 2 records");
+        let e = Error::Overflow {
+            context: "RequestCostEstimator kv cost",
+        };
+        insta::assert_snapshot!(e, @"integer overflow in RequestCostEstimator kv cost");
+        let e = Error::InvalidInput {
+            context: "KvSegment::from_secs_f64",
+            reason: "duration must be finite and >= 0, got NaN".into(),
+        };
+        insta::assert_snapshot!(e, @"invalid input to KvSegment::from_secs_f64: duration must be finite and >= 0, got NaN");
+        assert!(std::error::Error::source(&e).is_none());
     }
 }
