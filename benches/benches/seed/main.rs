@@ -11,6 +11,8 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod retention_kernel;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(retention_kernel, retention_kernel::benches);
+criterion_main!(core_primitives, retention_kernel);
