@@ -11,8 +11,10 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod dynamic_ntk_scaler;
 mod retention_kernel;
 
 criterion_group!(core_primitives, core::benches);
 criterion_group!(retention_kernel, retention_kernel::benches);
-criterion_main!(core_primitives, retention_kernel);
+criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
+criterion_main!(core_primitives, retention_kernel, dynamic_ntk_scaler);

@@ -336,6 +336,8 @@ struct CacheEntry {
 #[derive(Debug, Clone)]
 pub struct DynamicNtkScaler {
     cfg: DynamicNtkConfig,
+    /// `base^(−2/d)`, the ratio of the unscaled frequencies.
+    r0: f64,
     entries: Vec<CacheEntry>,
     clock: u64,
 }
@@ -348,6 +350,7 @@ impl DynamicNtkScaler {
     pub fn new(cfg: DynamicNtkConfig) -> Result<Self> {
         cfg.validate()?;
         Ok(Self {
+            r0: cfg.base.powf(-2.0 / cfg.head_dim as f64),
             entries: Vec::with_capacity(cfg.cache_capacity),
             cfg,
             clock: 0,
@@ -365,46 +368,51 @@ impl DynamicNtkScaler {
     /// # Performance
     /// One `powf` for dynamic NTK past `L₀`; otherwise a few comparisons.
     pub fn params(&self, seq_len: usize) -> RopeParams {
+        self.params_and_ratio(seq_len).0
+    }
+
+    /// [`params`](Self::params) and the geometric ratio `base'^(−2/d)` of its frequencies.
+    /// Past `L₀`, with `b = α·L/L₀ − (α−1)` and `t = b^(1/(d−2))`: `base' = base·t^d` and
+    /// `base'^(−2/d) = base^(−2/d)/t²`, so one `powf` serves both.
+    fn params_and_ratio(&self, seq_len: usize) -> (RopeParams, f64) {
         let base = self.cfg.base;
+        let unscaled = |is_scaled, attention_factor| RopeParams {
+            seq_len,
+            base,
+            is_scaled,
+            attention_factor,
+        };
         match self.cfg.scaling {
-            RopeScaling::None => RopeParams {
-                seq_len,
-                base,
-                is_scaled: false,
-                attention_factor: 1.0,
-            },
+            RopeScaling::None => (unscaled(false, 1.0), self.r0),
             RopeScaling::DynamicNtk { factor } => {
                 let l0 = self.cfg.original_max_position;
-                let eff = if seq_len > l0 {
-                    let d = self.cfg.head_dim as f64;
-                    let ratio = seq_len as f64 / l0 as f64;
-                    base * (factor * ratio - (factor - 1.0)).powf(d / (d - 2.0))
-                } else {
-                    base
-                };
-                RopeParams {
+                if seq_len <= l0 {
+                    return (unscaled(false, 1.0), self.r0);
+                }
+                let d = self.cfg.head_dim;
+                let b = factor * (seq_len as f64 / l0 as f64) - (factor - 1.0);
+                let t = b.powf(1.0 / (d as f64 - 2.0));
+                let eff = base * t.powi(i32::try_from(d).unwrap_or(i32::MAX));
+                let p = RopeParams {
                     seq_len,
                     base: eff,
                     is_scaled: eff.to_bits() != base.to_bits(),
                     attention_factor: 1.0,
-                }
+                };
+                (p, self.r0 / (t * t))
             }
             RopeScaling::Yarn {
                 factor,
                 attention_factor,
                 ..
-            } => RopeParams {
-                seq_len,
-                base,
-                is_scaled: factor > 1.0,
-                attention_factor: attention_factor.unwrap_or(0.1 * factor.ln() + 1.0),
-            },
-            RopeScaling::Llama3 { factor, .. } => RopeParams {
-                seq_len,
-                base,
-                is_scaled: factor > 1.0,
-                attention_factor: 1.0,
-            },
+            } => (
+                unscaled(
+                    factor > 1.0,
+                    attention_factor.unwrap_or(0.1 * factor.ln() + 1.0),
+                ),
+                self.r0,
+            ),
+            RopeScaling::Llama3 { factor, .. } => (unscaled(factor > 1.0, 1.0), self.r0),
         }
     }
 
@@ -416,17 +424,27 @@ impl DynamicNtkScaler {
     }
 
     /// Calls `sink(i, θ_i)` for every pair `i < d/2` with the policy's frequency (f64).
-    fn for_each_freq(&self, p: &RopeParams, mut sink: impl FnMut(usize, f64)) {
+    fn for_each_freq(&self, p: &RopeParams, r: f64, mut sink: impl FnMut(usize, f64)) {
         let d = self.cfg.head_dim as f64;
         let half = self.cfg.head_dim / 2;
         let l0 = self.cfg.original_max_position as f64;
-        let r = p.base.powf(-2.0 / d);
         let mut f = 1.0f64;
         match self.cfg.scaling {
             RopeScaling::None | RopeScaling::DynamicNtk { .. } => {
-                for i in 0..half {
-                    sink(i, f);
-                    f *= r;
+                // Four interleaved geometric chains (ratio r⁴) instead of one dependent chain.
+                let r2 = r * r;
+                let r4 = r2 * r2;
+                let mut lanes = [1.0, r, r2, r2 * r];
+                let mut i = 0;
+                while i + 4 <= half {
+                    for (k, l) in lanes.iter_mut().enumerate() {
+                        sink(i + k, *l);
+                        *l *= r4;
+                    }
+                    i += 4;
+                }
+                for (k, l) in lanes.iter().enumerate().take(half - i) {
+                    sink(i + k, *l);
                 }
             }
             RopeScaling::Yarn {
@@ -479,7 +497,8 @@ impl DynamicNtkScaler {
     /// Writes the `d/2` inverse frequencies for a sequence of `seq_len` positions into `out`,
     /// recomputing them, and returns the parameters used.
     ///
-    /// `base'^(−2i/d)` is computed as a geometric sequence in f64 (one `powf`, then products),
+    /// `base'^(−2i/d)` is computed as four interleaved geometric sequences in f64 (ratio from
+    /// one `powf`, precomputed for the configured base),
     /// within 1 ulp of f32 of the f64 `powf` reference; the YaRN / Llama 3 rules are then
     /// applied per pair in f64.
     ///
@@ -487,12 +506,13 @@ impl DynamicNtkScaler {
     /// [`Error::Shape`] if `out.len() != head_dim / 2`.
     ///
     /// # Performance
-    /// At most two `powf` and `O(d)` arithmetic; no allocation, no cache access. See
+    /// One `powf` past `L₀` for dynamic NTK (none otherwise) and `O(d)` arithmetic; no
+    /// allocation, no cache access. See
     /// [`inv_freq_cached_into`](Self::inv_freq_cached_into) for the cached path.
     pub fn inv_freq_into(&self, seq_len: usize, out: &mut [f32]) -> Result<RopeParams> {
         self.check_freq_len("DynamicNtkScaler::inv_freq_into out", out.len())?;
-        let p = self.params(seq_len);
-        self.for_each_freq(&p, |i, f| out[i] = f as f32);
+        let (p, r) = self.params_and_ratio(seq_len);
+        self.for_each_freq(&p, r, |i, f| out[i] = f as f32);
         Ok(p)
     }
 
@@ -503,14 +523,14 @@ impl DynamicNtkScaler {
     /// [`Error::Shape`] if `out.len() != head_dim / 2`.
     pub fn inv_freq_f64_into(&self, seq_len: usize, out: &mut [f64]) -> Result<RopeParams> {
         self.check_freq_len("DynamicNtkScaler::inv_freq_f64_into out", out.len())?;
-        let p = self.params(seq_len);
-        self.for_each_freq(&p, |i, f| out[i] = f);
+        let (p, r) = self.params_and_ratio(seq_len);
+        self.for_each_freq(&p, r, |i, f| out[i] = f);
         Ok(p)
     }
 
     /// The cache entry of `p`'s effective base, made (evicting the least recently used entry
     /// when full) if absent. Returns its index.
-    fn entry(&mut self, p: &RopeParams) -> usize {
+    fn entry(&mut self, p: &RopeParams, r: f64) -> usize {
         self.clock += 1;
         let key = p.base.to_bits();
         if let Some(i) = self.entries.iter().position(|e| e.key == key) {
@@ -519,7 +539,7 @@ impl DynamicNtkScaler {
         }
         let half = self.cfg.head_dim / 2;
         let mut inv_freq64 = vec![0.0f64; half];
-        self.for_each_freq(p, |i, f| inv_freq64[i] = f);
+        self.for_each_freq(p, r, |i, f| inv_freq64[i] = f);
         let entry = CacheEntry {
             key,
             inv_freq: inv_freq64.iter().map(|&f| f as f32).collect(),
@@ -555,8 +575,8 @@ impl DynamicNtkScaler {
     /// scan of at most `cache_capacity` keys and a `d/2` copy; a miss allocates the entry.
     pub fn inv_freq_cached_into(&mut self, seq_len: usize, out: &mut [f32]) -> Result<RopeParams> {
         self.check_freq_len("DynamicNtkScaler::inv_freq_cached_into out", out.len())?;
-        let p = self.params(seq_len);
-        let i = self.entry(&p);
+        let (p, r) = self.params_and_ratio(seq_len);
+        let i = self.entry(&p, r);
         out.copy_from_slice(&self.entries[i].inv_freq);
         Ok(p)
     }
@@ -619,9 +639,9 @@ impl DynamicNtkScaler {
         if sin.len() != n {
             return Err(ShapeError::new("DynamicNtkScaler::cos_sin_into sin", n, sin.len()).into());
         }
-        let p = self.params(seq_len);
+        let (p, r) = self.params_and_ratio(seq_len);
         let max_rows = self.cfg.max_cached_positions;
-        let i = self.entry(&p);
+        let i = self.entry(&p, r);
         let e = &mut self.entries[i];
         let rows = e.cos.len() / half;
         // Grow the cached table when the request is contiguous with it.
