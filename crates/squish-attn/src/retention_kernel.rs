@@ -100,30 +100,58 @@ impl RetentionConfig {
 /// The recurrent retention state of all heads: `heads × d × d_v` floats, row-major per head
 /// (row `i` is key channel `i`). Its size does not depend on the number of tokens seen.
 ///
-/// Made by [`RetentionKernel::init_state`]; belongs to the kernel (shape) that made it.
-#[derive(Debug, Clone, PartialEq)]
+/// Made by [`RetentionKernel::init_state`]; belongs to the kernel (shape) that made it. A fresh
+/// or [`reset`](Self::reset) state is zero and is **not materialised**: its buffer is allocated
+/// but not written until the first token, whose step writes `S₁ = k̂ᵀv` directly (the zero state
+/// never needs to be decayed). [`as_slice`](Self::as_slice) is empty and
+/// [`head`](Self::head) is `None` while [`is_zero`](Self::is_zero) holds.
+#[derive(Debug, Clone)]
 pub struct RetentionState {
     heads: usize,
     head_dim: usize,
     value_dim: usize,
+    /// Empty while the state is zero; `heads × head_dim × value_dim` once written. The capacity
+    /// is reserved at creation.
     data: Vec<f32>,
     tokens: u64,
 }
 
+impl PartialEq for RetentionState {
+    /// Equal shapes and equal values (a zero state equals an all-zero materialised one).
+    fn eq(&self, other: &Self) -> bool {
+        let zero = |d: &[f32]| d.iter().all(|&x| x == 0.0);
+        (self.heads, self.head_dim, self.value_dim, self.tokens)
+            == (other.heads, other.head_dim, other.value_dim, other.tokens)
+            && match (self.data.is_empty(), other.data.is_empty()) {
+                (true, true) => true,
+                (true, false) => zero(&other.data),
+                (false, true) => zero(&self.data),
+                (false, false) => self.data == other.data,
+            }
+    }
+}
+
 impl RetentionState {
-    /// All heads' states, `heads × head_dim × value_dim`, row-major.
+    /// True while the state is zero and not materialised (fresh, or reset, and no token since).
+    pub fn is_zero(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// All heads' states, `heads × head_dim × value_dim`, row-major; empty while
+    /// [`is_zero`](Self::is_zero).
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
 
-    /// Head `h`'s `head_dim × value_dim` state, row-major.
+    /// Head `h`'s `head_dim × value_dim` state, row-major; `None` while
+    /// [`is_zero`](Self::is_zero).
     ///
     /// # Panics
     /// If `h >= heads`.
-    pub fn head(&self, h: usize) -> &[f32] {
+    pub fn head(&self, h: usize) -> Option<&[f32]> {
         assert!(h < self.heads, "head {h} out of range ({})", self.heads);
         let n = self.head_dim * self.value_dim;
-        &self.data[h * n..(h + 1) * n]
+        self.data.get(h * n..(h + 1) * n)
     }
 
     /// Tokens absorbed since the state was made or [`reset`](Self::reset).
@@ -131,16 +159,24 @@ impl RetentionState {
         self.tokens
     }
 
-    /// Bytes held by the state's buffer (`4 · heads · head_dim · value_dim`): constant in the
-    /// number of tokens.
+    /// Bytes held by the state's buffer, allocated at creation
+    /// (`4 · heads · head_dim · value_dim`): constant in the number of tokens.
     pub fn bytes(&self) -> usize {
-        size_of_val(self.data.as_slice())
+        self.data.capacity() * size_of::<f32>()
     }
 
-    /// Zeroes the state in place (a new sequence), without reallocating.
+    /// Makes the state zero again (a new sequence) in O(1), keeping its buffer.
     pub fn reset(&mut self) {
-        self.data.fill(0.0);
+        self.data.clear();
         self.tokens = 0;
+    }
+
+    /// Writes zeros into a zero state's buffer, so that it can be updated in place.
+    fn materialise(&mut self) {
+        if self.data.is_empty() {
+            self.data
+                .resize(self.heads * self.head_dim * self.value_dim, 0.0);
+        }
     }
 }
 
@@ -243,15 +279,16 @@ impl RetentionKernel {
     /// A zero state for a new sequence.
     ///
     /// # Performance
-    /// One zeroed allocation of `heads · head_dim · value_dim` floats (64 KiB for the default
-    /// 4 × 64 × 64). To start a new sequence in an existing buffer, use
-    /// [`RetentionState::reset`].
+    /// One allocation of `heads · head_dim · value_dim` floats (64 KiB for the default
+    /// 4 × 64 × 64), not written: the zero state is implicit until the first token (see
+    /// [`RetentionState`]), so no memset is paid. To start a new sequence in an existing
+    /// buffer, use [`RetentionState::reset`] (O(1)).
     pub fn init_state(&self) -> RetentionState {
         RetentionState {
             heads: self.cfg.heads,
             head_dim: self.cfg.head_dim,
             value_dim: self.cfg.value_dim,
-            data: vec![0.0; self.cfg.heads * self.cfg.head_dim * self.cfg.value_dim],
+            data: Vec::with_capacity(self.cfg.heads * self.cfg.head_dim * self.cfg.value_dim),
             tokens: 0,
         }
     }
@@ -308,6 +345,24 @@ impl RetentionKernel {
             return Err(ShapeError::new("RetentionKernel::step_into out", hv, out.len()).into());
         }
         let scale = self.scale;
+        if state.data.is_empty() {
+            // Zero state: S₁ = k̂ᵀv written directly (nothing to decay), o = (q·k̂)·v.
+            for (((o_h, q_h), k_h), v_h) in out
+                .chunks_exact_mut(dv)
+                .zip(q.chunks_exact(d))
+                .zip(k.chunks_exact(d))
+                .zip(v.chunks_exact(dv))
+            {
+                for &ki in k_h {
+                    let ki = ki * scale;
+                    state.data.extend(v_h.iter().map(|&vj| ki * vj));
+                }
+                let qk = ops::dot(q_h, k_h) * scale;
+                o_h.iter_mut().zip(v_h).for_each(|(o, &vj)| *o = qk * vj);
+            }
+            state.tokens += 1;
+            return Ok(());
+        }
         let mut k_scaled = [0.0f32; STACK_DIM];
         for ((((s_h, o_h), q_h), k_h), (v_h, &g)) in state
             .data
@@ -449,6 +504,10 @@ impl RetentionKernel {
         )?;
         let (d, dv, bmax) = (self.cfg.head_dim, self.cfg.value_dim, self.cfg.chunk_size);
         let scale = self.scale;
+        if seq == 0 {
+            return Ok(());
+        }
+        state.materialise();
         for h in 0..self.cfg.heads {
             let pw = &self.powers[h * (bmax + 1)..(h + 1) * (bmax + 1)];
             let qh = &q[h * seq * d..(h + 1) * seq * d];
@@ -571,7 +630,7 @@ mod tests {
         let e = kern.step_into(&mut st, &ok, &nan, &ok, &mut o).unwrap_err();
         insta::assert_snapshot!(e, @"non-finite value in RetentionKernel::step_into k: element 7 is NaN");
         assert_eq!(st.tokens(), 0);
-        assert!(st.as_slice().iter().all(|&x| x == 0.0));
+        assert!(st.is_zero());
 
         let other = RetentionKernel::new(RetentionConfig {
             heads: 2,
@@ -607,13 +666,42 @@ mod tests {
     fn reset_zeroes_in_place() {
         let kern = RetentionKernel::new(RetentionConfig::default()).unwrap();
         let mut st = kern.init_state();
+        assert!(st.is_zero() && st.head(0).is_none());
+        assert_eq!(st.bytes(), 4 * 64 * 64 * 4);
         let x = vec![1.0f32; 256];
         let mut o = vec![0.0f32; 256];
         kern.step_into(&mut st, &x, &x, &x, &mut o).unwrap();
         assert_eq!(st.tokens(), 1);
+        assert!(!st.is_zero());
         let ptr = st.as_slice().as_ptr();
         st.reset();
+        assert!(st.is_zero() && st.head(0).is_none());
         assert_eq!(st, kern.init_state());
+        assert_eq!(st.bytes(), 4 * 64 * 64 * 4);
+        // The next sequence reuses the buffer and starts from zero again.
+        let mut o2 = vec![0.0f32; 256];
+        kern.step_into(&mut st, &x, &x, &x, &mut o2).unwrap();
         assert_eq!(st.as_slice().as_ptr(), ptr);
+        assert_eq!(o, o2);
+    }
+
+    #[test]
+    fn zero_state_equals_materialised_zeros() {
+        let kern = RetentionKernel::new(RetentionConfig::default()).unwrap();
+        let mut a = kern.init_state();
+        a.materialise();
+        assert!(!a.is_zero());
+        assert_eq!(a, kern.init_state());
+        // A step from materialised zeros equals the first-token path.
+        let mut rng = squish_testkit::rng(5);
+        let q = squish_testkit::data::normal_vec(&mut rng, 256, 0.0, 1.0);
+        let k = squish_testkit::data::normal_vec(&mut rng, 256, 0.0, 1.0);
+        let v = squish_testkit::data::normal_vec(&mut rng, 256, 0.0, 1.0);
+        let mut b = kern.init_state();
+        let (mut oa, mut ob) = (vec![0.0f32; 256], vec![0.0f32; 256]);
+        kern.step_into(&mut a, &q, &k, &v, &mut oa).unwrap();
+        kern.step_into(&mut b, &q, &k, &v, &mut ob).unwrap();
+        assert_eq!(a.as_slice(), b.as_slice());
+        squish_testkit::tol::assert_close(&oa, &ob, squish_testkit::tol::Tol::new(1e-5, 1e-6));
     }
 }

@@ -327,10 +327,11 @@ fn state_decays_by_gamma_pow_n_under_zero_input() {
         let g = 1.0 - 2f64.powi(-5 - h as i32);
         let expected: Vec<f64> = before
             .head(h)
+            .unwrap()
             .iter()
             .map(|&s| f64::from(s) * g.powi(n))
             .collect();
-        assert_close(st.head(h), &expected, Tol::new(1e-5, 1e-7));
+        assert_close(st.head(h).unwrap(), &expected, Tol::new(1e-5, 1e-7));
     }
     assert_eq!(st.bytes(), before.bytes());
 }
