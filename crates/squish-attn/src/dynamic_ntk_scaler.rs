@@ -280,7 +280,15 @@ struct CacheEntry {
 ///   `(1−κ)·θ_i/s + κ·θ_i`.
 ///
 /// YaRN and Llama 3 are static (their frequencies do not depend on the current length);
-/// dynamic NTK changes the base as the sequence grows.
+/// dynamic NTK changes the base as the sequence grows. YaRN is the paper's and transformers'
+/// default form (correction range truncated to whole pairs); DeepSeek-style
+/// `mscale / mscale_all_dim` temperatures are expressed through `attention_factor`.
+///
+/// Every call takes the sequence length `L` (largest position + 1) explicitly; the scaler keeps
+/// no per-sequence state. transformers recomputes the dynamic base whenever `L` exceeds the
+/// longest length seen so far (a new base per decode step past `L₀`, each invalidating the
+/// cached keys); a caller can instead pass a bucketed length (e.g. `L` rounded up to a multiple
+/// of 1024) to bound the number of distinct bases and re-rotations.
 ///
 /// # What dynamic NTK does and does not give
 /// The seed claimed "unbounded context extension". It is not: dynamic NTK is an *untrained*
