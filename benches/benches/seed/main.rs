@@ -11,10 +11,20 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod dynamic_ntk_scaler;
 mod model_pool;
 mod request_cost_estimator;
+mod retention_kernel;
 
 criterion_group!(core_primitives, core::benches);
 criterion_group!(model_pool, model_pool::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
-criterion_main!(core_primitives, model_pool, request_cost_estimator,);
+criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
+criterion_group!(retention_kernel, retention_kernel::benches);
+criterion_main!(
+    core_primitives,
+    model_pool,
+    request_cost_estimator,
+    dynamic_ntk_scaler,
+    retention_kernel,
+);

@@ -4,3 +4,9 @@
 mod error;
 
 pub use error::{Error, Result};
+mod retention_kernel;
+pub use retention_kernel::{RetentionConfig, RetentionDecays, RetentionKernel, RetentionState};
+mod dynamic_ntk_scaler;
+pub use dynamic_ntk_scaler::{
+    DynamicNtkConfig, DynamicNtkScaler, RopeLayout, RopeParams, RopeScaling, rope_rotate_in_place,
+};

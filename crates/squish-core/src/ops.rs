@@ -89,6 +89,40 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     simd::axpy(alpha, x, y);
 }
 
+/// Decayed rank-1 update fused with a vector-matrix product: for each row `i` of the row-major
+/// `a.len() × x.len()` matrix `s`, `s_i ← gamma·s_i + a_i·x`; then `out = Σ_i b_i·s_i` with the
+/// updated rows (`out` is overwritten). With `a = k`, `x = v`, `b = q` this is the recurrent
+/// step of linear attention / retention (`S ← γS + kᵀv`, `o = qS`) in one pass over `S`.
+///
+/// # Panics
+/// If `a.len() != b.len()`, `x.len() != out.len()` or `s.len() != a.len() * x.len()`.
+///
+/// # Performance
+/// One read and one write of `s`; runtime-dispatched AVX2 + FMA on `x86_64` (column blocks of
+/// 32 with the outputs in registers), allocation-free. The AVX2 path rounds once per FMA where
+/// the portable path rounds the multiply and the add separately, so the two paths agree within
+/// a few ulps, not bit for bit.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::decay_rank1_vecmat_into;
+/// let mut s = [1.0, 2.0, 3.0, 4.0]; // 2 × 2
+/// let mut out = [0.0; 2];
+/// decay_rank1_vecmat_into(0.5, &[1.0, 0.0], &[10.0, 20.0], &[1.0, 1.0], &mut s, &mut out);
+/// assert_eq!(s, [10.5, 21.0, 1.5, 2.0]);
+/// assert_eq!(out, [12.0, 23.0]);
+/// ```
+pub fn decay_rank1_vecmat_into(
+    gamma: f32,
+    a: &[f32],
+    x: &[f32],
+    b: &[f32],
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    simd::decay_rank1_vecmat(gamma, a, x, b, s, out);
+}
+
 /// Scales `x` in place to unit Euclidean (L2) norm and returns the norm it had.
 ///
 /// A zero vector (and an empty slice) stays as it is and returns `0.0`. Vectors whose squared

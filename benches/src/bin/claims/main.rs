@@ -11,8 +11,10 @@
 
 use serde_json::{Map, Value, json};
 
+mod dynamic_ntk_scaler;
 mod model_pool;
 mod request_cost_estimator;
+mod retention_kernel;
 
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,8 @@ type Claim = (&'static str, fn(Opts) -> Measured);
 const CLAIMS: &[Claim] = &[
     ("model_pool", model_pool::measure),
     ("cost_estimator", request_cost_estimator::measure),
+    ("retention_attn", retention_kernel::measure),
+    ("dynamic_ntk", dynamic_ntk_scaler::measure),
 ];
 
 fn main() {

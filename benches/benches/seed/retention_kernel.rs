@@ -1,0 +1,90 @@
+//! `RetentionKernel` (RetNet multi-scale retention) at the seed's configuration: 4 heads of
+//! 64 × 64 (hidden 256), q, k, v standard normal. `step` is one recurrent decode step for all
+//! heads (state decay, rank-1 update and query product, fused, on a warm non-zero state);
+//! `init_state` makes a zero 4 × 64 × 64 state (the seed's `np.zeros`): one 64 KiB allocation
+//! that is not written, because the zero state stays implicit until the first token writes
+//! `S₁ = k̂ᵀv` (the `reset_then_first_step` id times a new sequence in a pooled state: the O(1)
+//! reset plus that first token, which replaces the seed's memset and first decay; a fresh
+//! allocation per sequence would add the allocator's page faults); `prefill_chunkwise` runs the chunkwise form over 1024 tokens (chunk 64) from a
+//! zero state, reported with tokens/s throughput.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use squish_attn::{RetentionConfig, RetentionKernel};
+use squish_testkit::data;
+
+/// Registers the RetentionKernel benchmarks.
+pub(crate) fn benches(c: &mut Criterion) {
+    let mut rng = benches::input_rng();
+    let kernel = RetentionKernel::new(RetentionConfig::default()).expect("valid config");
+    let hidden = 4 * 64;
+    let q = data::normal_vec(&mut rng, hidden, 0.0, 1.0);
+    let k = data::normal_vec(&mut rng, hidden, 0.0, 1.0);
+    let v = data::normal_vec(&mut rng, hidden, 0.0, 1.0);
+    let mut o = vec![0.0f32; hidden];
+    let mut state = kernel.init_state();
+
+    let (group, id) = benches::seed_row("retention_attn/step");
+    let mut g = c.benchmark_group(group);
+    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+        b.iter(|| {
+            kernel
+                .step_into(
+                    &mut state,
+                    black_box(&q),
+                    black_box(&k),
+                    black_box(&v),
+                    &mut o,
+                )
+                .expect("valid shapes");
+        });
+    });
+    g.finish();
+
+    let (group, id) = benches::seed_row("retention_attn/init_state");
+    let mut g = c.benchmark_group(group);
+    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+        b.iter(|| black_box(kernel.init_state()));
+    });
+    let mut pooled = kernel.init_state();
+    g.bench_function(
+        BenchmarkId::from_parameter("4x64x64,reset_then_first_step"),
+        |b| {
+            b.iter(|| {
+                pooled.reset();
+                kernel
+                    .step_into(
+                        &mut pooled,
+                        black_box(&q),
+                        black_box(&k),
+                        black_box(&v),
+                        &mut o,
+                    )
+                    .expect("valid shapes");
+            });
+        },
+    );
+    g.finish();
+
+    let seq = 1024;
+    let qs = data::normal_vec(&mut rng, 4 * seq * 64, 0.0, 1.0);
+    let ks = data::normal_vec(&mut rng, 4 * seq * 64, 0.0, 1.0);
+    let vs = data::normal_vec(&mut rng, 4 * seq * 64, 0.0, 1.0);
+    let mut out = vec![0.0f32; 4 * seq * 64];
+    let mut g = c.benchmark_group("RetentionKernel/prefill_chunkwise");
+    g.throughput(Throughput::Elements(seq as u64));
+    g.sample_size(20);
+    g.bench_function(
+        BenchmarkId::from_parameter(format!("seq={seq},chunk=64,heads=4,head_dim=64")),
+        |b| {
+            b.iter(|| {
+                state.reset();
+                kernel
+                    .prefill_chunkwise_into(&mut state, &qs, &ks, &vs, seq, &mut out)
+                    .expect("valid shapes");
+            });
+        },
+    );
+    g.finish();
+}

@@ -1,0 +1,4 @@
+//! Integration tests of `squish_attn`, through its public API only.
+
+mod dynamic_ntk_scaler;
+mod retention_kernel;
