@@ -11,6 +11,10 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod dedupe_attn;
+mod sparse_attn_index;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(dedupe_attn, dedupe_attn::benches);
+criterion_group!(sparse_attn_index, sparse_attn_index::benches);
+criterion_main!(core_primitives, sparse_attn_index, dedupe_attn);

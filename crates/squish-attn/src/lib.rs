@@ -1,6 +1,13 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dedupe_attn;
 mod error;
+pub mod sparse_attn_index;
 
+pub use dedupe_attn::{
+    AttentionDeduplicator, AttentionDeduplicatorConfig, AttnContext, DedupStats, Lookup, ReuseRule,
+    SearchPolicy, output_error_bound,
+};
 pub use error::{Error, Result};
+pub use sparse_attn_index::{SelectMode, Selection, SparseAttnIndex, SparseAttnIndexConfig};
