@@ -322,27 +322,29 @@ impl SparseAttnIndex {
         }
         let page = self.cfg.page_size;
         for (store, head) in self.heads.iter_mut().zip(keys.outer_iter()) {
-            let start = store.keys.len();
             match head.as_slice() {
                 Some(s) => store.keys.extend_from_slice(s),
                 None => store.keys.extend(head.iter().copied()),
             }
-            for (t, key) in (self.seq..).zip(store.keys[start..].chunks_exact(d)) {
-                if t % page == 0 {
-                    store.page_min.extend_from_slice(key);
-                    store.page_max.extend_from_slice(key);
-                } else {
-                    let p = t / page;
-                    let mn = &mut store.page_min[p * d..(p + 1) * d];
-                    let mx = &mut store.page_max[p * d..(p + 1) * d];
-                    // Selects, not branches: they vectorise (keys were checked finite).
-                    for (lo, &x) in mn.iter_mut().zip(key) {
-                        *lo = if x < *lo { x } else { *lo };
-                    }
-                    for (hi, &x) in mx.iter_mut().zip(key) {
-                        *hi = if x > *hi { x } else { *hi };
-                    }
+            // Page by page over the new tokens: a page that starts here is seeded with its first
+            // key, and every other new key is folded into its page's min/max.
+            let mut t = self.seq;
+            let end = self.seq + n;
+            while t < end {
+                let p = t / page;
+                let stop = ((p + 1) * page).min(end);
+                let mut rows = &store.keys[t * d..stop * d];
+                if t == p * page {
+                    store.page_min.extend_from_slice(&rows[..d]);
+                    store.page_max.extend_from_slice(&rows[..d]);
+                    rows = &rows[d..];
                 }
+                fold_min_max(
+                    rows,
+                    &mut store.page_min[p * d..(p + 1) * d],
+                    &mut store.page_max[p * d..(p + 1) * d],
+                );
+                t = stop;
             }
         }
         self.seq += n;
@@ -455,6 +457,46 @@ impl SparseAttnIndex {
         }
         out.query = query;
         Ok(())
+    }
+}
+
+/// Folds the rows of `rows` (each `lo.len()` wide) into the elementwise minima `lo` and maxima
+/// `hi`. Works on 16-column strips held in registers across all rows, so the min/max run as
+/// vector selects (inputs are finite: validated before).
+fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) {
+    const W: usize = 16;
+    let d = lo.len();
+    if rows.is_empty() {
+        return;
+    }
+    let strips = d / W;
+    for c in 0..strips {
+        let cols = c * W..(c + 1) * W;
+        let mut l = [0.0f32; W];
+        let mut h = [0.0f32; W];
+        l.copy_from_slice(&lo[cols.clone()]);
+        h.copy_from_slice(&hi[cols.clone()]);
+        for row in rows.chunks_exact(d) {
+            for ((l, h), &x) in l.iter_mut().zip(h.iter_mut()).zip(&row[cols.clone()]) {
+                *l = if x < *l { x } else { *l };
+                *h = if x > *h { x } else { *h };
+            }
+        }
+        lo[cols.clone()].copy_from_slice(&l);
+        hi[cols].copy_from_slice(&h);
+    }
+    let rest = strips * W;
+    if rest < d {
+        for row in rows.chunks_exact(d) {
+            for ((l, h), &x) in lo[rest..]
+                .iter_mut()
+                .zip(hi[rest..].iter_mut())
+                .zip(&row[rest..])
+            {
+                *l = if x < *l { x } else { *l };
+                *h = if x > *h { x } else { *h };
+            }
+        }
     }
 }
 
