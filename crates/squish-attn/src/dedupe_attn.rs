@@ -45,7 +45,10 @@
 //! A lookup scans the slot's entries newest first. An entry is skipped without touching its
 //! vector when `|‖q‖ − ‖q'‖| > r` (the reverse triangle inequality: its distance exceeds the
 //! radius `r = ε/(s·M)`), so a miss among queries of different norms costs one pass over the
-//! stored norms. [`SearchPolicy::Nearest`] (default) returns the acceptable entry nearest to `q`
+//! stored norms. Entries that pass are next rejected, when clearly outside the radius, by the
+//! expanded form `‖q‖² + ‖q'‖² − 2·q·q'` (one vectorised dot product, with its worst-case
+//! rounding error allowed for); only the remaining candidates get the accurate distance that
+//! decides acceptance. [`SearchPolicy::Nearest`] (default) returns the acceptable entry nearest to `q`
 //! (the smallest error bound; ties go to the newest); [`SearchPolicy::FirstAcceptable`] stops at
 //! the newest acceptable one (cheaper on hits, same guarantee, possibly a larger distance).
 //!
@@ -433,8 +436,15 @@ impl AttentionDeduplicator {
         (layer < self.cfg.layers && head < self.cfg.heads).then(|| layer * self.cfg.heads + head)
     }
 
-    /// Validates the call and brings the slot to `ctx`'s version; returns the slot index.
-    fn enter(&mut self, layer: usize, head: usize, ctx: &AttnContext, q: &[f32]) -> Result<usize> {
+    /// Validates the call and brings the slot to `ctx`'s version; returns the slot index and
+    /// `‖q‖`.
+    fn enter(
+        &mut self,
+        layer: usize,
+        head: usize,
+        ctx: &AttnContext,
+        q: &[f32],
+    ) -> Result<(usize, f32)> {
         let Some(i) = self.slot_index(layer, head) else {
             return Err(Error::UnknownSlot {
                 layer,
@@ -451,7 +461,7 @@ impl AttentionDeduplicator {
             )
             .into());
         }
-        check_finite("AttentionDeduplicator query", q)?;
+        let qn = finite_norm("AttentionDeduplicator query", q)?;
         let slot = &mut self.slots[i];
         match slot.ctx {
             Some(old) if old.version == ctx.version => {
@@ -469,7 +479,7 @@ impl AttentionDeduplicator {
                 slot.ctx = Some(*ctx);
             }
         }
-        Ok(i)
+        Ok((i, qn))
     }
 
     /// Looks for a stored query of slot `(layer, head)` and context `ctx` acceptable for `q`
@@ -503,10 +513,9 @@ impl AttentionDeduplicator {
             )
             .into());
         }
-        let i = self.enter(layer, head, ctx, q)?;
+        let (i, qn) = self.enter(layer, head, ctx, q)?;
         let slot = &self.slots[i];
         let d = self.cfg.head_dim;
-        let qn = ops::dot(q, q).sqrt();
         let found = match self.cfg.rule {
             ReuseRule::ErrorBounded { max_logit_change } => {
                 find_bounded(slot, q, qn, ctx, max_logit_change, self.cfg.search)
@@ -576,8 +585,8 @@ impl AttentionDeduplicator {
             )
             .into());
         }
-        check_finite("AttentionDeduplicator output", output)?;
-        let i = self.enter(layer, head, ctx, q)?;
+        finite_norm("AttentionDeduplicator output", output)?;
+        let (i, qn) = self.enter(layer, head, ctx, q)?;
         let cap = self.cfg.capacity;
         let slot = &mut self.slots[i];
         if slot.queries.is_empty() {
@@ -588,7 +597,7 @@ impl AttentionDeduplicator {
         let e = slot.next;
         slot.queries[e * d..(e + 1) * d].copy_from_slice(q);
         slot.outputs[e * d..(e + 1) * d].copy_from_slice(output);
-        slot.norms[e] = ops::dot(q, q).sqrt();
+        slot.norms[e] = qn;
         slot.next = if e + 1 == cap { 0 } else { e + 1 };
         if slot.len == cap {
             self.stats.evictions += 1;
@@ -608,6 +617,19 @@ impl AttentionDeduplicator {
             s.ctx = None;
         }
     }
+}
+
+/// `‖x‖₂` after checking that `x` is finite. A finite `x·x` proves every element finite (a NaN
+/// or infinity would make it NaN or infinite), so the common case costs one dot product; only
+/// otherwise does [`check_finite`] scan for the offending element. For finite vectors whose
+/// squared norm overflows `f32` the norm is `+inf`, which no distance test accepts except an
+/// exactly equal stored query.
+fn finite_norm(context: &'static str, x: &[f32]) -> Result<f32> {
+    let n2 = ops::dot(x, x);
+    if !n2.is_finite() {
+        check_finite(context, x)?;
+    }
+    Ok(n2.sqrt())
 }
 
 /// Relative slack covering the rounding of an `f32` squared distance of `d`-vectors: each
@@ -665,12 +687,26 @@ fn find_bounded(
     #[allow(clippy::cast_possible_truncation)]
     let filter = (r2.sqrt() * (1.0 + 1e-4) + 1e-30) as f32 + 1e-6 * qn;
     let grow = 1.0 + dist_slack(d);
+    // Bound on the rounding error of ‖q‖² + ‖q'‖² − 2·q·q' evaluated from f32 norms and an f32
+    // dot product, relative to ‖q‖² + ‖q'‖²: about (2d + 7)·2⁻²⁴, taken with a margin.
+    #[allow(clippy::cast_precision_loss)] // head_dim far below 2⁵³
+    let expand_tol = 4.0 * (d as f64 + 4.0) * f64::from(f32::EPSILON) / 2.0;
+    let qn2 = f64::from(qn) * f64::from(qn);
     let mut best: Option<(usize, f32)> = None;
     for e in newest_first(slot) {
-        if (qn - slot.norms[e]).abs() > filter {
+        let n = slot.norms[e];
+        if (qn - n).abs() > filter {
             continue;
         }
-        let d2 = sq_dist(q, &slot.queries[e * d..(e + 1) * d]);
+        let stored = &slot.queries[e * d..(e + 1) * d];
+        // Cheap rejection by the expanded form (one vectorised dot product); only entries that
+        // may be within the radius get the accurate difference-based distance below.
+        let n2 = f64::from(n) * f64::from(n);
+        let expanded = qn2 + n2 - 2.0 * f64::from(ops::dot(q, stored));
+        if expanded - expand_tol * (qn2 + n2) > r2 {
+            continue;
+        }
+        let d2 = sq_dist(q, stored);
         if f64::from(d2) * grow > r2 {
             continue;
         }
@@ -1122,6 +1158,31 @@ mod tests {
         );
         assert_eq!(dd.stats().zero_norm_misses, 1);
         assert_eq!(dd.stats().misses, 2);
+    }
+
+    #[test]
+    fn huge_finite_queries_whose_norm_overflows_are_safe() {
+        let ctx = AttnContext {
+            version: 0,
+            scale: 1.0,
+            max_key_norm: 1.0,
+            max_value_norm: 1.0,
+        };
+        let mut dd =
+            AttentionDeduplicator::new(cfg(4, 4, bounded(0.1), SearchPolicy::Nearest)).unwrap();
+        let q = [3e19f32, -3e19, 1.0, 0.0];
+        dd.store(0, 0, &ctx, &q, &[1.0; 4]).unwrap();
+        let mut out = [0.0; 4];
+        assert!(matches!(
+            dd.lookup(0, 0, &ctx, &q, &mut out).unwrap(),
+            Lookup::Hit { .. }
+        ));
+        let far = [3e19f32, -3e19, 1e18, 0.0];
+        assert_eq!(dd.lookup(0, 0, &ctx, &far, &mut out).unwrap(), Lookup::Miss);
+        assert_eq!(
+            dd.lookup(0, 0, &ctx, &[1.0; 4], &mut out).unwrap(),
+            Lookup::Miss
+        );
     }
 
     #[test]
