@@ -157,6 +157,8 @@ pub struct SparseAttnIndex {
     cfg: SparseAttnIndexConfig,
     heads: Vec<HeadStore>,
     seq: usize,
+    /// Scratch: the partial last page's summaries, saved by `append` for a rollback.
+    saved: Vec<f32>,
 }
 
 /// The result of a query and the scratch it reuses.
@@ -223,7 +225,12 @@ impl SparseAttnIndex {
     pub fn new(cfg: SparseAttnIndexConfig) -> Result<Self> {
         cfg.validate()?;
         let heads = vec![HeadStore::default(); cfg.kv_heads];
-        Ok(Self { cfg, heads, seq: 0 })
+        Ok(Self {
+            cfg,
+            heads,
+            seq: 0,
+            saved: Vec::new(),
+        })
     }
 
     /// The configuration.
@@ -298,7 +305,9 @@ impl SparseAttnIndex {
     /// nothing is appended.
     ///
     /// # Performance
-    /// `O(n·kv_heads·head_dim)`; amortised allocation-free (vectors grow geometrically).
+    /// `O(n·kv_heads·head_dim)` in a single pass over the input (copy, page min/max and the
+    /// finiteness check fused per page); amortised allocation-free (vectors grow geometrically),
+    /// except that a head whose input is not contiguous is first copied into a temporary.
     pub fn append(&mut self, keys: &ArrayRef3<f32>) -> Result<()> {
         let (h, n, d) = keys.dim();
         if h != self.cfg.kv_heads || d != self.cfg.head_dim {
@@ -309,43 +318,71 @@ impl SparseAttnIndex {
             )
             .into());
         }
-        for head in keys.outer_iter() {
-            match head.as_slice() {
-                Some(s) => check_finite("SparseAttnIndex keys", s)?,
-                None => {
-                    if head.iter().any(|x| !x.is_finite()) {
-                        let owned: Vec<f32> = head.iter().copied().collect();
-                        check_finite("SparseAttnIndex keys", &owned)?;
-                    }
-                }
+        let page = self.cfg.page_size;
+        let (old_seq, old_pages) = (self.seq, self.pages());
+        // Rollback state: the partial last page's summaries, which the fold updates in place.
+        let partial = old_seq % page != 0;
+        self.saved.clear();
+        if partial {
+            let p = old_pages - 1;
+            for store in &self.heads {
+                self.saved
+                    .extend_from_slice(&store.page_min[p * d..(p + 1) * d]);
+                self.saved
+                    .extend_from_slice(&store.page_max[p * d..(p + 1) * d]);
             }
         }
-        let page = self.cfg.page_size;
-        for (store, head) in self.heads.iter_mut().zip(keys.outer_iter()) {
-            match head.as_slice() {
-                Some(s) => store.keys.extend_from_slice(s),
-                None => store.keys.extend(head.iter().copied()),
-            }
-            // Page by page over the new tokens: a page that starts here is seeded with its first
-            // key, and every other new key is folded into its page's min/max.
-            let mut t = self.seq;
-            let end = self.seq + n;
-            while t < end {
+        let mut failed = None;
+        for (hi, (store, head)) in self.heads.iter_mut().zip(keys.outer_iter()).enumerate() {
+            let owned;
+            let src = match head.as_slice() {
+                Some(s) => s,
+                None => {
+                    owned = head.iter().copied().collect::<Vec<f32>>();
+                    &owned
+                }
+            };
+            // One pass: each page's new keys are copied, then folded into the page's min/max
+            // while still in cache; the fold also proves every element finite.
+            let mut finite = true;
+            let mut t = old_seq;
+            while t < old_seq + n {
                 let p = t / page;
-                let stop = ((p + 1) * page).min(end);
-                let mut rows = &store.keys[t * d..stop * d];
+                let stop = ((p + 1) * page).min(old_seq + n);
+                store
+                    .keys
+                    .extend_from_slice(&src[(t - old_seq) * d..(stop - old_seq) * d]);
+                let rows = &store.keys[t * d..stop * d];
                 if t == p * page {
                     store.page_min.extend_from_slice(&rows[..d]);
                     store.page_max.extend_from_slice(&rows[..d]);
-                    rows = &rows[d..];
                 }
-                fold_min_max(
+                finite &= fold_min_max(
                     rows,
                     &mut store.page_min[p * d..(p + 1) * d],
                     &mut store.page_max[p * d..(p + 1) * d],
                 );
                 t = stop;
             }
+            if !finite {
+                failed = Some((hi, check_finite("SparseAttnIndex keys", src)));
+                break;
+            }
+        }
+        if let Some((bad_head, err)) = failed {
+            for (h, store) in self.heads.iter_mut().enumerate().take(bad_head + 1) {
+                store.keys.truncate(old_seq * d);
+                store.page_min.truncate(old_pages * d);
+                store.page_max.truncate(old_pages * d);
+                if partial {
+                    let p = old_pages - 1;
+                    let saved = &self.saved[h * 2 * d..(h + 1) * 2 * d];
+                    store.page_min[p * d..(p + 1) * d].copy_from_slice(&saved[..d]);
+                    store.page_max[p * d..(p + 1) * d].copy_from_slice(&saved[d..]);
+                }
+            }
+            // The fold saw a NaN or infinity, so the scan reports it.
+            err?;
         }
         self.seq += n;
         Ok(())
@@ -461,14 +498,15 @@ impl SparseAttnIndex {
 }
 
 /// Folds the rows of `rows` (each `lo.len()` wide) into the elementwise minima `lo` and maxima
-/// `hi`. Works on 16-column strips held in registers across all rows, so the min/max run as
-/// vector selects (inputs are finite: validated before).
-fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) {
+/// `hi`, and returns whether every element of `rows` is finite. Works on 16-column strips held
+/// in registers across all rows, so the min/max run as vector selects; finiteness is the sum of
+/// `x − x`, which is 0 for finite `x` and NaN for NaN or ±inf.
+#[allow(clippy::eq_op, clippy::needless_range_loop)] // `x - x` is the finiteness probe; fixed-size strips index by lane
+fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool {
     const W: usize = 16;
     let d = lo.len();
-    if rows.is_empty() {
-        return;
-    }
+    let mut z = [0.0f32; W];
+    let mut z_rest = 0.0f32;
     let strips = d / W;
     for c in 0..strips {
         let cols = c * W..(c + 1) * W;
@@ -477,9 +515,13 @@ fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) {
         l.copy_from_slice(&lo[cols.clone()]);
         h.copy_from_slice(&hi[cols.clone()]);
         for row in rows.chunks_exact(d) {
-            for ((l, h), &x) in l.iter_mut().zip(h.iter_mut()).zip(&row[cols.clone()]) {
-                *l = if x < *l { x } else { *l };
-                *h = if x > *h { x } else { *h };
+            // Always `Some`: the strip lies inside the row.
+            if let Some(x) = row[c * W..].first_chunk::<W>() {
+                for i in 0..W {
+                    l[i] = if x[i] < l[i] { x[i] } else { l[i] };
+                    h[i] = if x[i] > h[i] { x[i] } else { h[i] };
+                    z[i] += x[i] - x[i];
+                }
             }
         }
         lo[cols.clone()].copy_from_slice(&l);
@@ -495,9 +537,11 @@ fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) {
             {
                 *l = if x < *l { x } else { *l };
                 *h = if x > *h { x } else { *h };
+                z_rest += x - x;
             }
         }
     }
+    z_rest == 0.0 && z.iter().all(|&v| v == 0.0)
 }
 
 /// Quest selection for one row: bounds of every page, the best pages, exact top-k inside them.
@@ -944,6 +988,51 @@ mod tests {
                 for r in 0..a.rows() {
                     assert_eq!(a.row(r), b.row(r));
                 }
+            }
+        });
+    }
+
+    #[test]
+    fn a_failed_append_leaves_the_index_bit_for_bit_unchanged() {
+        prop::check("sparse_append_rollback", 60, |rng| {
+            let (d, page) = (rng.random_range(1..40), rng.random_range(1..20));
+            let c = cfg(3, 1, d, page, false);
+            let mut index = SparseAttnIndex::new(c).unwrap();
+            let seq0 = rng.random_range(0..50);
+            index.build(&keys(rng, 3, seq0, d)).unwrap();
+            let before: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = index
+                .heads
+                .iter()
+                .map(|h| (h.keys.clone(), h.page_min.clone(), h.page_max.clone()))
+                .collect();
+            let n = rng.random_range(1..40);
+            let mut bad = keys(rng, 3, n, d);
+            let bad_value = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rng.random_range(0..3)];
+            let at = [
+                rng.random_range(0..3),
+                rng.random_range(0..n),
+                rng.random_range(0..d),
+            ];
+            bad[at] = bad_value;
+            let seq = index.len();
+            let e = index.append(&bad).unwrap_err();
+            assert!(matches!(e, Error::Core(_)), "{e}");
+            assert_eq!(index.len(), seq);
+            for (h, (k, lo, hi)) in index.heads.iter().zip(&before) {
+                assert_eq!(&h.keys, k);
+                assert_eq!(h.page_min.len(), lo.len());
+                assert!(
+                    h.page_min
+                        .iter()
+                        .zip(lo)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
+                assert!(
+                    h.page_max
+                        .iter()
+                        .zip(hi)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
             }
         });
     }
