@@ -65,8 +65,9 @@
 //! slot's first store. When full, a store overwrites the oldest entry (FIFO). Lookups and
 //! stores do not allocate.
 //!
-//! Follows the error-controlled reuse idea of attention-output caching; the acceptance test and
-//! its bound are derived above. Implements the seed's `AttentionDeduplicator`.
+//! No published system is followed for the acceptance rule: it and its bound are derived above
+//! (step 2 is the standard total-variation bound between Gibbs distributions whose energies
+//! differ by a bounded amount). Implements the seed's `AttentionDeduplicator`.
 
 use squish_core::{ConfigError, ShapeError, check_finite, ops};
 
