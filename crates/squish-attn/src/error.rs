@@ -15,6 +15,23 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// An `AttentionDeduplicator` slot `(layer, head)` outside the configured ranges.
+    UnknownSlot {
+        /// The layer asked for.
+        layer: usize,
+        /// The head asked for.
+        head: usize,
+        /// Configured layers.
+        layers: usize,
+        /// Configured heads per layer.
+        heads: usize,
+    },
+    /// An `AttnContext` reused a slot's version with different statistics: the keys or values
+    /// changed without a version bump.
+    ContextMismatch {
+        /// The reused version.
+        version: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +40,19 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::UnknownSlot {
+                layer,
+                head,
+                layers,
+                heads,
+            } => write!(
+                f,
+                "unknown attention slot (layer {layer}, head {head}): have {layers} layers x {heads} heads"
+            ),
+            Self::ContextMismatch { version } => write!(
+                f,
+                "context version {version} reused with a different scale or norm bound: bump the version when keys or values change"
+            ),
         }
     }
 }
@@ -33,6 +63,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            Self::UnknownSlot { .. } | Self::ContextMismatch { .. } => None,
         }
     }
 }
@@ -84,6 +115,20 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn dedup_errors_display() {
+        let e = Error::UnknownSlot {
+            layer: 3,
+            head: 1,
+            layers: 2,
+            heads: 4,
+        };
+        insta::assert_snapshot!(e, @"unknown attention slot (layer 3, head 1): have 2 layers x 4 heads");
+        assert!(std::error::Error::source(&e).is_none());
+        let e = Error::ContextMismatch { version: 7 };
+        insta::assert_snapshot!(e, @"context version 7 reused with a different scale or norm bound: bump the version when keys or values change");
     }
 
     #[test]

@@ -11,10 +11,12 @@
 
 use serde_json::{Map, Value, json};
 
+mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod model_pool;
 mod request_cost_estimator;
 mod retention_kernel;
+mod sparse_attn_index;
 
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +43,8 @@ const CLAIMS: &[Claim] = &[
     ("cost_estimator", request_cost_estimator::measure),
     ("retention_attn", retention_kernel::measure),
     ("dynamic_ntk", dynamic_ntk_scaler::measure),
+    ("sparse_attn_index", sparse_attn_index::measure),
+    ("dedupe_attn", dedupe_attn::measure),
 ];
 
 fn main() {

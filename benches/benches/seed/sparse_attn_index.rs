@@ -1,0 +1,87 @@
+//! `SparseAttnIndex`: building the per-head key store (keys copied once, Quest page min/max
+//! computed in the same pass) and querying it. The seed rows use the seed's shape (8 heads,
+//! no GQA, head_dim 64, seq 256, standard-normal keys and queries); the query row runs exact
+//! maximum-inner-product top-k, the mode equivalent to the seed's exhaustive cosine scan. Extra
+//! ids: Quest page mode at seq 256, and exact vs page mode at seq 16384, where page selection
+//! reads 16× fewer key vectors to choose.
+//!
+//! Each iteration times one call (the index and the `Selection` scratch are reused, so the
+//! timed path does not allocate).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use ndarray::{Array2, Array3};
+use squish_attn::{SelectMode, Selection, SparseAttnIndex, SparseAttnIndexConfig};
+use squish_testkit::data;
+
+const HEADS: usize = 8;
+const HEAD_DIM: usize = 64;
+
+fn keys(rng: &mut impl rand::Rng, seq: usize) -> Array3<f32> {
+    Array3::from_shape_vec(
+        (HEADS, seq, HEAD_DIM),
+        data::normal_vec(rng, HEADS * seq * HEAD_DIM, 0.0, 1.0),
+    )
+    .expect("shape matches")
+}
+
+/// Registers the `SparseAttnIndex` benchmarks.
+pub(crate) fn benches(c: &mut Criterion) {
+    let mut rng = benches::input_rng();
+    let cfg = SparseAttnIndexConfig::default();
+    let k256 = keys(&mut rng, 256);
+    let q = Array2::from_shape_vec(
+        (HEADS, HEAD_DIM),
+        data::normal_vec(&mut rng, HEADS * HEAD_DIM, 0.0, 1.0),
+    )
+    .expect("shape matches");
+
+    let (group, id) = benches::seed_row("sparse_attn_index/build");
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements((HEADS * 256) as u64));
+    let mut index = SparseAttnIndex::new(cfg.clone()).expect("valid config");
+    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+        b.iter(|| index.build(black_box(&k256)).expect("valid keys"));
+    });
+    g.finish();
+
+    let (group, id) = benches::seed_row("sparse_attn_index/query");
+    let mut g = c.benchmark_group(group);
+    let mut sel = Selection::new();
+    index.build(&k256).expect("valid keys");
+    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+        b.iter(|| {
+            index
+                .query_into(black_box(&q), 32, SelectMode::Exact, &mut sel)
+                .expect("valid query");
+        });
+    });
+    let pages = SelectMode::Pages { oversample: 1 };
+    g.bench_function(
+        BenchmarkId::from_parameter("top_k=32,heads=8,seq=256,pages"),
+        |b| {
+            b.iter(|| {
+                index
+                    .query_into(black_box(&q), 32, pages, &mut sel)
+                    .expect("valid query");
+            });
+        },
+    );
+    let long = 16_384;
+    let mut big = SparseAttnIndex::new(cfg).expect("valid config");
+    big.build(&keys(&mut rng, long)).expect("valid keys");
+    let budget = long / 16;
+    for (name, mode) in [("exact", SelectMode::Exact), ("pages", pages)] {
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("top_k={budget},heads=8,seq={long},{name}")),
+            |b| {
+                b.iter(|| {
+                    big.query_into(black_box(&q), budget, mode, &mut sel)
+                        .expect("valid query");
+                });
+            },
+        );
+    }
+    g.finish();
+}
