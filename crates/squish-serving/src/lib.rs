@@ -4,3 +4,12 @@
 mod error;
 
 pub use error::{Error, Result};
+
+pub mod fault_handler;
+pub mod token_budget_gate;
+
+pub use fault_handler::{
+    Action, ActiveRequest, Decision, DegradationLevel, FaultHandler, FaultHandlerConfig,
+    FaultStats, Watermarks,
+};
+pub use token_budget_gate::{BudgetStatus, Grant, TokenBudgetGate, TokenBudgetGateConfig};
