@@ -11,6 +11,10 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod fault_handler;
+mod token_budget_gate;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(token_budget_gate, token_budget_gate::benches);
+criterion_group!(fault_handler, fault_handler::benches);
+criterion_main!(core_primitives, token_budget_gate, fault_handler);
