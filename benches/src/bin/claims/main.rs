@@ -11,11 +11,13 @@
 
 use serde_json::{Map, Value, json};
 
+mod fault_handler;
+mod token_budget_gate;
+
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
 struct Opts {
     /// Smaller samples, for `cargo xtask bench --quick`.
-    #[allow(dead_code)] // read by the first claim that lands
     quick: bool,
 }
 
@@ -32,7 +34,10 @@ type Claim = (&'static str, fn(Opts) -> Measured);
 
 /// The claims measured so far. Each component adds a module beside this file and its row
 /// here.
-const CLAIMS: &[Claim] = &[];
+const CLAIMS: &[Claim] = &[
+    ("token_budget_gate", token_budget_gate::measure),
+    ("fault_tolerance", fault_handler::measure),
+];
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
