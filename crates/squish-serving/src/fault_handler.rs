@@ -36,7 +36,7 @@
 //! `C = capacity_bytes` and pressure `p`:
 //! - `bytes_to_free = round(p * C) - floor(low * C)` (0 if negative) when `EvictKv` is active,
 //!   else 0: the used bytes (recovered exactly from a pressure the caller computed as
-//!   `used / C`, for capacities up to 2^52 bytes) minus the bytes allowed at the low watermark;
+//!   `used / C`) minus the bytes allowed at the low watermark;
 //! - `batch_size = clamp(floor(batch * low / p), min_batch, batch)` when `ShrinkBatch` is active
 //!   and `p > low` (memory held by a batch is roughly proportional to its size), else `batch`;
 //!   a batch already below `min_batch` is never grown;
@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 use squish_core::ConfigError;
 
 use crate::{Error, Result};
+
+/// The largest capacity whose byte counts are all exact in `f64`.
+const MAX_CAPACITY: u64 = 1 << 53;
 
 /// One degradation action, in the canonical order (cheapest first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,7 +152,8 @@ pub struct FaultHandlerConfig {
     pub min_dwell: Duration,
     /// The least time between two escalations (at most one level up per interval).
     pub escalation_interval: Duration,
-    /// The memory the pressure is a fraction of, in bytes. Must be at least 1.
+    /// The memory the pressure is a fraction of, in bytes. Must be in `1..=2^53` (so that it
+    /// and every byte count below it are exact in `f64`).
     pub capacity_bytes: u64,
     /// The smallest batch [`Decision::batch_size`] shrinks to. Must be at least 1.
     pub min_batch: u32,
@@ -190,7 +194,7 @@ impl FaultHandlerConfig {
 
     /// Checks every field and cross-field rule: each watermark finite in `[0, 1]`, `exit <
     /// enter` per level, enters and exits strictly increasing across levels in the canonical
-    /// order, `capacity_bytes >= 1`, `min_batch >= 1`.
+    /// order, `capacity_bytes` in `1..=2^53`, `min_batch >= 1`.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first field that breaks its rule.
@@ -231,12 +235,12 @@ impl FaultHandlerConfig {
                 }
             }
         }
-        if self.capacity_bytes == 0 {
+        if self.capacity_bytes == 0 || self.capacity_bytes > MAX_CAPACITY {
             return Err(ConfigError::new(
                 C,
                 "capacity_bytes",
-                "must be at least 1",
-                0,
+                "must be in 1..=2^53",
+                self.capacity_bytes,
             ));
         }
         if self.min_batch == 0 {
@@ -369,7 +373,7 @@ impl FaultHandler {
     pub fn new(cfg: FaultHandlerConfig) -> Result<Self> {
         cfg.validate()?;
         let w = cfg.levels().map(|(_, _, w)| w);
-        #[allow(clippy::cast_precision_loss)] // documented: exact up to 2^53 bytes
+        #[allow(clippy::cast_precision_loss)] // validated: at most 2^53, exact
         let capacity = cfg.capacity_bytes as f64;
         Ok(Self {
             enter: w.map(|w| w.enter),
@@ -466,9 +470,10 @@ impl FaultHandler {
         let over = pressure > low;
         let level = DegradationLevel::ALL[self.level];
         let bytes_to_free = if self.level >= 1 {
-            // Round half up by truncation (`f64::round` is a libm call on baseline x86-64);
-            // the product is non-negative and at most capacity_bytes.
-            let used = (pressure * self.capacity + 0.5) as u64;
+            // Round half up by truncation (`f64::round` is a libm call on baseline x86-64).
+            // The value is in [0.5, 2^53 + 0.5], so the cast through i64 (one instruction,
+            // where a saturating cast to u64 is several) is exact.
+            let used = (pressure * self.capacity + 0.5) as i64 as u64;
             used.saturating_sub(self.low_bytes)
         } else {
             0
@@ -594,7 +599,8 @@ mod tests {
         insta::assert_snapshot!(bad(|c| c.evict_kv.exit = 0.8), @"invalid FaultHandler.evict_kv.exit: must be below evict_kv.enter (0.8), got 0.8");
         insta::assert_snapshot!(bad(|c| c.disable_drafting.enter = 0.8), @"invalid FaultHandler.disable_drafting.enter: must be above evict_kv.enter (0.8), got 0.8");
         insta::assert_snapshot!(bad(|c| c.shrink_batch.exit = 0.75), @"invalid FaultHandler.shrink_batch.exit: must be above disable_drafting.exit (0.75), got 0.75");
-        insta::assert_snapshot!(bad(|c| c.capacity_bytes = 0), @"invalid FaultHandler.capacity_bytes: must be at least 1, got 0");
+        insta::assert_snapshot!(bad(|c| c.capacity_bytes = 0), @"invalid FaultHandler.capacity_bytes: must be in 1..=2^53, got 0");
+        insta::assert_snapshot!(bad(|c| c.capacity_bytes = (1 << 53) + 1), @"invalid FaultHandler.capacity_bytes: must be in 1..=2^53, got 9007199254740993");
         insta::assert_snapshot!(bad(|c| c.min_batch = 0), @"invalid FaultHandler.min_batch: must be at least 1, got 0");
         assert!(FaultHandlerConfig::default().validate().is_ok());
     }
