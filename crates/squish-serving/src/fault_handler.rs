@@ -36,7 +36,8 @@
 //! `C = capacity_bytes` and pressure `p`:
 //! - `bytes_to_free = round(p * C) - floor(low * C)` (0 if negative) when `EvictKv` is active,
 //!   else 0: the used bytes (recovered exactly from a pressure the caller computed as
-//!   `used / C`) minus the bytes allowed at the low watermark;
+//!   `used as f64 / C as f64`, for capacities up to 2^50 bytes) minus the bytes allowed at the
+//!   low watermark;
 //! - `batch_size = clamp(floor(batch * low / p), min_batch, batch)` when `ShrinkBatch` is active
 //!   and `p > low` (memory held by a batch is roughly proportional to its size), else `batch`;
 //!   a batch already below `min_batch` is never grown;
@@ -251,7 +252,7 @@ impl FaultHandlerConfig {
 }
 
 /// What one [`FaultHandler::evaluate`] decided.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     /// The level after this evaluation.
     pub level: DegradationLevel,
@@ -745,6 +746,31 @@ mod tests {
         assert_eq!(h.evaluate(0.93, 1, clock.now()).unwrap().batch_size, 1);
         clock.advance(MS);
         assert_eq!(h.evaluate(0.93, 0, clock.now()).unwrap().batch_size, 0);
+    }
+
+    /// Oracle: a pressure computed as `used / C` gives back exactly `used - floor(low * C)`
+    /// bytes to free, for capacities up to 2^50 bytes.
+    #[test]
+    fn bytes_to_free_recovers_used_bytes_exactly() {
+        prop::check("fault_bytes_exact", 2000, |rng| {
+            let bits = rng.random_range(1..=50);
+            let cap = rng.random_range(1..=1u64 << bits);
+            let mut h = FaultHandler::new(FaultHandlerConfig {
+                capacity_bytes: cap,
+                ..FaultHandlerConfig::default()
+            })
+            .unwrap();
+            let now = Instant::now();
+            // Enter EvictKv; with the clock standing still the dwell keeps it there.
+            h.evaluate(1.0, 8, now).unwrap();
+            let low = (0.70 * cap as f64).floor() as u64;
+            for _ in 0..20 {
+                let used = rng.random_range(0..=cap);
+                let d = h.evaluate(used as f64 / cap as f64, 8, now).unwrap();
+                assert_eq!(d.level, DegradationLevel::EvictKv);
+                assert_eq!(d.bytes_to_free, used.saturating_sub(low), "{used} of {cap}");
+            }
+        });
     }
 
     /// Oracle for the batch target and bytes: an independent f64 computation over random
