@@ -472,8 +472,8 @@ impl FaultHandler {
         let level = DegradationLevel::ALL[self.level];
         let bytes_to_free = if self.level >= 1 {
             // Round half up by truncation (`f64::round` is a libm call on baseline x86-64).
-            // The value is in [0.5, 2^53 + 0.5], so the cast through i64 (one instruction,
-            // where a saturating cast to u64 is several) is exact.
+            // The value is in [0.5, 2^53 + 0.5], so the cast through i64 is exact (and
+            // shorter than a saturating cast to u64, which needs two conversions on x86-64).
             let used = (pressure * self.capacity + 0.5) as i64 as u64;
             used.saturating_sub(self.low_bytes)
         } else {
