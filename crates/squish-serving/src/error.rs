@@ -1,6 +1,7 @@
 //! The error type of `squish_serving`.
 
 use std::fmt;
+use std::time::Duration;
 
 use squish_core::{ConfigError, ShapeError};
 
@@ -101,6 +102,32 @@ pub enum Error {
         /// What is wrong with it, lowercase, naming the value.
         reason: String,
     },
+    /// A request's prompt plus its requested new tokens does not fit the context window
+    /// (`TokenBudgetGate::admit`).
+    ContextOverflow {
+        /// Prompt length, in tokens.
+        prompt_tokens: u64,
+        /// Requested maximum of new tokens.
+        max_new_tokens: u64,
+        /// The context window, in tokens.
+        context_limit: u64,
+    },
+    /// A memory pressure that is NaN, negative or above 1 (`FaultHandler::evaluate`).
+    InvalidPressure(f64),
+    /// An injected clock went backwards: `now` is earlier than a time already seen, by `by`.
+    ClockWentBackwards {
+        /// The component and call that saw it, e.g. `FaultHandler::evaluate`.
+        context: &'static str,
+        /// How far before the latest time already seen `now` lies.
+        by: Duration,
+    },
+    /// The same request id appears twice in one call's batch.
+    DuplicateRequestId {
+        /// The component and call that saw it, e.g. `FaultHandler::select_shed_into`.
+        context: &'static str,
+        /// The repeated id.
+        id: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -150,6 +177,25 @@ impl fmt::Display for Error {
             Self::InvalidInput { context, reason } => {
                 write!(f, "invalid input to {context}: {reason}")
             }
+            Self::ContextOverflow {
+                prompt_tokens,
+                max_new_tokens,
+                context_limit,
+            } => write!(
+                f,
+                "request does not fit the context window: {prompt_tokens} prompt + \
+                 {max_new_tokens} new tokens > {context_limit}"
+            ),
+            Self::InvalidPressure(p) => write!(
+                f,
+                "invalid memory pressure: must be a finite value in [0, 1], got {p}"
+            ),
+            Self::ClockWentBackwards { context, by } => {
+                write!(f, "clock went backwards in {context} by {by:?}")
+            }
+            Self::DuplicateRequestId { context, id } => {
+                write!(f, "duplicate request id {id} in {context}")
+            }
         }
     }
 }
@@ -172,7 +218,11 @@ impl std::error::Error for Error {
             | Self::LedgerConflict { .. }
             | Self::LedgerFull { .. }
             | Self::Overflow { .. }
-            | Self::InvalidInput { .. } => None,
+            | Self::InvalidInput { .. }
+            | Self::ContextOverflow { .. }
+            | Self::InvalidPressure(_)
+            | Self::ClockWentBackwards { .. }
+            | Self::DuplicateRequestId { .. } => None,
         }
     }
 }
@@ -224,6 +274,29 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn request_lifecycle_errors_display() {
+        let e = Error::ContextOverflow {
+            prompt_tokens: 4000,
+            max_new_tokens: 200,
+            context_limit: 4096,
+        };
+        insta::assert_snapshot!(e, @"request does not fit the context window: 4000 prompt + 200 new tokens > 4096");
+        insta::assert_snapshot!(Error::InvalidPressure(f64::NAN), @"invalid memory pressure: must be a finite value in [0, 1], got NaN");
+        insta::assert_snapshot!(Error::InvalidPressure(1.5), @"invalid memory pressure: must be a finite value in [0, 1], got 1.5");
+        let e = Error::ClockWentBackwards {
+            context: "FaultHandler::evaluate",
+            by: Duration::from_millis(5),
+        };
+        insta::assert_snapshot!(e, @"clock went backwards in FaultHandler::evaluate by 5ms");
+        let e = Error::DuplicateRequestId {
+            context: "FaultHandler::select_shed_into",
+            id: 7,
+        };
+        insta::assert_snapshot!(e, @"duplicate request id 7 in FaultHandler::select_shed_into");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

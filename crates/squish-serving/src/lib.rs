@@ -8,3 +8,12 @@ pub mod model_pool;
 pub use cost_estimator::{RequestCostEstimator, RequestCostEstimatorConfig};
 pub use error::{Error, Result};
 pub use model_pool::{ModelKey, ModelPool, ModelPoolConfig};
+
+pub mod fault_handler;
+pub mod token_budget_gate;
+
+pub use fault_handler::{
+    Action, ActiveRequest, Decision, DegradationLevel, FaultHandler, FaultHandlerConfig,
+    FaultStats, Watermarks,
+};
+pub use token_budget_gate::{BudgetStatus, Grant, TokenBudgetGate, TokenBudgetGateConfig};

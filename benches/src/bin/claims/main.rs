@@ -13,10 +13,12 @@ use serde_json::{Map, Value, json};
 
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
+mod fault_handler;
 mod model_pool;
 mod request_cost_estimator;
 mod retention_kernel;
 mod sparse_attn_index;
+mod token_budget_gate;
 
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,8 @@ const CLAIMS: &[Claim] = &[
     ("dynamic_ntk", dynamic_ntk_scaler::measure),
     ("sparse_attn_index", sparse_attn_index::measure),
     ("dedupe_attn", dedupe_attn::measure),
+    ("token_budget_gate", token_budget_gate::measure),
+    ("fault_tolerance", fault_handler::measure),
 ];
 
 fn main() {
