@@ -16,12 +16,12 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use squish_serving::model_pool::{ModelKey, ModelPool, ModelPoolConfig};
+use squish_serving::model_pool::{ModelId, ModelPool, ModelPoolConfig};
 
 const MIB: u64 = 1 << 20;
 
 /// A loader that does nothing but build a value: the benches time the pool.
-fn trivial(key: ModelKey) -> Result<u64, Infallible> {
+fn trivial(key: ModelId) -> Result<u64, Infallible> {
     Ok(u64::from(key.0))
 }
 
@@ -31,7 +31,7 @@ pub(crate) fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group(group);
 
     let pool = ModelPool::new(ModelPoolConfig::new(8 << 30), trivial).expect("valid config");
-    let key = ModelKey(7);
+    let key = ModelId(7);
     pool.register(key, 512 * MIB).expect("fits");
     drop(pool.acquire(key).expect("loads"));
     g.bench_function(BenchmarkId::from_parameter(id), |b| {
@@ -45,10 +45,10 @@ pub(crate) fn benches(c: &mut Criterion) {
     )
     .expect("valid config");
     for k in 0..=resident {
-        pool.register(ModelKey(k), 64 * MIB).expect("fits");
+        pool.register(ModelId(k), 64 * MIB).expect("fits");
     }
     for k in 0..resident {
-        drop(pool.acquire(ModelKey(k)).expect("fits"));
+        drop(pool.acquire(ModelId(k)).expect("fits"));
     }
     let mut next = resident;
     g.bench_function(
@@ -56,7 +56,7 @@ pub(crate) fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 // The least recently used model is always the next key in the cycle.
-                let lease = pool.acquire(ModelKey(next));
+                let lease = pool.acquire(ModelId(next));
                 next = if next == resident { 0 } else { next + 1 };
                 drop(black_box(lease));
             });

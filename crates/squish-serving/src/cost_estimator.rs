@@ -75,6 +75,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
+
+pub use crate::ids::{ModelId, RequestId, TenantId};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
@@ -88,36 +90,6 @@ const COMPONENT: &str = "RequestCostEstimator";
 // ---------------------------------------------------------------------------------------------
 // Ids
 // ---------------------------------------------------------------------------------------------
-
-/// A model, as the caller numbers its models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModelId(pub u32);
-
-/// A tenant (a customer or API key), as the caller numbers its tenants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(pub u32);
-
-/// A request, unique per billed request: the ledger's idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(pub u64);
-
-impl fmt::Display for ModelId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Money

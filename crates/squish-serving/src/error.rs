@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use squish_core::{ConfigError, ShapeError};
 
-use crate::model_pool::ModelKey;
+use crate::model_pool::ModelId;
 
 /// Errors returned by `squish_serving`.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,17 +22,17 @@ pub enum Error {
     /// registered.
     ModelNotRegistered {
         /// The model.
-        model: ModelKey,
+        model: ModelId,
     },
     /// A model id was registered twice with a [`ModelPool`](crate::model_pool::ModelPool).
     ModelAlreadyRegistered {
         /// The model.
-        model: ModelKey,
+        model: ModelId,
     },
     /// A model is larger than its pool's whole budget.
     ModelTooLarge {
         /// The model.
-        model: ModelKey,
+        model: ModelId,
         /// Its size in bytes.
         size_bytes: u64,
         /// The pool's budget in bytes.
@@ -42,7 +42,7 @@ pub enum Error {
     /// enough (nothing was evicted).
     PoolExhausted {
         /// The model being loaded or grown.
-        model: ModelKey,
+        model: ModelId,
         /// Bytes it needs.
         needed_bytes: u64,
         /// Bytes free plus bytes held by evictable models.
@@ -51,17 +51,17 @@ pub enum Error {
     /// A model pool caller's wait timed out.
     PoolTimeout {
         /// The model being acquired.
-        model: ModelKey,
+        model: ModelId,
     },
     /// A pool model cannot be unregistered or resized now: it is leased, loading or unloading.
     ModelBusy {
         /// The model.
-        model: ModelKey,
+        model: ModelId,
     },
     /// A pool's loader failed (the message is the loader error's `Display`).
     ModelLoadFailed {
         /// The model.
-        model: ModelKey,
+        model: ModelId,
         /// The loader's error message.
         reason: String,
     },
@@ -126,7 +126,7 @@ pub enum Error {
         /// The component and call that saw it, e.g. `FaultHandler::select_shed_into`.
         context: &'static str,
         /// The repeated id.
-        id: u64,
+        id: crate::RequestId,
     },
 }
 
@@ -136,15 +136,17 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
-            Self::ModelNotRegistered { model } => write!(f, "{model} is not registered"),
-            Self::ModelAlreadyRegistered { model } => write!(f, "{model} is already registered"),
+            Self::ModelNotRegistered { model } => write!(f, "model {model} is not registered"),
+            Self::ModelAlreadyRegistered { model } => {
+                write!(f, "model {model} is already registered")
+            }
             Self::ModelTooLarge {
                 model,
                 size_bytes,
                 budget_bytes,
             } => write!(
                 f,
-                "{model} needs {size_bytes} bytes, more than the pool budget of {budget_bytes} bytes"
+                "model {model} needs {size_bytes} bytes, more than the pool budget of {budget_bytes} bytes"
             ),
             Self::PoolExhausted {
                 model,
@@ -152,13 +154,13 @@ impl fmt::Display for Error {
                 available_bytes,
             } => write!(
                 f,
-                "model pool exhausted: {model} needs {needed_bytes} bytes but at most \
+                "model pool exhausted: model {model} needs {needed_bytes} bytes but at most \
                  {available_bytes} can be freed (the rest is leased, pinned or reserved)"
             ),
-            Self::PoolTimeout { model } => write!(f, "timed out waiting to acquire {model}"),
-            Self::ModelBusy { model } => write!(f, "{model} is leased, loading or unloading"),
+            Self::PoolTimeout { model } => write!(f, "timed out waiting to acquire model {model}"),
+            Self::ModelBusy { model } => write!(f, "model {model} is leased, loading or unloading"),
             Self::ModelLoadFailed { model, reason } => {
-                write!(f, "{model} failed to load: {reason}")
+                write!(f, "model {model} failed to load: {reason}")
             }
             Self::UnknownModel { context, model } => {
                 write!(f, "unknown model {model} in {context}")
@@ -293,7 +295,7 @@ mod tests {
         insta::assert_snapshot!(e, @"clock went backwards in FaultHandler::evaluate by 5ms");
         let e = Error::DuplicateRequestId {
             context: "FaultHandler::select_shed_into",
-            id: 7,
+            id: crate::RequestId(7),
         };
         insta::assert_snapshot!(e, @"duplicate request id 7 in FaultHandler::select_shed_into");
         assert!(std::error::Error::source(&e).is_none());

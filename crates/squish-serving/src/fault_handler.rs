@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use squish_core::ConfigError;
 
-use crate::{Error, Result};
+use crate::{Error, RequestId, Result};
 
 /// The largest capacity whose byte counts are all exact in `f64`.
 const MAX_CAPACITY: u64 = 1 << 53;
@@ -287,7 +287,7 @@ impl Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ActiveRequest {
     /// The caller's request id; unique within one call.
-    pub id: u64,
+    pub id: RequestId,
     /// Importance: requests with a *lower* value are shed first.
     pub priority: u32,
     /// KV-cache bytes the request holds (what shedding it frees).
@@ -517,7 +517,7 @@ impl FaultHandler {
         &mut self,
         decision: &Decision,
         requests: &[ActiveRequest],
-        out: &mut Vec<u64>,
+        out: &mut Vec<RequestId>,
     ) -> Result<()> {
         out.clear();
         if !decision.level.is_active(Action::ShedLoad) {
@@ -907,27 +907,27 @@ mod tests {
         let mb = 1u64 << 20;
         let reqs = [
             ActiveRequest {
-                id: 1,
+                id: RequestId(1),
                 priority: 2,
                 kv_bytes: 50 * mb,
             },
             ActiveRequest {
-                id: 2,
+                id: RequestId(2),
                 priority: 0,
                 kv_bytes: 10 * mb,
             },
             ActiveRequest {
-                id: 3,
+                id: RequestId(3),
                 priority: 0,
                 kv_bytes: 30 * mb,
             },
             ActiveRequest {
-                id: 4,
+                id: RequestId(4),
                 priority: 1,
                 kv_bytes: 40 * mb,
             },
             ActiveRequest {
-                id: 5,
+                id: RequestId(5),
                 priority: 0,
                 kv_bytes: 10 * mb,
             },
@@ -950,6 +950,7 @@ mod tests {
                 ..d
             };
             h.select_shed_into(&d, &reqs, &mut out).unwrap();
+            let want: Vec<RequestId> = want.into_iter().map(RequestId).collect();
             assert_eq!(out, want, "need {need}");
         }
         // Below ShedLoad nothing is shed.
@@ -960,7 +961,7 @@ mod tests {
         h.select_shed_into(&lower, &reqs, &mut out).unwrap();
         assert!(out.is_empty());
         let mut dup = reqs.to_vec();
-        dup[4].id = 1;
+        dup[4].id = RequestId(1);
         let e = h.select_shed_into(&d, &dup, &mut out).unwrap_err();
         insta::assert_snapshot!(e, @"duplicate request id 1 in FaultHandler::select_shed_into");
         assert!(out.is_empty());
@@ -979,7 +980,7 @@ mod tests {
                 .map(|_| {
                     let k = rng.random_range(0..ids.len());
                     ActiveRequest {
-                        id: ids.swap_remove(k),
+                        id: RequestId(ids.swap_remove(k)),
                         priority: rng.random_range(0..3),
                         kv_bytes: rng.random_range(0..1000),
                     }

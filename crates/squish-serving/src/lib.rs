@@ -3,11 +3,13 @@
 
 pub mod cost_estimator;
 mod error;
+mod ids;
 pub mod model_pool;
 
 pub use cost_estimator::{RequestCostEstimator, RequestCostEstimatorConfig};
 pub use error::{Error, Result};
-pub use model_pool::{ModelKey, ModelPool, ModelPoolConfig};
+pub use ids::{ModelId, RequestId, TenantId};
+pub use model_pool::{ModelPool, ModelPoolConfig};
 
 pub mod fault_handler;
 pub mod token_budget_gate;

@@ -52,18 +52,18 @@
 //! # Example
 //!
 //! ```
-//! use squish_serving::model_pool::{ModelKey, ModelPool, ModelPoolConfig};
+//! use squish_serving::{ModelId, ModelPool, ModelPoolConfig};
 //!
-//! const LLAMA: ModelKey = ModelKey(1);
-//! const QWEN: ModelKey = ModelKey(2);
+//! const LLAMA: ModelId = ModelId(1);
+//! const QWEN: ModelId = ModelId(2);
 //! let cfg = ModelPoolConfig::new(10 << 30); // a 10 GiB budget
-//! // The loader: any `Fn(ModelKey) -> Result<M, E>` with `E: Display` (or a `ModelLoader`).
-//! let pool = ModelPool::new(cfg, |key: ModelKey| Ok::<_, String>(format!("weights of {key}")))?;
+//! // The loader: any `Fn(ModelId) -> Result<M, E>` with `E: Display` (or a `ModelLoader`).
+//! let pool = ModelPool::new(cfg, |key: ModelId| Ok::<_, String>(format!("weights of {key}")))?;
 //! pool.register(LLAMA, 6 << 30)?;
 //! pool.register(QWEN, 6 << 30)?;
 //!
 //! let lease = pool.acquire(LLAMA)?; // miss: loads
-//! assert_eq!(*lease, "weights of model 1");
+//! assert_eq!(*lease, "weights of 1");
 //! // QWEN does not fit beside LLAMA, and LLAMA is leased: nothing is evicted.
 //! assert!(pool.acquire(QWEN).is_err());
 //! drop(lease);
@@ -87,20 +87,11 @@ use squish_core::ConfigError;
 
 use crate::{Error, Result};
 
-/// The id of a model in a [`ModelPool`], chosen by the caller (a newtype, so the hot path
-/// hashes a `u32`, never a string).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModelKey(pub u32);
-
-impl fmt::Display for ModelKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "model {}", self.0)
-    }
-}
+pub use crate::ids::ModelId;
 
 /// Loads (and optionally unloads) the models of a [`ModelPool`].
 ///
-/// Any `Fn(ModelKey) -> Result<M, E>` closure with `E: Display` is a loader whose unload just
+/// Any `Fn(ModelId) -> Result<M, E>` closure with `E: Display` is a loader whose unload just
 /// drops the model; implement the trait (or use [`FnLoader`]) to run code on unload, e.g. to
 /// free device memory. The pool never calls either method while holding its lock, and never
 /// calls `load(k)` while `unload(k, _)` of the same key is running.
@@ -113,10 +104,10 @@ pub trait ModelLoader<M>: Send + Sync {
     /// # Errors
     /// Any failure to load; the pool releases the memory it reserved for the load and hands
     /// the error to every caller waiting for this load.
-    fn load(&self, key: ModelKey) -> Result<M, Self::Error>;
+    fn load(&self, key: ModelId) -> Result<M, Self::Error>;
 
     /// Unloads an evicted (or unregistered) model. The default drops it.
-    fn unload(&self, key: ModelKey, model: M) {
+    fn unload(&self, key: ModelId, model: M) {
         let _ = key;
         drop(model);
     }
@@ -124,12 +115,12 @@ pub trait ModelLoader<M>: Send + Sync {
 
 impl<M, E, F> ModelLoader<M> for F
 where
-    F: Fn(ModelKey) -> Result<M, E> + Send + Sync,
+    F: Fn(ModelId) -> Result<M, E> + Send + Sync,
     E: fmt::Display,
 {
     type Error = E;
 
-    fn load(&self, key: ModelKey) -> Result<M, E> {
+    fn load(&self, key: ModelId) -> Result<M, E> {
         self(key)
     }
 }
@@ -145,17 +136,17 @@ pub struct FnLoader<F, U> {
 
 impl<M, E, F, U> ModelLoader<M> for FnLoader<F, U>
 where
-    F: Fn(ModelKey) -> Result<M, E> + Send + Sync,
-    U: Fn(ModelKey, M) + Send + Sync,
+    F: Fn(ModelId) -> Result<M, E> + Send + Sync,
+    U: Fn(ModelId, M) + Send + Sync,
     E: fmt::Display,
 {
     type Error = E;
 
-    fn load(&self, key: ModelKey) -> Result<M, E> {
+    fn load(&self, key: ModelId) -> Result<M, E> {
         (self.load)(key)
     }
 
-    fn unload(&self, key: ModelKey, model: M) {
+    fn unload(&self, key: ModelId, model: M) {
         (self.unload)(key, model);
     }
 }
@@ -226,7 +217,7 @@ pub struct ModelPoolStats {
 #[non_exhaustive]
 pub struct ResidentModel {
     /// The model.
-    pub key: ModelKey,
+    pub key: ModelId,
     /// Its size in bytes.
     pub size_bytes: u64,
     /// Its live leases.
@@ -274,7 +265,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-type KeyMap<V> = HashMap<ModelKey, V, BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = HashMap<ModelId, V, BuildHasherDefault<KeyHasher>>;
 
 enum Residency<M> {
     Absent,
@@ -309,7 +300,7 @@ struct State<M> {
     next_gen: u64,
     stats: ModelPoolStats,
     /// Reusable scratch for eviction planning: (last use, key, size).
-    candidates: Vec<(u64, ModelKey, u64)>,
+    candidates: Vec<(u64, ModelId, u64)>,
 }
 
 /// Outcome of an eviction plan.
@@ -327,7 +318,7 @@ impl<M> State<M> {
 
     /// Plans room for `need` more bytes without touching `exclude`: on success the first
     /// `n` entries of `self.candidates` are the victims, least recently used first.
-    fn plan(&mut self, need: u64, exclude: ModelKey) -> Plan {
+    fn plan(&mut self, need: u64, exclude: ModelId) -> Plan {
         let free = self.free();
         if need <= free {
             return Plan::Evict(0);
@@ -355,7 +346,7 @@ impl<M> State<M> {
 
     /// Applies the first `n` victims of the last plan: each leaves `resident` and enters
     /// `Unloading`. Returns the keys and models to unload, and their total bytes.
-    fn evict(&mut self, n: usize) -> (Vec<(ModelKey, Arc<M>)>, u64) {
+    fn evict(&mut self, n: usize) -> (Vec<(ModelId, Arc<M>)>, u64) {
         let mut out = Vec::with_capacity(n);
         let mut bytes = 0;
         for i in 0..n {
@@ -383,7 +374,7 @@ struct Shared<M> {
 }
 
 impl<M> Shared<M> {
-    fn release(&self, key: ModelKey) {
+    fn release(&self, key: ModelId) {
         let mut st = self.state.lock();
         st.tick += 1;
         let tick = st.tick;
@@ -403,7 +394,7 @@ impl<M> Shared<M> {
 /// Marks unloaded models `Absent` (or removes them) when dropped, even if an unloader panics.
 struct UnloadGuard<'a, M> {
     shared: &'a Shared<M>,
-    keys: Vec<ModelKey>,
+    keys: Vec<ModelId>,
     /// Reserved bytes to release once the models are unloaded.
     reserved: u64,
     /// Remove the entries instead of marking them absent (unregistering).
@@ -433,7 +424,7 @@ impl<M> Drop for UnloadGuard<'_, M> {
 /// never hang on a load that will not finish.
 struct LoadGuard<'a, M> {
     shared: &'a Shared<M>,
-    key: ModelKey,
+    key: ModelId,
     generation: u64,
     reserved: u64,
     done: bool,
@@ -568,7 +559,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     /// # Errors
     /// [`Error::ModelAlreadyRegistered`] if `key` is registered; [`Error::ModelTooLarge`] if the size
     /// exceeds the budget; [`Error::Config`] if it is zero.
-    pub fn register(&self, key: ModelKey, size_bytes: u64) -> Result<()> {
+    pub fn register(&self, key: ModelId, size_bytes: u64) -> Result<()> {
         self.check_size(key, size_bytes)?;
         let mut st = self.shared.state.lock();
         if st.entries.contains_key(&key) {
@@ -588,7 +579,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
         Ok(())
     }
 
-    fn check_size(&self, key: ModelKey, size_bytes: u64) -> Result<()> {
+    fn check_size(&self, key: ModelId, size_bytes: u64) -> Result<()> {
         if size_bytes == 0 {
             return Err(ConfigError::new("ModelPool", "size_bytes", "must be positive", 0).into());
         }
@@ -607,7 +598,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     ///
     /// # Errors
     /// [`Error::ModelNotRegistered`]; [`Error::ModelBusy`] if it is leased, loading or unloading.
-    pub fn unregister(&self, key: ModelKey) -> Result<()> {
+    pub fn unregister(&self, key: ModelId) -> Result<()> {
         let mut st = self.shared.state.lock();
         let st_ref = &mut *st;
         let Some(e) = st_ref.entries.get_mut(&key) else {
@@ -645,7 +636,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     ///
     /// # Errors
     /// [`Error::ModelNotRegistered`].
-    pub fn pin(&self, key: ModelKey) -> Result<()> {
+    pub fn pin(&self, key: ModelId) -> Result<()> {
         self.set_pinned(key, true)
     }
 
@@ -653,11 +644,11 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     ///
     /// # Errors
     /// [`Error::ModelNotRegistered`].
-    pub fn unpin(&self, key: ModelKey) -> Result<()> {
+    pub fn unpin(&self, key: ModelId) -> Result<()> {
         self.set_pinned(key, false)
     }
 
-    fn set_pinned(&self, key: ModelKey, pinned: bool) -> Result<()> {
+    fn set_pinned(&self, key: ModelId, pinned: bool) -> Result<()> {
         let mut st = self.shared.state.lock();
         let Some(e) = st.entries.get_mut(&key) else {
             return Err(Error::ModelNotRegistered { model: key });
@@ -678,7 +669,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     /// [`Error::ModelNotRegistered`]; [`Error::ModelBusy`] while it is loading or unloading;
     /// [`Error::ModelTooLarge`] / [`Error::Config`] for a size above the budget or zero;
     /// [`Error::PoolExhausted`] if a loaded model cannot grow.
-    pub fn resize(&self, key: ModelKey, size_bytes: u64) -> Result<()> {
+    pub fn resize(&self, key: ModelId, size_bytes: u64) -> Result<()> {
         self.check_size(key, size_bytes)?;
         let mut st = self.shared.state.lock();
         let Some(e) = st.entries.get(&key) else {
@@ -721,13 +712,13 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
         }
     }
 
-    fn set_size(st: &mut State<M>, key: ModelKey, size: u64) {
+    fn set_size(st: &mut State<M>, key: ModelId, size: u64) {
         if let Some(e) = st.entries.get_mut(&key) {
             e.size = size;
         }
     }
 
-    fn unload(&self, key: ModelKey, model: Arc<M>) {
+    fn unload(&self, key: ModelId, model: Arc<M>) {
         // Idle means no lease holds the Arc (a lease drops its Arc before it decrements the
         // count), so the pool's handle is the last one.
         if let Some(m) = Arc::into_inner(model) {
@@ -737,7 +728,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
 
     /// Unloads evicted models, then releases `extra` reserved bytes (the part of the victims'
     /// bytes not taken over by the caller's load or growth).
-    fn unload_victims(&self, victims: Vec<(ModelKey, Arc<M>)>, extra: u64) {
+    fn unload_victims(&self, victims: Vec<(ModelId, Arc<M>)>, extra: u64) {
         if victims.is_empty() {
             return;
         }
@@ -764,7 +755,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     ///
     /// # Performance
     /// A hit takes the lock once (and its release once more); see [`ModelPool`].
-    pub fn acquire(&self, key: ModelKey) -> Result<Lease<'_, M>> {
+    pub fn acquire(&self, key: ModelId) -> Result<Lease<'_, M>> {
         let model = self.acquire_inner(key, None)?;
         Ok(self.lease(key, model))
     }
@@ -777,7 +768,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     /// As [`acquire`](Self::acquire), with [`Error::PoolTimeout`] instead of
     /// [`Error::PoolExhausted`]. A caller that waits for memory while holding a lease the
     /// pool needs waits until the timeout.
-    pub fn acquire_timeout(&self, key: ModelKey, timeout: Duration) -> Result<Lease<'_, M>> {
+    pub fn acquire_timeout(&self, key: ModelId, timeout: Duration) -> Result<Lease<'_, M>> {
         let model = self.acquire_inner(key, Some(timeout))?;
         Ok(self.lease(key, model))
     }
@@ -790,7 +781,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     ///
     /// # Performance
     /// One more atomic reference-count increment (and decrement on release) than a [`Lease`].
-    pub fn acquire_owned(&self, key: ModelKey) -> Result<OwnedLease<M>> {
+    pub fn acquire_owned(&self, key: ModelId) -> Result<OwnedLease<M>> {
         let model = self.acquire_inner(key, None)?;
         Ok(OwnedLease {
             shared: Arc::clone(&self.shared),
@@ -804,7 +795,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     ///
     /// # Errors
     /// As [`acquire_timeout`](Self::acquire_timeout).
-    pub fn acquire_owned_timeout(&self, key: ModelKey, timeout: Duration) -> Result<OwnedLease<M>> {
+    pub fn acquire_owned_timeout(&self, key: ModelId, timeout: Duration) -> Result<OwnedLease<M>> {
         let model = self.acquire_inner(key, Some(timeout))?;
         Ok(OwnedLease {
             shared: Arc::clone(&self.shared),
@@ -813,7 +804,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
         })
     }
 
-    fn lease(&self, key: ModelKey, model: Arc<M>) -> Lease<'_, M> {
+    fn lease(&self, key: ModelId, model: Arc<M>) -> Lease<'_, M> {
         Lease {
             shared: &self.shared,
             key,
@@ -822,7 +813,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     }
 
     /// The acquire protocol; returns the model with its count already incremented.
-    fn acquire_inner(&self, key: ModelKey, timeout: Option<Duration>) -> Result<Arc<M>> {
+    fn acquire_inner(&self, key: ModelId, timeout: Option<Duration>) -> Result<Arc<M>> {
         let mut guard = self.shared.state.lock();
         let mut counted = false;
         let mut waited = false;
@@ -941,10 +932,10 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     /// Unloads the victims, then loads `key` into its reservation (both outside the lock).
     fn load(
         &self,
-        key: ModelKey,
+        key: ModelId,
         size: u64,
         generation: u64,
-        victims: Vec<(ModelKey, Arc<M>)>,
+        victims: Vec<(ModelId, Arc<M>)>,
         extra: u64,
     ) -> Result<Arc<M>> {
         let pending = LoadGuard {
@@ -969,7 +960,7 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
     }
 
     /// Whether model `key` is loaded (false for unknown keys).
-    pub fn is_resident(&self, key: ModelKey) -> bool {
+    pub fn is_resident(&self, key: ModelId) -> bool {
         let st = self.shared.state.lock();
         st.entries
             .get(&key)
@@ -1010,14 +1001,14 @@ impl<M, L: ModelLoader<M>> ModelPool<M, L> {
 /// a model is alive, the model is never evicted.
 pub struct Lease<'a, M> {
     shared: &'a Shared<M>,
-    key: ModelKey,
+    key: ModelId,
     /// Always `Some` until drop, which takes it first so that an idle model's `Arc` is unique.
     model: Option<Arc<M>>,
 }
 
 impl<M> Lease<'_, M> {
     /// The leased model's key.
-    pub fn key(&self) -> ModelKey {
+    pub fn key(&self) -> ModelId {
         self.key
     }
 }
@@ -1057,14 +1048,14 @@ impl<M> Drop for Lease<'_, M> {
 /// last owned lease is.
 pub struct OwnedLease<M> {
     shared: Arc<Shared<M>>,
-    key: ModelKey,
+    key: ModelId,
     /// Always `Some` until drop (see [`Lease`]).
     model: Option<Arc<M>>,
 }
 
 impl<M> OwnedLease<M> {
     /// The leased model's key.
-    pub fn key(&self) -> ModelKey {
+    pub fn key(&self) -> ModelId {
         self.key
     }
 }
@@ -1099,7 +1090,7 @@ impl<M> Drop for OwnedLease<M> {
 impl<M, L: ModelLoader<M>> Drop for ModelPool<M, L> {
     /// Unloads every loaded model that no [`OwnedLease`] holds, through the loader.
     fn drop(&mut self) {
-        let idle: Vec<(ModelKey, Arc<M>)> = {
+        let idle: Vec<(ModelId, Arc<M>)> = {
             let mut st = self.shared.state.lock();
             let st = &mut *st;
             let mut out = Vec::new();

@@ -14,7 +14,7 @@ use super::*;
 /// A loaded test model: knows its key and whether it has been unloaded.
 #[derive(Debug)]
 struct Model {
-    key: ModelKey,
+    key: ModelId,
     /// Bytes counted in the loader's `physical` for this object.
     size: u64,
     alive: Arc<AtomicBool>,
@@ -79,7 +79,7 @@ impl TestLoader {
 impl ModelLoader<Model> for TestLoader {
     type Error = String;
 
-    fn load(&self, key: ModelKey) -> Result<Model, String> {
+    fn load(&self, key: ModelId) -> Result<Model, String> {
         let k = key.0 as usize;
         assert!(
             !self.busy[k].swap(true, Ordering::SeqCst),
@@ -98,7 +98,7 @@ impl ModelLoader<Model> for TestLoader {
             panic!("loader panics on {key}");
         }
         let out = if self.fail[k].load(Ordering::SeqCst) {
-            Err(format!("no weights for {key}"))
+            Err(format!("no weights for model {key}"))
         } else {
             let size = self.sizes[k].load(Ordering::SeqCst);
             let held = self.physical.fetch_add(size, Ordering::SeqCst) + size;
@@ -115,7 +115,7 @@ impl ModelLoader<Model> for TestLoader {
         out
     }
 
-    fn unload(&self, key: ModelKey, model: Model) {
+    fn unload(&self, key: ModelId, model: Model) {
         let k = key.0 as usize;
         assert!(
             !self.busy[k].swap(true, Ordering::SeqCst),
@@ -141,7 +141,7 @@ fn pool_with(budget: u64, sizes: &[u64], loader: TestLoader) -> ModelPool<Model,
     };
     let p = ModelPool::new(cfg, loader).unwrap();
     for (i, &s) in sizes.iter().enumerate() {
-        p.register(ModelKey(i as u32), s).unwrap();
+        p.register(ModelId(i as u32), s).unwrap();
     }
     p
 }
@@ -150,10 +150,10 @@ fn keys(snap: &ModelPoolSnapshot) -> Vec<u32> {
     snap.resident.iter().map(|r| r.key.0).collect()
 }
 
-const K0: ModelKey = ModelKey(0);
-const K1: ModelKey = ModelKey(1);
-const K2: ModelKey = ModelKey(2);
-const K3: ModelKey = ModelKey(3);
+const K0: ModelId = ModelId(0);
+const K1: ModelId = ModelId(1);
+const K2: ModelId = ModelId(2);
+const K3: ModelId = ModelId(3);
 
 #[test]
 fn pool_and_lease_are_send_sync() {
@@ -168,7 +168,7 @@ fn pool_and_lease_are_send_sync() {
 #[test]
 fn config_is_validated() {
     let cfg = ModelPoolConfig { budget_bytes: 0 };
-    let e = ModelPool::new(cfg, |_: ModelKey| Ok::<(), String>(())).unwrap_err();
+    let e = ModelPool::new(cfg, |_: ModelId| Ok::<(), String>(())).unwrap_err();
     insta::assert_snapshot!(e, @"invalid ModelPool.budget_bytes: must be positive, got 0");
     assert!(ModelPoolConfig::default().validate().is_ok());
 }
@@ -176,14 +176,14 @@ fn config_is_validated() {
 #[test]
 fn error_messages() {
     let p = pool(100, &[60, 60]);
-    insta::assert_snapshot!(p.acquire(ModelKey(9)).unwrap_err(), @"model 9 is not registered");
+    insta::assert_snapshot!(p.acquire(ModelId(9)).unwrap_err(), @"model 9 is not registered");
     insta::assert_snapshot!(p.register(K0, 10).unwrap_err(), @"model 0 is already registered");
     insta::assert_snapshot!(
-        p.register(ModelKey(5), 101).unwrap_err(),
+        p.register(ModelId(5), 101).unwrap_err(),
         @"model 5 needs 101 bytes, more than the pool budget of 100 bytes"
     );
     insta::assert_snapshot!(
-        p.register(ModelKey(5), 0).unwrap_err(),
+        p.register(ModelId(5), 0).unwrap_err(),
         @"invalid ModelPool.size_bytes: must be positive, got 0"
     );
     let a = p.acquire(K0).unwrap();
@@ -253,7 +253,7 @@ fn leases_deref_to_the_model_and_count() {
     drop(b);
     assert_eq!(p.snapshot().resident[0].leases, 0);
     assert!(p.is_resident(K0));
-    assert!(!p.is_resident(ModelKey(7)));
+    assert!(!p.is_resident(ModelId(7)));
 }
 
 /// The seed evicted an idle model and then failed the acquire anyway.
@@ -316,8 +316,8 @@ fn pinned_models_are_never_evicted() {
     drop(p.acquire(K1).unwrap());
     assert_eq!(keys(&p.snapshot()), [2, 1]);
     assert_eq!(
-        p.pin(ModelKey(9)),
-        Err(Error::ModelNotRegistered { model: ModelKey(9) })
+        p.pin(ModelId(9)),
+        Err(Error::ModelNotRegistered { model: ModelId(9) })
     );
 }
 
@@ -365,8 +365,8 @@ fn resize_goes_through_the_budget_check() {
     ));
     drop(a);
     assert_eq!(
-        p.resize(ModelKey(7), 1),
-        Err(Error::ModelNotRegistered { model: ModelKey(7) })
+        p.resize(ModelId(7), 1),
+        Err(Error::ModelNotRegistered { model: ModelId(7) })
     );
 }
 
@@ -388,8 +388,8 @@ fn unregister_unloads_idle_models_only() {
     assert_eq!(*p.loader().log.lock().last().unwrap(), Event::Unload(1));
     p.register(K1, 60).unwrap(); // the id can be reused
     drop(a);
-    p.register(ModelKey(2), 10).unwrap();
-    p.unregister(ModelKey(2)).unwrap(); // never loaded
+    p.register(ModelId(2), 10).unwrap();
+    p.unregister(ModelId(2)).unwrap(); // never loaded
 }
 
 #[test]
@@ -397,8 +397,8 @@ fn owned_leases_are_static_and_dropping_the_pool_unloads_idle_models() {
     let unloaded = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&unloaded);
     let loader = FnLoader {
-        load: |k: ModelKey| Ok::<u32, String>(k.0),
-        unload: move |_: ModelKey, _: u32| {
+        load: |k: ModelId| Ok::<u32, String>(k.0),
+        unload: move |_: ModelId, _: u32| {
             counter.fetch_add(1, Ordering::SeqCst);
         },
     };
@@ -428,8 +428,8 @@ fn owned_leases_are_static_and_dropping_the_pool_unloads_idle_models() {
 fn closures_and_fn_loader_work_as_loaders() {
     let unloaded = AtomicUsize::new(0);
     let loader = FnLoader {
-        load: |k: ModelKey| Ok::<u32, String>(k.0 * 10),
-        unload: |_: ModelKey, m: u32| {
+        load: |k: ModelId| Ok::<u32, String>(k.0 * 10),
+        unload: |_: ModelId, m: u32| {
             unloaded.fetch_add(m as usize, Ordering::SeqCst);
         },
     };
@@ -446,7 +446,7 @@ fn closures_and_fn_loader_work_as_loaders() {
     assert_eq!(p.config(), &cfg);
     assert!(format!("{p:?}").contains("ModelPool"));
     // A plain closure: unloading drops the model.
-    let p = ModelPool::new(cfg, |k: ModelKey| Ok::<String, String>(k.to_string())).unwrap();
+    let p = ModelPool::new(cfg, |k: ModelId| Ok::<String, String>(format!("model {k}"))).unwrap();
     p.register(K3, 5).unwrap();
     assert_eq!(&*p.acquire(K3).unwrap(), "model 3");
 }
@@ -750,7 +750,7 @@ fn random_operations_match_a_reference_lru() {
         for step in 0..300 {
             let before = p.snapshot();
             let k = rng.random_range(0..MODELS);
-            let key = ModelKey(k as u32);
+            let key = ModelId(k as u32);
             let op = rng.random_range(0..100u32);
             let (got, want) = match op {
                 0..45 => {
@@ -877,7 +877,7 @@ fn sixteen_threads_keep_every_invariant() {
                             drop(lease);
                             continue;
                         }
-                        let key = ModelKey(rng.random_range(0..sizes.len() as u32));
+                        let key = ModelId(rng.random_range(0..sizes.len() as u32));
                         // Fail a few loads, deterministically per thread and step.
                         if i % 97 == 0 {
                             p.loader().fail[key.0 as usize].store(true, Ordering::SeqCst);

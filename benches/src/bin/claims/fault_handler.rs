@@ -258,7 +258,7 @@ fn simulate(
                 let batch: Vec<ActiveRequest> = running
                     .iter()
                     .map(|r| ActiveRequest {
-                        id: r.id,
+                        id: squish_serving::RequestId(r.id),
                         priority: r.priority(),
                         kv_bytes: r.kv_bytes(drafting),
                     })
@@ -269,7 +269,10 @@ fn simulate(
                     if used <= low_bytes {
                         break;
                     }
-                    let i = running.iter().position(|r| r.id == *id).expect("listed");
+                    let i = running
+                        .iter()
+                        .position(|r| squish_serving::RequestId(r.id) == *id)
+                        .expect("listed");
                     let r = running.remove(i);
                     used -= r.kv_bytes(drafting);
                     out.shed += 1;

@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
-use squish_serving::model_pool::{ModelKey, ModelPool, ModelPoolConfig};
+use squish_serving::model_pool::{ModelId, ModelPool, ModelPoolConfig};
 
 use crate::{Measured, Opts};
 
@@ -97,18 +97,18 @@ struct Replay {
 
 fn replay_pool(models: &[u32], budget: u64) -> Replay {
     let loaded = AtomicU64::new(0);
-    let loader = |k: ModelKey| {
+    let loader = |k: ModelId| {
         loaded.fetch_add(SIZES[k.0 as usize], Ordering::Relaxed);
         Ok::<_, Infallible>(k.0)
     };
     let pool = ModelPool::new(ModelPoolConfig::new(budget), loader).expect("valid budget");
     for (k, &size) in SIZES.iter().enumerate() {
-        pool.register(ModelKey(k as u32), size)
+        pool.register(ModelId(k as u32), size)
             .expect("every model fits the budget");
     }
     for &m in models {
         let lease = pool
-            .acquire(ModelKey(m))
+            .acquire(ModelId(m))
             .expect("idle models can always be evicted");
         assert_eq!(*lease, m);
     }

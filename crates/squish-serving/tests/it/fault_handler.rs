@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use squish_serving::{Action, ActiveRequest, DegradationLevel, FaultHandler, FaultHandlerConfig};
+use squish_serving::{
+    Action, ActiveRequest, DegradationLevel, FaultHandler, FaultHandlerConfig, RequestId,
+};
 use squish_testkit::clock::FakeClock;
 
 /// A ramp to full pressure climbs one level per escalation interval in the canonical order,
@@ -33,14 +35,14 @@ fn ramp_up_and_down() {
 
     let batch: Vec<ActiveRequest> = (0..6)
         .map(|i| ActiveRequest {
-            id: i,
+            id: RequestId(i),
             priority: (i % 3) as u32,
             kv_bytes: 100,
         })
         .collect();
     let mut shed = Vec::new();
     h.select_shed_into(&d, &batch, &mut shed).unwrap();
-    assert_eq!(shed, [3, 0, 4]); // priority 0 (newest first), then priority 1
+    assert_eq!(shed, [3, 0, 4].map(RequestId)); // priority 0 (newest first), then priority 1
 
     let mut down = Vec::new();
     for _ in 0..400 {
