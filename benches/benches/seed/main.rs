@@ -10,7 +10,9 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod budget_spec_decoder;
 mod core;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(budget_spec_decoder, budget_spec_decoder::benches);
+criterion_main!(core_primitives, budget_spec_decoder);

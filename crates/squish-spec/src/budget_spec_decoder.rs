@@ -280,6 +280,9 @@ pub struct BudgetSpecStats {
     /// Draft tokens accepted (emitted tokens minus one correction/bonus token per round with
     /// `L ≥ 1`).
     pub accepted: u64,
+    /// Rounds with `L ≥ 1` that did not accept every draft (they ended with a correction
+    /// token).
+    pub rejected: u64,
 }
 
 impl BudgetSpecStats {
@@ -298,10 +301,25 @@ impl BudgetSpecStats {
 /// The policy with its constants precomputed.
 #[derive(Debug, Clone, Copy)]
 enum Plan {
-    /// Ramp-down: the ramp starts once `emitted ≥ start`; `span = budget − start`.
-    RampDown { start: f64, span: f64 },
-    /// Acceptance-aware: the unconstrained best draft length for the current estimate.
-    AcceptanceAware { cost_ratio: f64, best: usize },
+    /// Ramp-down: the ramp starts once `emitted ≥ start` (`start = ⌈ramp_down_at × budget⌉`,
+    /// an integer, so the test is exact); `span = budget − ramp_down_at × budget` in `f64`.
+    RampDown {
+        start: usize,
+        span: f64,
+        /// `n_draft` as `f64`.
+        n_draft: f64,
+    },
+    /// Acceptance-aware: the estimator's discounted counts and the unconstrained best draft
+    /// length for the current estimate.
+    AcceptanceAware {
+        cost_ratio: f64,
+        decay: f64,
+        /// Discounted accepted drafts (prior included).
+        successes: f64,
+        /// Discounted tested drafts (prior included), always `> 0`.
+        trials: f64,
+        best: usize,
+    },
 }
 
 /// Chooses how many tokens to draft in each speculative round so that a request never emits
@@ -321,10 +339,6 @@ pub struct BudgetSpecDecoder {
     plan: Plan,
     emitted: usize,
     last_draft_len: usize,
-    /// Discounted accepted drafts (prior included).
-    successes: f64,
-    /// Discounted tested drafts (prior included), always `> 0`.
-    trials: f64,
     stats: BudgetSpecStats,
 }
 
@@ -336,35 +350,29 @@ impl BudgetSpecDecoder {
     pub fn new(cfg: BudgetSpecDecoderConfig) -> Result<Self> {
         cfg.validate()?;
         let budget = cfg.budget as f64;
-        let (plan, successes, trials) = match &cfg.policy {
+        let plan = match &cfg.policy {
             DraftLenPolicy::RampDown { ramp_down_at } => {
                 let start = ramp_down_at * budget;
-                // The initial estimate for the statistics only: a flat prior of one trial.
-                (
-                    Plan::RampDown {
-                        start,
-                        span: budget - start,
-                    },
-                    0.5,
-                    1.0,
-                )
+                Plan::RampDown {
+                    // An integer `emitted` is < start iff it is < ⌈start⌉ (start ≤ 2^40).
+                    start: start.ceil() as usize,
+                    span: budget - start,
+                    n_draft: cfg.n_draft as f64,
+                }
             }
-            DraftLenPolicy::AcceptanceAware(p) => (
-                Plan::AcceptanceAware {
-                    cost_ratio: p.cost_ratio,
-                    best: best_draft_len(p.prior_alpha, p.cost_ratio, cfg.n_draft),
-                },
-                p.prior_alpha * p.prior_weight,
-                p.prior_weight,
-            ),
+            DraftLenPolicy::AcceptanceAware(p) => Plan::AcceptanceAware {
+                cost_ratio: p.cost_ratio,
+                decay: p.decay,
+                successes: p.prior_alpha * p.prior_weight,
+                trials: p.prior_weight,
+                best: best_draft_len(p.prior_alpha, p.cost_ratio, cfg.n_draft),
+            },
         };
         Ok(Self {
             cfg,
             plan,
             emitted: 0,
             last_draft_len: 0,
-            successes,
-            trials,
             stats: BudgetSpecStats::default(),
         })
     }
@@ -400,10 +408,20 @@ impl BudgetSpecDecoder {
     }
 
     /// The current estimate of the per-token acceptance probability α, in `[0, 1]` (see the
-    /// [module docs](crate::budget_spec_decoder#the-acceptance-estimator); under the ramp-down policy the prior is
-    /// 0.5 with weight 1).
+    /// [module docs](crate::budget_spec_decoder#the-acceptance-estimator)). Under the
+    /// ramp-down policy, which does not act on it, it is the undiscounted estimate with a prior
+    /// of 0.5 and weight 1, `(0.5 + accepted) / (1 + accepted + rejected)` from
+    /// [`stats`](Self::stats), computed on demand.
     pub fn acceptance_estimate(&self) -> f64 {
-        self.successes / self.trials
+        match self.plan {
+            Plan::RampDown { .. } => {
+                let st = &self.stats;
+                (0.5 + st.accepted as f64) / (1.0 + (st.accepted + st.rejected) as f64)
+            }
+            Plan::AcceptanceAware {
+                successes, trials, ..
+            } => successes / trials,
+        }
     }
 
     /// Counters of the rounds so far.
@@ -427,13 +445,18 @@ impl BudgetSpecDecoder {
             return 0;
         }
         let len = match self.plan {
-            Plan::RampDown { start, span } => {
-                if (self.emitted as f64) < start {
+            Plan::RampDown {
+                start,
+                span,
+                n_draft,
+            } => {
+                if self.emitted < start {
                     self.cfg.n_draft
                 } else {
-                    // emitted ≥ start and emitted < budget, so span > 0 and x ≤ n_draft.
-                    let x = self.cfg.n_draft as f64 * remaining as f64 / span;
-                    (round_ties_even_small(x) as usize).max(1)
+                    // emitted ≥ start and emitted < budget, so span > 0 and x ≤ n_draft. The
+                    // `i64` casts are exact (remaining ≤ 2^40, x ≤ 256) and one instruction each.
+                    let x = n_draft * (remaining as i64 as f64) / span;
+                    (round_ties_even_small(x) as i64 as usize).max(1)
                 }
             }
             Plan::AcceptanceAware { best, .. } => best,
@@ -455,38 +478,51 @@ impl BudgetSpecDecoder {
     #[inline]
     pub fn step(&mut self, n_emitted: usize) -> Result<()> {
         let draft_len = self.effective_draft_len();
-        if n_emitted == 0 || n_emitted > draft_len + 1 {
-            return Err(Error::EmittedCount {
-                n_emitted,
-                draft_len,
-            });
-        }
         let remaining = self.cfg.budget - self.emitted;
-        if n_emitted > remaining {
-            return Err(Error::OverBudget {
-                n_emitted,
-                remaining,
-            });
+        // 1 ≤ n ≤ L + 1 in one unsigned comparison (n = 0 wraps to usize::MAX).
+        if n_emitted.wrapping_sub(1) > draft_len || n_emitted > remaining {
+            return Err(step_error(n_emitted, draft_len, remaining));
         }
         self.emitted += n_emitted;
         self.last_draft_len = draft_len;
+        // With L = 0 the round emitted exactly 1 token: these all add 0 except `rounds`.
         let accepted = n_emitted - 1;
+        let rejected = usize::from(accepted < draft_len);
         self.stats.rounds += 1;
-        if draft_len > 0 {
-            self.stats.drafted += draft_len as u64;
-            self.stats.accepted += accepted as u64;
-            let rejected = usize::from(accepted < draft_len);
-            let decay = match &self.cfg.policy {
-                DraftLenPolicy::AcceptanceAware(p) => p.decay,
-                DraftLenPolicy::RampDown { .. } => 1.0,
-            };
-            self.successes = decay * self.successes + accepted as f64;
-            self.trials = decay * self.trials + (accepted + rejected) as f64;
-            if let Plan::AcceptanceAware { cost_ratio, best } = &mut self.plan {
-                *best = best_draft_len(self.successes / self.trials, *cost_ratio, self.cfg.n_draft);
-            }
+        self.stats.drafted += draft_len as u64;
+        self.stats.accepted += accepted as u64;
+        self.stats.rejected += rejected as u64;
+        if let Plan::AcceptanceAware {
+            cost_ratio,
+            decay,
+            successes,
+            trials,
+            best,
+        } = &mut self.plan
+            && draft_len > 0
+        {
+            *successes = *decay * *successes + accepted as f64;
+            *trials = *decay * *trials + (accepted + rejected) as f64;
+            *best = best_draft_len(*successes / *trials, *cost_ratio, self.cfg.n_draft);
         }
         Ok(())
+    }
+}
+
+/// The error of a refused [`BudgetSpecDecoder::step`], kept out of the hot path.
+#[cold]
+#[inline(never)]
+fn step_error(n_emitted: usize, draft_len: usize, remaining: usize) -> Error {
+    if n_emitted == 0 || n_emitted > draft_len + 1 {
+        Error::EmittedCount {
+            n_emitted,
+            draft_len,
+        }
+    } else {
+        Error::OverBudget {
+            n_emitted,
+            remaining,
+        }
     }
 }
 
@@ -623,7 +659,8 @@ mod tests {
             BudgetSpecStats {
                 rounds: 2,
                 drafted: 8,
-                accepted: 5
+                accepted: 5,
+                rejected: 1,
             }
         );
         assert_eq!(d.stats().acceptance_rate(), 5.0 / 8.0);
