@@ -34,18 +34,21 @@
 //! A round that drafted `L ≥ 1` tokens and emitted `n` tokens accepted `a = n − 1` drafts. Under
 //! the i.i.d. model the drafts after the first rejection were never tested, so the round holds
 //! `a` successes in `a + [a < L]` Bernoulli trials (the naive `a / L` is biased low). The
-//! decoder keeps exponentially discounted counts, starting from a Beta prior of
-//! `prior_weight` pseudo-trials with mean `prior_alpha`:
+//! decoder keeps exponentially discounted counts of the observations on top of a fixed Beta
+//! prior of `prior_weight` pseudo-trials with mean `prior_alpha`:
 //!
 //! ```text
-//! S ← decay·S + a,   T ← decay·T + a + [a < L],   α = S / T,   S₀ = prior_alpha·prior_weight, T₀ = prior_weight
+//! S ← decay·S + a,   T ← decay·T + a + [a < L],   α = (prior_alpha·prior_weight + S) / (prior_weight + T),   S₀ = T₀ = 0
 //! ```
 //!
-//! With `decay = 1` this is exactly the Beta posterior mean; with `decay < 1` it forgets old
-//! rounds with a memory of about `1 / (1 − decay)` rounds (and the prior fades the same way).
-//! Rounds with `L = 0` carry no information and leave the estimate unchanged. Both policies
-//! keep the estimate ([`BudgetSpecDecoder::acceptance_estimate`]); only the acceptance-aware
-//! one acts on it.
+//! With `decay = 1` this is exactly the Beta posterior mean. With `decay < 1` observations
+//! fade with a memory of about `1 / (1 − decay)` rounds, every round, including rounds with
+//! `L = 0` (which observe nothing), while the prior does not fade. That is what keeps the
+//! policy from locking itself out: once it stops drafting (a low estimate makes `L = 0`
+//! optimal), no evidence would ever arrive to raise the estimate again; instead the estimate
+//! drifts back towards the prior until drafting is worth a probe. Both policies keep an
+//! estimate ([`BudgetSpecDecoder::acceptance_estimate`]); only the acceptance-aware one acts
+//! on it.
 //!
 //! # Wiring it with a verifier
 //! The decoder is a small state machine that never calls a model; the caller's loop is:
@@ -314,9 +317,13 @@ enum Plan {
     AcceptanceAware {
         cost_ratio: f64,
         decay: f64,
-        /// Discounted accepted drafts (prior included).
+        /// `prior_alpha · prior_weight`.
+        prior_successes: f64,
+        /// `prior_weight`, `> 0`.
+        prior_trials: f64,
+        /// Discounted accepted drafts.
         successes: f64,
-        /// Discounted tested drafts (prior included), always `> 0`.
+        /// Discounted tested drafts.
         trials: f64,
         best: usize,
     },
@@ -363,8 +370,10 @@ impl BudgetSpecDecoder {
             DraftLenPolicy::AcceptanceAware(p) => Plan::AcceptanceAware {
                 cost_ratio: p.cost_ratio,
                 decay: p.decay,
-                successes: p.prior_alpha * p.prior_weight,
-                trials: p.prior_weight,
+                prior_successes: p.prior_alpha * p.prior_weight,
+                prior_trials: p.prior_weight,
+                successes: 0.0,
+                trials: 0.0,
                 best: best_draft_len(p.prior_alpha, p.cost_ratio, cfg.n_draft),
             },
         };
@@ -419,8 +428,12 @@ impl BudgetSpecDecoder {
                 (0.5 + st.accepted as f64) / (1.0 + (st.accepted + st.rejected) as f64)
             }
             Plan::AcceptanceAware {
-                successes, trials, ..
-            } => successes / trials,
+                prior_successes,
+                prior_trials,
+                successes,
+                trials,
+                ..
+            } => (prior_successes + successes) / (prior_trials + trials),
         }
     }
 
@@ -495,15 +508,17 @@ impl BudgetSpecDecoder {
         if let Plan::AcceptanceAware {
             cost_ratio,
             decay,
+            prior_successes,
+            prior_trials,
             successes,
             trials,
             best,
         } = &mut self.plan
-            && draft_len > 0
         {
             *successes = *decay * *successes + accepted as f64;
             *trials = *decay * *trials + (accepted + rejected) as f64;
-            *best = best_draft_len(*successes / *trials, *cost_ratio, self.cfg.n_draft);
+            let alpha = (*prior_successes + *successes) / (*prior_trials + *trials);
+            *best = best_draft_len(alpha, *cost_ratio, self.cfg.n_draft);
         }
         Ok(())
     }

@@ -11,6 +11,8 @@
 
 use serde_json::{Map, Value, json};
 
+mod budget_spec_decoder;
+
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
 struct Opts {
@@ -32,7 +34,7 @@ type Claim = (&'static str, fn(Opts) -> Measured);
 
 /// The claims measured so far. Each component adds a module beside this file and its row
 /// here.
-const CLAIMS: &[Claim] = &[];
+const CLAIMS: &[Claim] = &[("budget_spec", budget_spec_decoder::measure)];
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
