@@ -505,6 +505,16 @@ impl BudgetSpecDecoder {
         self.stats.drafted += draft_len as u64;
         self.stats.accepted += accepted as u64;
         self.stats.rejected += rejected as u64;
+        if let Plan::AcceptanceAware { .. } = self.plan {
+            self.observe(accepted, accepted + rejected);
+        }
+        Ok(())
+    }
+
+    /// The acceptance-aware policy's estimator update and re-optimisation (out of line, so the
+    /// ramp-down step stays small).
+    #[inline(never)]
+    fn observe(&mut self, accepted: usize, tested: usize) {
         if let Plan::AcceptanceAware {
             cost_ratio,
             decay,
@@ -516,11 +526,10 @@ impl BudgetSpecDecoder {
         } = &mut self.plan
         {
             *successes = *decay * *successes + accepted as f64;
-            *trials = *decay * *trials + (accepted + rejected) as f64;
+            *trials = *decay * *trials + tested as f64;
             let alpha = (*prior_successes + *successes) / (*prior_trials + *trials);
             *best = best_draft_len(alpha, *cost_ratio, self.cfg.n_draft);
         }
-        Ok(())
     }
 }
 

@@ -313,12 +313,15 @@ fn acceptance_aware_matches_brute_force() {
         let mut dec = decoder(budget, n_draft, aware(c, prior_alpha, prior_weight, decay));
         let mut history = Vec::new();
         loop {
-            let alpha = estimate_oracle(prior_alpha, prior_weight, decay, &history);
             let got_alpha = dec.acceptance_estimate();
-            assert!(
-                (got_alpha - alpha).abs() <= 1e-12 * alpha.max(1e-300) + 1e-15,
-                "alpha {got_alpha} vs {alpha}"
-            );
+            // The closed form costs O(history): check every round early, then a sample.
+            if history.len() < 200 || history.len() % 17 == 0 {
+                let alpha = estimate_oracle(prior_alpha, prior_weight, decay, &history);
+                assert!(
+                    (got_alpha - alpha).abs() <= 1e-12 * alpha.max(1e-300) + 1e-15,
+                    "alpha {got_alpha} vs {alpha}"
+                );
+            }
             let remaining = dec.remaining();
             let l = dec.effective_draft_len();
             let (want, best) = brute_force(got_alpha, c, n_draft, remaining);
