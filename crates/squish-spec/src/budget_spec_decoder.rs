@@ -51,24 +51,37 @@
 //! on it.
 //!
 //! # Wiring it with a verifier
-//! The decoder is a small state machine that never calls a model; the caller's loop is:
+//! The decoder is a small state machine that never calls a model, so it composes with any
+//! lossless verifier that honours one contract: *a round that drafts `L` tokens along a path
+//! emits between 1 and `L + 1` tokens* (the accepted prefix plus exactly one correction or bonus
+//! token). Both verifiers of this crate (`TreeVerifier`, `QuantSpecDecoder`) are specified that
+//! way. One decoder per request; per round:
 //!
-//! 1. `let l = dec.effective_draft_len();` (pure: the same state always gives the same `l`).
-//! 2. If `l > 0`, run the draft model for `l` tokens (a chain) and hand the drafts, their draft
-//!    distributions and the target distributions to a lossless verifier (this crate's
-//!    `TreeVerifier` with a single chain, or `QuantSpecDecoder`); if `l == 0`, run one plain
-//!    target step, which emits one token.
-//! 3. Count what the verifier emitted in this round, **including** its correction or bonus
-//!    token: `n = accepted + 1`, so `1 ≤ n ≤ l + 1`.
-//! 4. `dec.step(n)?`, append the `n` tokens to the output, and stop when
-//!    [`BudgetSpecDecoder::is_exhausted`] (or at an end-of-sequence token, which simply ends
-//!    the request early).
+//! 1. `let l = dec.effective_draft_len();` Pure, so asking twice is free and gives the same
+//!    answer; the state only changes in `step`.
+//! 2. If `l > 0`, draft **exactly** `l` tokens and verify them:
+//!    - a chain verifier (`QuantSpecDecoder`, or `TreeVerifier` with one child per node): run
+//!      the draft model `l` steps, then one target pass over the `l` drafts;
+//!    - a tree verifier: use `l` as the tree's **depth** (its longest root-to-leaf path).
+//!      Whatever the branching, the accepted path has at most `l` nodes and the round emits at
+//!      most `l + 1` tokens, so the budget guarantee is unchanged; the acceptance estimate then
+//!      measures acceptance per tree level rather than per chain token.
 //!
-//! A verifier that reports `accepted` excluding the correction/bonus token, as this crate's
-//! verifiers do, maps to `n = accepted + 1`. If the caller truncates a round at an
-//! end-of-sequence token it may pass the truncated count (still `≥ 1`); the acceptance
-//! estimate then sees a rejection where there was none, which only matters for the
-//! acceptance-aware policy and only for the last round of a request.
+//!    If `l == 0`, run one plain target step (it emits one token).
+//! 3. Count the tokens the round emitted **including** the correction/bonus token:
+//!    `n = accepted + 1`, where `accepted` excludes that token (as this crate's verifiers
+//!    report it).
+//! 4. `dec.step(n)?`, append the `n` tokens, and loop until
+//!    [`BudgetSpecDecoder::is_exhausted`]. An end-of-sequence token simply ends the request
+//!    early; a caller that truncates a round there may pass the truncated count (still `≥ 1`),
+//!    at the price of the estimator seeing one rejection that did not happen.
+//!
+//! `step` refuses counts outside `1..=l + 1` with [`Error::EmittedCount`] (a verifier that
+//! breaks the contract, or a caller that drafted a different length), and any count once the
+//! budget is exhausted with [`Error::OverBudget`]; a refused call leaves the state unchanged,
+//! so the caller can report the bug without corrupting the request's accounting. For the
+//! acceptance-aware policy, set `cost_ratio` to the measured cost of one draft step over one
+//! target step (including the verifier's own overhead per drafted token, if it is material).
 //!
 //! # Example
 //! ```
