@@ -25,8 +25,9 @@
 //!   acceptance probability and picks the `L` in `0..=n_draft` (and `≤ remaining − 1`) that
 //!   maximises expected tokens per unit cost, `E(L) / (L·c + 1)`, where
 //!   `E(L) = (1 − α^(L+1)) / (1 − α) = 1 + α + … + α^L` is the expected number of tokens a round
-//!   emits under i.i.d. acceptance (Leviathan et al., Theorem 3.8 and §3.5) and `c` is the cost
-//!   of one draft step relative to one target step. `E` is summed rather than divided, so
+//!   emits under i.i.d. acceptance and `c` is the cost of one draft step relative to one
+//!   target step: the objective is Leviathan et al.'s expected walltime improvement factor
+//!   `(1 − α^(γ+1)) / ((1 − α)(γc + 1))` (§3), maximised over `γ = L` each round. `E` is summed rather than divided, so
 //!   `α = 1` needs no special case (`E = L + 1`). `E` never needs capping at what remains:
 //!   `E(L) ≤ L + 1 ≤ remaining` under the clamp. Ties go to the shorter draft.
 //!
