@@ -276,9 +276,9 @@ pub(super) fn measure(_opts: Opts) -> Measured {
         "max overshoot {} tokens over {} rounds ({} requests, budgets from {source}; 0 refused \
          steps, every request reached its budget exactly); the same ramp-down without the \
          remaining-1 clamp overshoots {:.1}% of requests, by up to {} tokens. Tokens per unit \
-         cost, acceptance-aware (n_draft 8) vs fixed L=4: x{:.2} (alpha 0.3, c 0.5) to x{:.2} \
-         (alpha 0.95, c 0.05), range x{lo:.2}-x{hi:.2} over 12 (alpha, c) cells; worst vs the \
-         best fixed L in hindsight x{worst_vs_best:.3}",
+         cost, acceptance-aware (n_draft 8) vs fixed L=4: x{:.2} at alpha 0.3, c 0.5; x{:.2} at \
+         alpha 0.95, c 0.05; x{lo:.2}-x{hi:.2} over 12 (alpha, c) cells; worst cell vs the best \
+         fixed L (0, 1, 2, 4, 8) in hindsight x{worst_vs_best:.3}",
         o.max_overshoot,
         o.rounds,
         o.requests,
