@@ -10,6 +10,7 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod budget_spec_decoder;
 mod core;
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
@@ -20,23 +21,25 @@ mod retention_kernel;
 mod sparse_attn_index;
 mod token_budget_gate;
 
+criterion_group!(budget_spec_decoder, budget_spec_decoder::benches);
 criterion_group!(core_primitives, core::benches);
 criterion_group!(dedupe_attn, dedupe_attn::benches);
 criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
+criterion_group!(fault_handler, fault_handler::benches);
 criterion_group!(model_pool, model_pool::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
 criterion_group!(retention_kernel, retention_kernel::benches);
 criterion_group!(sparse_attn_index, sparse_attn_index::benches);
-criterion_group!(fault_handler, fault_handler::benches);
 criterion_group!(token_budget_gate, token_budget_gate::benches);
 criterion_main!(
+    budget_spec_decoder,
     core_primitives,
     dedupe_attn,
     dynamic_ntk_scaler,
+    fault_handler,
     model_pool,
     request_cost_estimator,
     retention_kernel,
     sparse_attn_index,
-    fault_handler,
     token_budget_gate,
 );

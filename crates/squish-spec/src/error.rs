@@ -15,6 +15,21 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// `BudgetSpecDecoder::step` was told a round emitted 0 tokens or more than its draft
+    /// length + 1 (accepted drafts plus one correction or bonus token).
+    EmittedCount {
+        /// The count passed to `step`.
+        n_emitted: usize,
+        /// The round's draft length.
+        draft_len: usize,
+    },
+    /// `BudgetSpecDecoder::step` was told a round emitted more tokens than the budget has left.
+    OverBudget {
+        /// The count passed to `step`.
+        n_emitted: usize,
+        /// Tokens the budget had left.
+        remaining: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +38,21 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::EmittedCount {
+                n_emitted,
+                draft_len,
+            } => write!(
+                f,
+                "invalid emitted count: a round with {draft_len} draft tokens emits 1 to {} tokens, got {n_emitted}",
+                draft_len + 1
+            ),
+            Self::OverBudget {
+                n_emitted,
+                remaining,
+            } => write!(
+                f,
+                "token budget overrun: a round emitted {n_emitted} tokens with {remaining} remaining"
+            ),
         }
     }
 }
@@ -33,6 +63,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            Self::EmittedCount { .. } | Self::OverBudget { .. } => None,
         }
     }
 }
@@ -84,6 +115,22 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn budget_spec_messages() {
+        let e = Error::EmittedCount {
+            n_emitted: 6,
+            draft_len: 4,
+        };
+        insta::assert_snapshot!(e, @"invalid emitted count: a round with 4 draft tokens emits 1 to 5 tokens, got 6");
+        assert!(std::error::Error::source(&e).is_none());
+        let e = Error::OverBudget {
+            n_emitted: 1,
+            remaining: 0,
+        };
+        insta::assert_snapshot!(e, @"token budget overrun: a round emitted 1 tokens with 0 remaining");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

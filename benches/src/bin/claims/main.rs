@@ -11,6 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
+mod budget_spec_decoder;
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
@@ -49,6 +50,7 @@ const CLAIMS: &[Claim] = &[
     ("dedupe_attn", dedupe_attn::measure),
     ("token_budget_gate", token_budget_gate::measure),
     ("fault_tolerance", fault_handler::measure),
+    ("budget_spec", budget_spec_decoder::measure),
 ];
 
 fn main() {

@@ -1,0 +1,3 @@
+//! Integration tests of `squish_spec`, one module per component, through the public API only.
+
+mod budget_spec_decoder;
