@@ -15,6 +15,14 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// Finite inputs whose scaled attention logits (`scale·q·k`) exceed the f32 range, so the
+    /// softmax of that row is undefined in f32.
+    LogitOverflow {
+        /// Query head of the first affected row.
+        head: usize,
+        /// Query row (within the call) of the first affected row.
+        row: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +31,9 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::LogitOverflow { head, row } => {
+                write!(f, "attention logits overflow f32 at head {head}, row {row}")
+            }
         }
     }
 }
@@ -33,6 +44,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            Self::LogitOverflow { .. } => None,
         }
     }
 }
@@ -84,6 +96,13 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn logit_overflow_message() {
+        let e = Error::LogitOverflow { head: 2, row: 7 };
+        insta::assert_snapshot!(e, @"attention logits overflow f32 at head 2, row 7");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

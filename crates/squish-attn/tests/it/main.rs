@@ -1,0 +1,3 @@
+//! Integration tests of `squish_attn`, through its public API only.
+
+mod flash_prefill;
