@@ -11,6 +11,8 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod flash_prefill;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(flash_prefill, flash_prefill::benches);
+criterion_main!(core_primitives, flash_prefill);

@@ -533,13 +533,7 @@ impl FlashPrefillKernel {
         for i0 in (0..shape.q_len).step_by(br) {
             let rows = br.min(shape.q_len - i0);
             let row_panels = rows.div_ceil(MR);
-            pack_rows(
-                &q[i0 * d..(i0 + rows) * d],
-                d,
-                qscale,
-                MR,
-                &mut sc.qp[..row_panels * MR * d],
-            );
+            pack_panels::<MR>(&q[i0 * d..], d, d, rows, qscale, &mut sc.qp);
             sc.m[..rows].fill(f32::NEG_INFINITY);
             sc.l[..rows].fill(0.0);
             sc.o[..row_panels * MR * d_pad].fill(0.0);
@@ -548,13 +542,7 @@ impl FlashPrefillKernel {
             for k0 in (0..kv_end).step_by(bc) {
                 let cols = bc.min(kv_end - k0);
                 let col_panels = cols.div_ceil(NR);
-                pack_rows(
-                    &k[k0 * d..(k0 + cols) * d],
-                    d,
-                    1.0,
-                    NR,
-                    &mut sc.kp[..col_panels * NR * d],
-                );
+                pack_panels::<NR>(&k[k0 * d..], d, d, cols, 1.0, &mut sc.kp);
                 pack_cols(&v[k0 * d..(k0 + cols) * d], d, cols, bc_pad, &mut sc.vp);
 
                 // S = (scale·log2e·Q) Kᵀ, tile by tile of the micro-kernel.
@@ -599,15 +587,7 @@ impl FlashPrefillKernel {
                 }
 
                 // Pack P into row panels: pp[rp][j][r].
-                for rp in 0..row_panels {
-                    let panel = &mut sc.pp[rp * MR * cols..][..MR * cols];
-                    for r in 0..MR {
-                        let srow = &sc.s[(rp * MR + r) * bc_pad..][..cols];
-                        for (dst, &p) in panel[r..].iter_mut().step_by(MR).zip(srow) {
-                            *dst = p;
-                        }
-                    }
-                }
+                pack_panels::<MR>(&sc.s, bc_pad, cols, row_panels * MR, 1.0, &mut sc.pp);
 
                 // O = diag(alpha) O + P V.
                 for rp in 0..row_panels {
@@ -673,14 +653,42 @@ fn micro(a: &[f32], b: &[f32], acc: &mut [[f32; NR]; MR]) {
     *acc = c;
 }
 
-/// Packs `rows` of length `d` (row-major) into panels of `w` rows, `dst = [panels][d][w]`,
-/// multiplying by `scale` and padding the last panel with zero rows.
-fn pack_rows(src: &[f32], d: usize, scale: f32, w: usize, dst: &mut [f32]) {
-    dst.fill(0.0);
-    for (i, row) in src.chunks_exact(d).enumerate() {
-        let panel = &mut dst[(i / w) * w * d..][..w * d];
-        for (slot, &x) in panel[i % w..].iter_mut().step_by(w).zip(row) {
-            *slot = x * scale;
+/// Packs the first `nrows` rows of `src` (row `i` is `src[i·ld..][..n]`) into panels of `W`
+/// rows, `dst = [⌈nrows / W⌉][n][W]`, multiplied by `scale`; the last panel is padded with zero
+/// rows.
+#[inline]
+fn pack_panels<const W: usize>(
+    src: &[f32],
+    ld: usize,
+    n: usize,
+    nrows: usize,
+    scale: f32,
+    dst: &mut [f32],
+) {
+    for (p, panel) in dst
+        .chunks_exact_mut(W * n)
+        .take(nrows.div_ceil(W))
+        .enumerate()
+    {
+        let r0 = p * W;
+        let (out, _) = panel.as_chunks_mut::<W>();
+        if r0 + W <= nrows {
+            let rows: [&[f32]; W] = std::array::from_fn(|r| &src[(r0 + r) * ld..][..n]);
+            for (c, o) in out.iter_mut().enumerate() {
+                for r in 0..W {
+                    o[r] = rows[r][c] * scale;
+                }
+            }
+        } else {
+            for (c, o) in out.iter_mut().enumerate() {
+                for (r, x) in o.iter_mut().enumerate() {
+                    *x = if r0 + r < nrows {
+                        src[(r0 + r) * ld + c] * scale
+                    } else {
+                        0.0
+                    };
+                }
+            }
         }
     }
 }
@@ -688,15 +696,29 @@ fn pack_rows(src: &[f32], d: usize, scale: f32, w: usize, dst: &mut [f32]) {
 /// Packs `cols` value rows of length `d` into column panels `dst = [d_pad / NR][bc_pad][NR]`
 /// (first `cols` rows of each panel written; channels past `d` zero).
 fn pack_cols(src: &[f32], d: usize, cols: usize, bc_pad: usize, dst: &mut [f32]) {
-    for (dp, panel) in dst.chunks_exact_mut(bc_pad * NR).enumerate() {
-        let c0 = dp * NR;
-        let width = NR.min(d - c0);
-        for (j, row) in src.chunks_exact(d).take(cols).enumerate() {
-            let slot = &mut panel[j * NR..][..NR];
-            slot[..width].copy_from_slice(&row[c0..c0 + width]);
-            slot[width..].fill(0.0);
+    let panel_len = bc_pad * NR;
+    for (j, row) in src.chunks_exact(d).take(cols).enumerate() {
+        let (full, tail) = row.as_chunks::<NR>();
+        for (dp, chunk) in full.iter().enumerate() {
+            let slot: &mut [f32; NR] = first_array_mut(&mut dst[dp * panel_len + j * NR..]);
+            *slot = *chunk;
+        }
+        if !tail.is_empty() {
+            let slot: &mut [f32; NR] = first_array_mut(&mut dst[full.len() * panel_len + j * NR..]);
+            slot[..tail.len()].copy_from_slice(tail);
+            slot[tail.len()..].fill(0.0);
         }
     }
+}
+
+/// The first `N` elements of `s` as a mutable array reference.
+///
+/// # Panics
+/// If `s.len() < N` (internal invariant of the tile layout).
+#[inline(always)]
+fn first_array_mut<const N: usize>(s: &mut [f32]) -> &mut [f32; N] {
+    let (head, _) = s.as_chunks_mut::<N>();
+    &mut head[0]
 }
 
 /// Maximum of a non-empty finite slice, with eight lane accumulators.

@@ -11,11 +11,12 @@
 
 use serde_json::{Map, Value, json};
 
+mod flash_prefill;
+
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
 struct Opts {
     /// Smaller samples, for `cargo xtask bench --quick`.
-    #[allow(dead_code)] // read by the first claim that lands
     quick: bool,
 }
 
@@ -32,7 +33,7 @@ type Claim = (&'static str, fn(Opts) -> Measured);
 
 /// The claims measured so far. Each component adds a module beside this file and its row
 /// here.
-const CLAIMS: &[Claim] = &[];
+const CLAIMS: &[Claim] = &[("flash_prefill", flash_prefill::measure)];
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
