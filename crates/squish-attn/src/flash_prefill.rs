@@ -545,10 +545,18 @@ impl FlashPrefillKernel {
                 pack_panels::<NR>(&k[k0 * d..], d, d, cols, 1.0, &mut sc.kp);
                 pack_cols(&v[k0 * d..(k0 + cols) * d], d, cols, bc_pad, &mut sc.vp);
 
+                // Keys of this tile visible to the last row of row panel `rp`: on a diagonal
+                // tile, micro-kernel blocks entirely above the diagonal are skipped too.
+                let visible = |rp: usize| {
+                    let last = (rp * MR + MR).min(rows) - 1;
+                    cols.min((shape.q_offset + i0 + last + 1).saturating_sub(k0))
+                };
+
                 // S = (scale·log2e·Q) Kᵀ, tile by tile of the micro-kernel.
                 let qpanels = sc.qp[..row_panels * MR * d].chunks_exact(MR * d);
                 for (rp, qpanel) in qpanels.enumerate() {
-                    let kpanels = sc.kp[..col_panels * NR * d].chunks_exact(NR * d);
+                    let vis_panels = visible(rp).div_ceil(NR);
+                    let kpanels = sc.kp[..vis_panels * NR * d].chunks_exact(NR * d);
                     for (cp, kpanel) in kpanels.enumerate() {
                         let mut acc = [[0.0f32; NR]; MR];
                         micro(qpanel, kpanel, &mut acc);
@@ -590,11 +598,16 @@ impl FlashPrefillKernel {
                 pack_panels::<MR>(&sc.s, bc_pad, cols, row_panels * MR, 1.0, &mut sc.pp);
 
                 // O = diag(alpha) O + P V.
+                // Columns past `visible(rp)` hold p = 0 for every row of the panel.
                 for rp in 0..row_panels {
-                    let ppanel = &sc.pp[rp * MR * cols..][..MR * cols];
+                    let vis = visible(rp);
+                    if vis == 0 {
+                        continue; // every row of the panel has alpha = 1 and no new mass
+                    }
+                    let ppanel = &sc.pp[rp * MR * cols..][..MR * vis];
                     let alpha: &[f32; MR] = first_array(&sc.alpha[rp * MR..]);
                     for dp in 0..d_pad / NR {
-                        let vpanel = &sc.vp[dp * bc_pad * NR..][..cols * NR];
+                        let vpanel = &sc.vp[dp * bc_pad * NR..][..vis * NR];
                         let mut acc = [[0.0f32; NR]; MR];
                         for (r, a) in acc.iter_mut().enumerate() {
                             let orow: &[f32; NR] =
