@@ -15,9 +15,9 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
-    /// Finite inputs whose scaled attention logits (`scale·q·k`) exceed the f32 range, so the
-    /// softmax of that row is undefined in f32.
-    LogitOverflow {
+    /// Finite inputs whose attention overflows f32: scaled logits (`scale·q·k`) or a weighted
+    /// sum of values beyond the f32 range, so that row has no f32 result.
+    AttentionOverflow {
         /// Query head of the first affected row.
         head: usize,
         /// Query row (within the call) of the first affected row.
@@ -31,8 +31,8 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
-            Self::LogitOverflow { head, row } => {
-                write!(f, "attention logits overflow f32 at head {head}, row {row}")
+            Self::AttentionOverflow { head, row } => {
+                write!(f, "attention overflows f32 at head {head}, row {row}")
             }
         }
     }
@@ -44,7 +44,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
-            Self::LogitOverflow { .. } => None,
+            Self::AttentionOverflow { .. } => None,
         }
     }
 }
@@ -99,9 +99,9 @@ mod tests {
     }
 
     #[test]
-    fn logit_overflow_message() {
-        let e = Error::LogitOverflow { head: 2, row: 7 };
-        insta::assert_snapshot!(e, @"attention logits overflow f32 at head 2, row 7");
+    fn attention_overflow_message() {
+        let e = Error::AttentionOverflow { head: 2, row: 7 };
+        insta::assert_snapshot!(e, @"attention overflows f32 at head 2, row 7");
         assert!(std::error::Error::source(&e).is_none());
     }
 

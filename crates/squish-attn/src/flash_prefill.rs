@@ -40,7 +40,8 @@
 //! The two matrix products (`Q·Kᵀ` and `P·V`) run through a register-tiled micro-kernel over
 //! packed panels (queries and probabilities in panels of [`MR`] rows, keys and values in panels
 //! of [`NR`] columns), written so that the compiler keeps the `MR × NR` accumulators in vector
-//! registers. No `unsafe`, no intrinsics: on the default `x86_64` target this is 4-wide SSE2
+//! registers. Inside a tile that crosses the diagonal, the micro-kernel blocks lying entirely
+//! above it are skipped as well, in both products. No `unsafe`, no intrinsics: on the default `x86_64` target this is 4-wide SSE2
 //! with separate multiply and add (no FMA), which caps the kernel at about half of an AVX2 + FMA
 //! core's peak; the bench docs (`benches/benches/seed/flash_prefill.rs`) give the measured
 //! GFLOP/s.
@@ -193,7 +194,7 @@ impl AttnShape {
     /// Number of (query, key) pairs that are attended (the causal triangle or trapezoid).
     pub fn attended_pairs(&self) -> u64 {
         (0..self.q_len)
-            .map(|i| self.kv_len.min(self.q_offset + i + 1) as u64)
+            .map(|i| self.kv_len.min(self.q_offset.saturating_add(i + 1)) as u64)
             .sum()
     }
 }
@@ -344,7 +345,8 @@ impl FlashPrefillKernel {
     /// - [`Error::Shape`] if a shape does not match the configuration or the others, if
     ///   `q_len > kv_len`, if `kv_len = 0`, or if `out`/`lse` are not in standard layout;
     /// - [`Error::Core`] (`NonFinite`) if `q`, `k` or `v` holds a NaN or an infinity;
-    /// - [`Error::LogitOverflow`] if finite inputs produce logits beyond the f32 range.
+    /// - [`Error::AttentionOverflow`] if finite inputs overflow f32 (logits or weighted sums of
+    ///   values beyond its range).
     ///
     /// # Performance
     /// No allocation when the inputs are in standard layout (otherwise each is copied once).
@@ -439,12 +441,12 @@ impl FlashPrefillKernel {
     /// row's scaled logits over its visible keys).
     ///
     /// # Errors
-    /// - [`Error::Shape`] if a slice length does not match `shape` and the configuration, or
-    ///   `shape.kv_len = 0` while `shape.q_len > 0`;
+    /// - [`Error::Shape`] if a slice length does not match `shape` and the configuration,
+    ///   `q_offset + q_len` overflows `usize`, or `shape.kv_len = 0` while `shape.q_len > 0`;
     /// - [`Error::Core`] (`NonFinite`) if `q`, `k` or `v` holds a NaN or an infinity (checked
     ///   before anything is written);
-    /// - [`Error::LogitOverflow`] if finite inputs produce logits beyond the f32 range (`out`
-    ///   and `lse` then hold unspecified values).
+    /// - [`Error::AttentionOverflow`] if finite inputs overflow f32: logits `scale·q·k` or a
+    ///   weighted sum of values beyond its range (`out` and `lse` then hold unspecified values).
     ///
     /// # Performance
     /// No allocation. About `4·attended_pairs·head_dim` flops per query head; see the module
@@ -459,30 +461,48 @@ impl FlashPrefillKernel {
         lse: &mut [f32],
     ) -> Result<()> {
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let check = |ctx: &'static str, want: usize, got: usize| {
-            if want == got {
-                Ok(())
-            } else {
-                Err(Error::from(ShapeError::new(ctx, want, got)))
-            }
+        // Expected lengths as products that cannot silently wrap around.
+        let check = |ctx: &'static str, dims: &[usize], got: usize| match dims
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+        {
+            Some(want) if want == got => Ok(()),
+            Some(want) => Err(Error::from(ShapeError::new(ctx, want, got))),
+            None => Err(Error::from(ShapeError::new(
+                ctx,
+                "a length within usize",
+                got,
+            ))),
         };
-        check("FlashPrefillKernel q length", h * shape.q_len * d, q.len())?;
+        check("FlashPrefillKernel q length", &[h, shape.q_len, d], q.len())?;
         check(
             "FlashPrefillKernel k length",
-            hkv * shape.kv_len * d,
+            &[hkv, shape.kv_len, d],
             k.len(),
         )?;
         check(
             "FlashPrefillKernel v length",
-            hkv * shape.kv_len * d,
+            &[hkv, shape.kv_len, d],
             v.len(),
         )?;
         check(
             "FlashPrefillKernel out length",
-            h * shape.q_len * d,
+            &[h, shape.q_len, d],
             out.len(),
         )?;
-        check("FlashPrefillKernel lse length", h * shape.q_len, lse.len())?;
+        check(
+            "FlashPrefillKernel lse length",
+            &[h, shape.q_len],
+            lse.len(),
+        )?;
+        if shape.q_offset.checked_add(shape.q_len).is_none() {
+            return Err(ShapeError::new(
+                "FlashPrefillKernel q_offset + q_len",
+                "a position within usize",
+                format!("{} + {}", shape.q_offset, shape.q_len),
+            )
+            .into());
+        }
         if shape.q_len == 0 {
             return Ok(());
         }
@@ -506,8 +526,15 @@ impl FlashPrefillKernel {
                 &mut lse[head * shape.q_len..][..shape.q_len],
             );
         }
-        if let Some(i) = lse.iter().position(|x| !x.is_finite()) {
-            return Err(Error::LogitOverflow {
+        // Finite inputs can still overflow f32: logits beyond its range (lse), or weighted sums
+        // of huge values (out). One vectorisable scan, then the exact row on failure.
+        let finite = |x: &[f32]| x.iter().fold(true, |ok, v| ok & v.is_finite());
+        if !(finite(lse) && finite(out)) {
+            let rows = h * shape.q_len;
+            let i = (0..rows)
+                .find(|&i| !(lse[i].is_finite() && finite(&out[i * d..][..d])))
+                .unwrap_or(0);
+            return Err(Error::AttentionOverflow {
                 head: i / shape.q_len,
                 row: i % shape.q_len,
             });

@@ -559,5 +559,30 @@ fn shape_and_value_errors() {
     let e = kernel
         .prefill(&big, &Array3::from_elem((1, 3, 4), 1e30), &k)
         .unwrap_err();
-    assert_eq!(e, Error::LogitOverflow { head: 0, row: 0 });
+    assert_eq!(e, Error::AttentionOverflow { head: 0, row: 0 });
+    // Finite logits but values whose weighted sum overflows: row 1 sums two values of 3e38.
+    let huge = Array3::from_elem((1, 3, 4), 3e38f32);
+    let e = kernel.prefill(&q, &k, &huge).unwrap_err();
+    assert_eq!(e, Error::AttentionOverflow { head: 0, row: 1 });
+    // Positions that overflow usize.
+    let far = AttnShape {
+        q_len: 3,
+        kv_len: 3,
+        q_offset: usize::MAX - 1,
+    };
+    insta::assert_snapshot!(
+        msg(kernel.attend_into(far, &[0.0; 24], &[0.0; 12], &[0.0; 12], &mut o, &mut l)),
+        @"shape mismatch in FlashPrefillKernel q_offset + q_len: expected a position within usize, got 18446744073709551614 + 3"
+    );
+    let e = kernel
+        .attend_into(
+            AttnShape::prefill(usize::MAX / 2),
+            &[],
+            &[],
+            &[],
+            &mut [],
+            &mut [],
+        )
+        .unwrap_err();
+    insta::assert_snapshot!(e, @"shape mismatch in FlashPrefillKernel q length: expected a length within usize, got 0");
 }
