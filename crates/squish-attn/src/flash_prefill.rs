@@ -915,6 +915,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kernel_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<FlashPrefillKernel>();
+        assert_send_sync::<FlashOutput>();
+    }
+
+    #[test]
     fn exp2_matches_f64() {
         let mut worst = 0.0f64;
         let n = 200_000;

@@ -68,7 +68,8 @@ fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Full and chunked prefill of one real (q, k, v) triple: (max error full, max error chunked).
+/// Full and chunked prefill of one real (q, k, v) triple: (max error full, max error chunked,
+/// largest |output| of the reference for scale).
 fn real_errors(
     kernel: &mut FlashPrefillKernel,
     seq: usize,
@@ -76,7 +77,7 @@ fn real_errors(
     k: &[f32],
     v: &[f32],
     chunk: usize,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let cfg = kernel.config().clone();
     let (h, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let want = reference(&cfg, seq, q, k, v);
@@ -106,7 +107,8 @@ fn real_errors(
                 .copy_from_slice(&o[head * c * d..(head + 1) * c * d]);
         }
     }
-    (full, max_abs_err(&chunked, &want))
+    let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    (full, max_abs_err(&chunked, &want), scale)
 }
 
 pub(super) fn measure(opts: Opts) -> Measured {
@@ -172,7 +174,8 @@ pub(super) fn measure(opts: Opts) -> Measured {
                 };
                 let (q, k, v) = (read("q"), read("k"), read("v"));
                 let seq = q.shape[1];
-                let (full, chunked) = real_errors(&mut kernel, seq, &q.data, &k.data, &v.data, 16);
+                let (full, chunked, max_out) =
+                    real_errors(&mut kernel, seq, &q.data, &k.data, &v.data, 16);
                 worst_full = worst_full.max(full);
                 worst_chunked = worst_chunked.max(chunked);
                 real.push(json!({
@@ -180,6 +183,7 @@ pub(super) fn measure(opts: Opts) -> Measured {
                     "seq": seq,
                     "max_abs_err_full": full,
                     "max_abs_err_chunked16": chunked,
+                    "max_abs_out": max_out,
                 }));
             }
         }
