@@ -11,30 +11,29 @@
 //!
 //! # What it reaches (2-core AMD EPYC Zen 4 VM, shared with 8 other builds: load 6–10)
 //!
-//! Criterion medians (`--quick`), wall clock, so they include time the process was not
-//! scheduled; CPU-time figures (`perf stat -e task-clock` around a loop of the same calls) show
-//! what the kernel does when it runs:
+//! Criterion medians (`--quick`, wall clock) from two runs minutes apart; the spread is the
+//! machine's load, not the kernel (the faster run is the closer to an idle core):
 //!
-//! | id | median (wall) | GFLOP/s (wall) | GFLOP/s (CPU time) |
-//! |---|---|---|---|
-//! | seq=256, heads=4, d=32 (seed) | 1.14–2.85 ms | 5.9–14.8 | 14–19 |
-//! | seq=1024, d=64 | 7.0–19.6 ms | 6.9–19.1 | 20–21 |
-//! | seq=1024, d=128 | 16.0–32.2 ms | 8.4–16.8 | 23–24 |
-//! | seq=4096, d=64 | 184–291 ms | 7.4–11.6 | 21 |
-//! | seq=4096, d=128 | 413–572 ms | 7.5–10.4 | 22 |
+//! | id | median (wall) | GFLOP/s |
+//! |---|---|---|
+//! | seq=256, heads=4, d=32 (seed) | 0.84–1.28 ms | 13.1–20.1 |
+//! | seq=1024, d=64 | 6.5–8.1 ms | 16.7–20.7 |
+//! | seq=1024, d=128 | 9.5–15.8 ms | 17.0–28.3 |
+//! | seq=4096, d=64 | 79–128 ms | 16.8–27.1 |
+//! | seq=4096, d=128 | 215–246 ms | 17.5–20.0 |
 //!
 //! Against the compass (≥ 50% of the FP32 FMA peak at long sequences): a Zen 4 core at ~3 GHz
-//! peaks at 32 flop/cycle with AVX2 + FMA (≈ 96 GFLOP/s); the kernel reaches ≈ 22 GFLOP/s of CPU
-//! time, **about 23% of that peak**. It is compiled for the default `x86_64` target, where the
-//! compiler can only emit 4-wide SSE2 with separate multiply and add: the ceiling of that code
-//! is 16 flop/cycle (50% of the AVX2 + FMA peak), and a bare SSE2 `1 × 32` register-tile loop
-//! on L1-resident data measures 29–35 GFLOP/s of CPU time on this VM, so the attention kernel
-//! runs at roughly 65–75% of what its own micro-kernel can do (the rest: exponentials, the
-//! online-softmax rescale, packing). Reaching the compass — and the seed row's target of
-//! ≤ 270 µs, which needs ≈ 62 GFLOP/s, beyond any SSE2 code on one core — needs an AVX2 + FMA
-//! micro-kernel (8-wide fused multiply-add) behind runtime dispatch in `squish_core::simd`.
-//! Against the seed's Python figure (3207 µs) the best wall median is 2.8× faster, and the
-//! CPU-time rate corresponds to ≈ 0.9–1.2 ms per call (≈ 3×), not the 12× target.
+//! peaks at 32 flop/cycle with AVX2 + FMA (≈ 96 GFLOP/s); the kernel's best long-sequence
+//! figures, ≈ 27–28 GFLOP/s, are **about 29% of that peak** (≈ 20% in the loaded runs). It is
+//! compiled for the default `x86_64` target, where the compiler can only emit 4-wide SSE2 with
+//! separate multiply and add: the ceiling of such code is 16 flop/cycle (≈ 48 GFLOP/s, 50% of
+//! the AVX2 + FMA peak), and a bare SSE2 register-tile loop on L1-resident data measured
+//! 29–35 GFLOP/s of CPU time on this VM, so the attention kernel runs at roughly 80% of what
+//! its own micro-kernel can do (the rest: exponentials, the online-softmax rescale, packing).
+//! Reaching the compass, and the seed row's target of ≤ 270 µs (≈ 62 GFLOP/s at 16.8 MFLOP,
+//! beyond any SSE2 code on one core), needs an AVX2 + FMA micro-kernel (8-wide fused
+//! multiply-add) behind runtime dispatch in `squish_core::simd`. Against the seed's Python
+//! figure (3207 µs) the seed row is 2.5–3.8× faster, not the 12× target.
 
 use std::hint::black_box;
 
