@@ -15,6 +15,7 @@ mod core;
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
+mod flash_prefill;
 mod model_pool;
 mod request_cost_estimator;
 mod retention_kernel;
@@ -31,6 +32,7 @@ criterion_group!(request_cost_estimator, request_cost_estimator::benches);
 criterion_group!(retention_kernel, retention_kernel::benches);
 criterion_group!(sparse_attn_index, sparse_attn_index::benches);
 criterion_group!(token_budget_gate, token_budget_gate::benches);
+criterion_group!(flash_prefill, flash_prefill::benches);
 criterion_main!(
     budget_spec_decoder,
     core_primitives,
@@ -42,4 +44,5 @@ criterion_main!(
     retention_kernel,
     sparse_attn_index,
     token_budget_gate,
+    flash_prefill,
 );

@@ -32,6 +32,14 @@ pub enum Error {
         /// The reused version.
         version: u64,
     },
+    /// Finite inputs whose attention overflows f32: scaled logits (`scale·q·k`) or a weighted
+    /// sum of values beyond the f32 range, so that row has no f32 result.
+    AttentionOverflow {
+        /// Query head of the first affected row.
+        head: usize,
+        /// Query row (within the call) of the first affected row.
+        row: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -53,6 +61,9 @@ impl fmt::Display for Error {
                 f,
                 "context version {version} reused with a different scale or norm bound: bump the version when keys or values change"
             ),
+            Self::AttentionOverflow { head, row } => {
+                write!(f, "attention overflows f32 at head {head}, row {row}")
+            }
         }
     }
 }
@@ -63,7 +74,9 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
-            Self::UnknownSlot { .. } | Self::ContextMismatch { .. } => None,
+            Self::UnknownSlot { .. }
+            | Self::ContextMismatch { .. }
+            | Self::AttentionOverflow { .. } => None,
         }
     }
 }
@@ -129,6 +142,13 @@ mod tests {
         assert!(std::error::Error::source(&e).is_none());
         let e = Error::ContextMismatch { version: 7 };
         insta::assert_snapshot!(e, @"context version 7 reused with a different scale or norm bound: bump the version when keys or values change");
+    }
+
+    #[test]
+    fn attention_overflow_message() {
+        let e = Error::AttentionOverflow { head: 2, row: 7 };
+        insta::assert_snapshot!(e, @"attention overflows f32 at head 2, row 7");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod budget_spec_decoder;
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
+mod flash_prefill;
 mod model_pool;
 mod request_cost_estimator;
 mod retention_kernel;
@@ -51,6 +52,7 @@ const CLAIMS: &[Claim] = &[
     ("token_budget_gate", token_budget_gate::measure),
     ("fault_tolerance", fault_handler::measure),
     ("budget_spec", budget_spec_decoder::measure),
+    ("flash_prefill", flash_prefill::measure),
 ];
 
 fn main() {
