@@ -15,6 +15,22 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// A draft tree is malformed: a parent that is not an earlier node, a token outside the
+    /// vocabulary, or a draft row that does not exist.
+    InvalidTree {
+        /// Index of the offending draft node.
+        node: usize,
+        /// What is wrong with it, lowercase.
+        reason: String,
+    },
+    /// A draft token has probability 0 under the draft distribution it is said to be sampled
+    /// from, so it cannot have been sampled from it (verifying it would not be lossless).
+    ImpossibleDraft {
+        /// Index of the draft node.
+        node: usize,
+        /// Its token.
+        token: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +39,14 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::InvalidTree { node, reason } => {
+                write!(f, "invalid draft tree: draft node {node}: {reason}")
+            }
+            Self::ImpossibleDraft { node, token } => write!(
+                f,
+                "draft node {node}: token {token} has probability 0 under its draft \
+                 distribution, so it cannot have been sampled from it"
+            ),
         }
     }
 }
@@ -33,6 +57,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            Self::InvalidTree { .. } | Self::ImpossibleDraft { .. } => None,
         }
     }
 }
@@ -84,6 +109,18 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn verification_errors_display() {
+        let e = Error::InvalidTree {
+            node: 2,
+            reason: "token 9 is outside the vocabulary of 8".into(),
+        };
+        insta::assert_snapshot!(e, @"invalid draft tree: draft node 2: token 9 is outside the vocabulary of 8");
+        assert!(std::error::Error::source(&e).is_none());
+        let e = Error::ImpossibleDraft { node: 1, token: 3 };
+        insta::assert_snapshot!(e, @"draft node 1: token 3 has probability 0 under its draft distribution, so it cannot have been sampled from it");
     }
 
     #[test]

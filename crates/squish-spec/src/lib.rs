@@ -2,5 +2,17 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
+mod quant_spec;
+mod tree_verifier;
+pub mod verify;
 
 pub use error::{Error, Result};
+pub use quant_spec::{
+    DraftSource, HierarchicalKvCache, HierarchicalKvConfig, KvPrecision, QuantSpecDecoder,
+    QuantSpecDecoderConfig, QuantizedDraft,
+};
+pub use tree_verifier::{DraftTree, TreeVerifier, TreeVerifierConfig};
+pub use verify::{
+    DepthStats, GREEDY_DRAFT, NextKind, PROB_SUM_TOLERANCE, Sampling, Scores, VerifyOutput,
+    VerifyStats,
+};
