@@ -309,7 +309,7 @@ impl QuantSpecDecoder {
     /// quantisation pass.
     pub fn quantize_draft_into(&self, logits: &[f32], out: &mut QuantizedDraft) -> Result<()> {
         let vocab = self.cfg.vocab;
-        if vocab % QK4_0 != 0 {
+        if !vocab.is_multiple_of(QK4_0) {
             return Err(ShapeError::new(
                 "QuantSpecDecoder::quantize_draft vocab",
                 "a multiple of 32 (Q4_0 blocks)",
@@ -317,7 +317,7 @@ impl QuantSpecDecoder {
             )
             .into());
         }
-        if logits.len() % vocab != 0 {
+        if !logits.len().is_multiple_of(vocab) {
             return Err(ShapeError::new(
                 "QuantSpecDecoder::quantize_draft logits rows x vocab",
                 format!("a multiple of {vocab}"),
@@ -382,7 +382,7 @@ impl HierarchicalKvConfig {
                 self.dim,
             ));
         }
-        if self.group_size == 0 || self.dim % self.group_size != 0 {
+        if self.group_size == 0 || !self.dim.is_multiple_of(self.group_size) {
             return Err(ConfigError::new(
                 "HierarchicalKvCache",
                 "group_size",
@@ -398,7 +398,12 @@ impl HierarchicalKvConfig {
 /// minimum per group) that decodes at 8 bits for the target pass and, from the upper nibble of
 /// the same codes, at 4 bits for the draft pass. Part of the seed's `QuantSpecDecoder`.
 ///
-/// See the [module docs](self) for the quantisation and its two error bounds.
+/// Each group of `group_size` consecutive values of a token with minimum `m` and maximum `M`
+/// gets the step `s = (M − m) / 255` and codes `c = round_ties_even((x − m) / s)` in
+/// `[0, 255]`. The INT8 view decodes `m + c · s` (error `<= s / 2`); the INT4 view decodes
+/// `m + (16 · (c >> 4) + 7.5) · s`, the 4-bit code `c >> 4` with step `16 s` and an offset of
+/// half a 4-bit step (error `<= 8 s`: `c` lies within 7.5 of its nibble's centre, plus the
+/// 8-bit rounding). Both bounds hold up to `f32` rounding ([`error_bound`](Self::error_bound)).
 ///
 /// # Example
 /// ```
@@ -485,7 +490,7 @@ impl HierarchicalKvCache {
     pub fn append(&mut self, x: &[f32]) -> Result<()> {
         let dim = self.cfg.dim;
         let g = self.cfg.group_size;
-        if x.len() % dim != 0 {
+        if !x.len().is_multiple_of(dim) {
             return Err(ShapeError::new(
                 "HierarchicalKvCache::append values (tokens x dim)",
                 format!("a multiple of {dim}"),
@@ -620,8 +625,7 @@ mod tests {
         let e =
             QuantSpecDecoder::new(QuantSpecDecoderConfig::new(0, Sampling::default())).unwrap_err();
         insta::assert_snapshot!(e, @"invalid QuantSpecDecoder.vocab: must be in [1, 2^32 - 1), got 0");
-        let mut s = Sampling::default();
-        s.top_p = 1.5;
+        let s = Sampling::new(1.0, 0, 1.5);
         let e = QuantSpecDecoder::new(QuantSpecDecoderConfig::new(8, s)).unwrap_err();
         insta::assert_snapshot!(e, @"invalid QuantSpecDecoder.sampling.top_p: must be in (0, 1], got 1.5");
         let e = HierarchicalKvCache::new(HierarchicalKvConfig::new(0, 1)).unwrap_err();

@@ -258,8 +258,7 @@ mod tests {
         let e = TreeVerifier::new(TreeVerifierConfig::new(4, Sampling::with_temperature(-1.0)))
             .unwrap_err();
         insta::assert_snapshot!(e, @"invalid TreeVerifier.sampling.temperature: must be finite and >= 0, got -1");
-        let mut s = Sampling::default();
-        s.top_p = 0.0;
+        let s = Sampling::new(1.0, 0, 0.0);
         let e = TreeVerifier::new(TreeVerifierConfig::new(4, s)).unwrap_err();
         insta::assert_snapshot!(e, @"invalid TreeVerifier.sampling.top_p: must be in (0, 1], got 0");
         let e = TreeVerifier::new(TreeVerifierConfig::new(

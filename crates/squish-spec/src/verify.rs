@@ -72,6 +72,16 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// Sampling at `temperature`, keeping the `top_k` most likely tokens (`0`: all) and then
+    /// the nucleus of mass `top_p` (`1`: all). Checked by [`validate`](Self::validate).
+    pub const fn new(temperature: f32, top_k: usize, top_p: f32) -> Self {
+        Self {
+            temperature,
+            top_k,
+            top_p,
+        }
+    }
+
     /// Plain sampling at `temperature` (no top-k, no top-p).
     pub const fn with_temperature(temperature: f32) -> Self {
         Self {
@@ -384,7 +394,7 @@ impl VerifyScratch {
             )
             .into());
         }
-        if draft.len() % vocab != 0 {
+        if !draft.len().is_multiple_of(vocab) {
             return Err(ShapeError::new(
                 "verify draft rows x vocab",
                 format!("a multiple of {vocab}"),
@@ -480,7 +490,7 @@ impl VerifyScratch {
     }
 
     fn run_greedy(
-        &mut self,
+        &self,
         params: &Params,
         tree: &TreeRef<'_>,
         target: &[f32],
@@ -721,7 +731,7 @@ pub(crate) fn validate_row(
                 let (i, &value) = row
                     .iter()
                     .enumerate()
-                    .find(|&(_, &x)| !(x < f32::INFINITY))
+                    .find(|&(_, &x)| x.is_nan() || x == f32::INFINITY)
                     .unwrap_or((0, &f32::NAN));
                 return Err(squish_core::Error::NonFinite {
                     context,
@@ -741,13 +751,13 @@ pub(crate) fn validate_row(
         Scores::Probabilities => {
             let ok = row.chunks(256).all(|c| {
                 c.iter()
-                    .fold(true, |ok, &x| ok & (x >= 0.0) & (x < f32::INFINITY))
+                    .fold(true, |ok, &x| ok & (0.0..f32::INFINITY).contains(&x))
             });
             if !ok {
                 let (i, &value) = row
                     .iter()
                     .enumerate()
-                    .find(|&(_, &x)| !(x >= 0.0 && x < f32::INFINITY))
+                    .find(|&(_, &x)| !(0.0..f32::INFINITY).contains(&x))
                     .unwrap_or((0, &f32::NAN));
                 return Err(squish_core::Error::InvalidDistribution {
                     context,
