@@ -11,6 +11,10 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod quant_spec_decoder;
+mod tree_verifier;
 
 criterion_group!(core_primitives, core::benches);
-criterion_main!(core_primitives);
+criterion_group!(quant_spec_decoder, quant_spec_decoder::benches);
+criterion_group!(tree_verifier, tree_verifier::benches);
+criterion_main!(core_primitives, quant_spec_decoder, tree_verifier);

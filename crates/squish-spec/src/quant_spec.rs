@@ -411,7 +411,7 @@ impl HierarchicalKvConfig {
 ///
 /// let mut kv = HierarchicalKvCache::new(HierarchicalKvConfig::new(4, 4)).unwrap();
 /// kv.append(&[0.0, 1.0, 2.0, 2.55]).unwrap(); // one token
-/// let (mut x8, mut x4) = ([0.0; 4], [0.0; 4]);
+/// let (mut x8, mut x4) = ([0.0f32; 4], [0.0f32; 4]);
 /// kv.dequantize_into(KvPrecision::Int8, &mut x8);
 /// kv.dequantize_into(KvPrecision::Int4, &mut x4);
 /// let s = 2.55 / 255.0; // the group's 8-bit step
