@@ -31,7 +31,7 @@
 //! decodes exactly in both views.
 
 use rand::Rng;
-use squish_core::quant::{self, BlockQ4_0, QK4_0};
+use squish_core::quant::{self, BlockQ4_0, GroupAxis, QK4_0};
 use squish_core::{ConfigError, ShapeError, check_finite};
 
 use crate::error::Result;
@@ -348,10 +348,15 @@ pub enum KvPrecision {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct HierarchicalKvConfig {
-    /// Values per token (e.g. `kv_heads × head_dim`), `>= 1`. Default 64.
+    /// Values per token (e.g. one head's `head_dim`), `>= 1`. Default 64.
     pub dim: usize,
-    /// Values sharing one scale and minimum, `>= 1`, dividing `dim`. Default 32.
+    /// Values sharing one scale and minimum, `>= 1`. Default 32.
     pub group_size: usize,
+    /// How groups run: [`GroupAxis::AlongRow`] = `group_size` consecutive values of one token
+    /// (per-token, for values; `group_size` must divide `dim`), [`GroupAxis::AlongColumn`] =
+    /// one channel over `group_size` consecutive tokens (per-channel, for keys, as KIVI and
+    /// QuantSpec do; tokens are then appended in blocks of `group_size`). Default per-token.
+    pub axis: GroupAxis,
 }
 
 impl Default for HierarchicalKvConfig {
@@ -359,20 +364,36 @@ impl Default for HierarchicalKvConfig {
         Self {
             dim: 64,
             group_size: 32,
+            axis: GroupAxis::AlongRow,
         }
     }
 }
 
 impl HierarchicalKvConfig {
-    /// A configuration with `dim` values per token in groups of `group_size`.
+    /// A per-token configuration with `dim` values per token in groups of `group_size`.
     pub fn new(dim: usize, group_size: usize) -> Self {
-        Self { dim, group_size }
+        Self {
+            dim,
+            group_size,
+            axis: GroupAxis::AlongRow,
+        }
+    }
+
+    /// A per-channel configuration (for keys): each channel of each block of `group_size`
+    /// tokens is a group.
+    pub fn per_channel(dim: usize, group_size: usize) -> Self {
+        Self {
+            dim,
+            group_size,
+            axis: GroupAxis::AlongColumn,
+        }
     }
 
     /// Checks every field.
     ///
     /// # Errors
-    /// A [`ConfigError`] if `dim` or `group_size` is 0 or `group_size` does not divide `dim`.
+    /// A [`ConfigError`] if `dim` or `group_size` is 0, or, per token, `group_size` does not
+    /// divide `dim`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.dim == 0 {
             return Err(ConfigError::new(
@@ -382,11 +403,15 @@ impl HierarchicalKvConfig {
                 self.dim,
             ));
         }
-        if self.group_size == 0 || !self.dim.is_multiple_of(self.group_size) {
+        let divides = match self.axis {
+            GroupAxis::AlongRow => self.dim.is_multiple_of(self.group_size.max(1)),
+            GroupAxis::AlongColumn => true,
+        };
+        if self.group_size == 0 || !divides {
             return Err(ConfigError::new(
                 "HierarchicalKvCache",
                 "group_size",
-                format!("must be >= 1 and divide dim = {}", self.dim),
+                format!("must be >= 1 and divide dim = {} per token", self.dim),
                 self.group_size,
             ));
         }
@@ -398,12 +423,13 @@ impl HierarchicalKvConfig {
 /// minimum per group) that decodes at 8 bits for the target pass and, from the upper nibble of
 /// the same codes, at 4 bits for the draft pass. Part of the seed's `QuantSpecDecoder`.
 ///
-/// Each group of `group_size` consecutive values of a token with minimum `m` and maximum `M`
-/// gets the step `s = (M − m) / 255` and codes `c = round_ties_even((x − m) / s)` in
-/// `[0, 255]`. The INT8 view decodes `m + c · s` (error `<= s / 2`); the INT4 view decodes
-/// `m + (16 · (c >> 4) + 7.5) · s`, the 4-bit code `c >> 4` with step `16 s` and an offset of
-/// half a 4-bit step (error `<= 8 s`: `c` lies within 7.5 of its nibble's centre, plus the
-/// 8-bit rounding). Both bounds hold up to `f32` rounding ([`error_bound`](Self::error_bound)).
+/// Each group (per token or per channel, see [`HierarchicalKvConfig::axis`]) with minimum `m`
+/// and maximum `M` gets the step `s = (M − m) / 255` and codes
+/// `c = round_ties_even((x − m) / s)` in `[0, 255]`. The INT8 view decodes `m + c · s` (error
+/// `<= s / 2`); the INT4 view decodes `m + (16 · (c >> 4) + 7.5) · s`, the 4-bit code `c >> 4`
+/// with step `16 s` and an offset of half a 4-bit step (error `<= 8 s`: `c` lies within 7.5 of
+/// its nibble's centre, plus the 8-bit rounding). Both bounds hold up to `f32` rounding
+/// ([`error_bound`](Self::error_bound)).
 ///
 /// # Example
 /// ```
@@ -462,14 +488,24 @@ impl HierarchicalKvCache {
         &self.codes
     }
 
-    /// The 8-bit step of each group (token-major, `dim / group_size` per token).
+    /// The 8-bit step of each group, indexed by [`group_of`](Self::group_of).
     pub fn scales(&self) -> &[f32] {
         &self.scales
     }
 
-    /// The minimum of each group.
+    /// The minimum of each group, indexed by [`group_of`](Self::group_of).
     pub fn mins(&self) -> &[f32] {
         &self.mins
+    }
+
+    /// The group holding channel `channel` of token `token`: `token · dim / group_size +
+    /// channel / group_size` per token, `token / group_size · dim + channel` per channel.
+    pub fn group_of(&self, token: usize, channel: usize) -> usize {
+        let (d, g) = (self.cfg.dim, self.cfg.group_size);
+        match self.cfg.axis {
+            GroupAxis::AlongRow => token * (d / g) + channel / g,
+            GroupAxis::AlongColumn => token / g * d + channel,
+        }
     }
 
     /// Bytes held by the store: one byte per value plus 8 per group. Both views read these
@@ -478,56 +514,95 @@ impl HierarchicalKvCache {
         self.codes.len() + size_of_val(self.scales.as_slice()) + size_of_val(self.mins.as_slice())
     }
 
-    /// Appends tokens: `x` holds `k × dim` values (`k >= 0` tokens, row-major).
+    /// Appends tokens: `x` holds `k × dim` values (row-major), `k` a multiple of `group_size`
+    /// for a per-channel cache.
     ///
     /// # Errors
-    /// - [`Error::Shape`](crate::Error::Shape) if `x.len()` is not a multiple of `dim`.
+    /// - [`Error::Shape`](crate::Error::Shape) if `x.len()` is not a multiple of `dim`
+    ///   (per-channel: of `dim × group_size`).
     /// - [`Error::Core`](crate::Error::Core) for a NaN / infinite value, or a group whose range
     ///   `max − min` overflows `f32`. Nothing is appended on error.
     ///
     /// # Performance
     /// Amortised allocation only (the buffers grow); two passes per group.
     pub fn append(&mut self, x: &[f32]) -> Result<()> {
-        let dim = self.cfg.dim;
-        let g = self.cfg.group_size;
-        if !x.len().is_multiple_of(dim) {
+        let (dim, g) = (self.cfg.dim, self.cfg.group_size);
+        let unit = match self.cfg.axis {
+            GroupAxis::AlongRow => dim,
+            GroupAxis::AlongColumn => dim * g,
+        };
+        if !x.len().is_multiple_of(unit) {
             return Err(ShapeError::new(
                 "HierarchicalKvCache::append values (tokens x dim)",
-                format!("a multiple of {dim}"),
+                format!("a multiple of {unit}"),
                 x.len(),
             )
             .into());
         }
         check_finite("HierarchicalKvCache::append x", x)?;
-        for (gi, group) in x.chunks_exact(g).enumerate() {
-            let (lo, hi) = min_max(group);
-            if !(hi - lo).is_finite() {
-                let (i, &v) = group
-                    .iter()
-                    .enumerate()
-                    .find(|&(_, &v)| v == hi)
-                    .unwrap_or((0, &hi));
-                return Err(squish_core::Error::OutOfRange {
-                    context: "HierarchicalKvCache::append x (the group's range max - min overflows)",
-                    index: gi * g + i,
-                    value: v,
-                }
-                .into());
+        let overflow = |index: usize, value: f32| -> crate::Error {
+            squish_core::Error::OutOfRange {
+                context: "HierarchicalKvCache::append x (the group's range max - min overflows)",
+                index,
+                value,
             }
-        }
-        self.codes.reserve(x.len());
-        for group in x.chunks_exact(g) {
-            let (lo, hi) = min_max(group);
-            let s = (hi - lo) / 255.0;
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-            self.codes.extend(group.iter().map(|&v| {
-                let t = ((v - lo) * inv).round_ties_even();
-                let t = if t > 255.0 { 255.0 } else { t };
-                let t = if t > 0.0 { t } else { 0.0 };
-                t as u8
-            }));
-            self.scales.push(s);
-            self.mins.push(lo);
+            .into()
+        };
+        match self.cfg.axis {
+            GroupAxis::AlongRow => {
+                for (gi, group) in x.chunks_exact(g).enumerate() {
+                    let (lo, hi) = min_max(group.iter().copied());
+                    if !(hi - lo).is_finite() {
+                        let i = group.iter().position(|&v| v == hi).unwrap_or(0);
+                        return Err(overflow(gi * g + i, hi));
+                    }
+                }
+                self.codes.reserve(x.len());
+                for group in x.chunks_exact(g) {
+                    let (lo, hi) = min_max(group.iter().copied());
+                    let (s, inv) = step(lo, hi);
+                    self.codes.extend(group.iter().map(|&v| encode(v, lo, inv)));
+                    self.scales.push(s);
+                    self.mins.push(lo);
+                }
+            }
+            GroupAxis::AlongColumn => {
+                for (bi, block) in x.chunks_exact(unit).enumerate() {
+                    for c in 0..dim {
+                        let (lo, hi) = min_max(block.iter().skip(c).step_by(dim).copied());
+                        if !(hi - lo).is_finite() {
+                            let t = block
+                                .iter()
+                                .skip(c)
+                                .step_by(dim)
+                                .position(|&v| v == hi)
+                                .unwrap_or(0);
+                            return Err(overflow(bi * unit + t * dim + c, hi));
+                        }
+                    }
+                }
+                let base = self.codes.len();
+                self.codes.resize(base + x.len(), 0);
+                for (block, out) in x
+                    .chunks_exact(unit)
+                    .zip(self.codes[base..].chunks_exact_mut(unit))
+                {
+                    let first = self.scales.len();
+                    for c in 0..dim {
+                        let (lo, hi) = min_max(block.iter().skip(c).step_by(dim).copied());
+                        let (s, _) = step(lo, hi);
+                        self.scales.push(s);
+                        self.mins.push(lo);
+                    }
+                    let (scales, mins) = (&self.scales[first..], &self.mins[first..]);
+                    for (row, orow) in block.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+                        for (((o, &v), &s), &m) in orow.iter_mut().zip(row).zip(scales).zip(mins) {
+                            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                            *o = encode(v, m, inv);
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -544,7 +619,9 @@ impl HierarchicalKvCache {
             out.len(),
             self.codes.len()
         );
-        self.decode(0, precision, out);
+        for (t, o) in out.chunks_exact_mut(self.cfg.dim).enumerate() {
+            self.decode_token(t, precision, o);
+        }
     }
 
     /// Decodes token `token` at `precision` into `out` (`dim` values).
@@ -559,12 +636,12 @@ impl HierarchicalKvCache {
             self.len()
         );
         assert_eq!(out.len(), dim, "out must hold dim = {dim} values");
-        self.decode(token * dim, precision, out);
+        self.decode_token(token, precision, out);
     }
 
-    /// The guaranteed bound of `|x − x̂|` for every value of group `group` (token-major group
-    /// index): `s / 2` for [`KvPrecision::Int8`], `8 s` for [`KvPrecision::Int4`], plus `f32`
-    /// rounding (`4 ε · max(|min|, |max|)`).
+    /// The guaranteed bound of `|x − x̂|` for every value of group `group` (see
+    /// [`group_of`](Self::group_of)): `s / 2` for [`KvPrecision::Int8`], `8 s` for
+    /// [`KvPrecision::Int4`], plus `f32` rounding (`4 ε · (|min| + |max|)`).
     ///
     /// # Panics
     /// If `group` is out of range.
@@ -578,17 +655,22 @@ impl HierarchicalKvCache {
         }
     }
 
-    fn decode(&self, start: usize, precision: KvPrecision, out: &mut [f32]) {
-        let g = self.cfg.group_size;
-        let first_group = start / g;
-        let codes = &self.codes[start..start + out.len()];
-        for (gi, (o, c)) in out
-            .chunks_exact_mut(g)
-            .zip(codes.chunks_exact(g))
-            .enumerate()
+    fn decode_token(&self, token: usize, precision: KvPrecision, out: &mut [f32]) {
+        let (dim, g) = (self.cfg.dim, self.cfg.group_size);
+        let codes = &self.codes[token * dim..(token + 1) * dim];
+        // Per-token: `dim / g` groups of g values; per-channel: `dim` groups of one value each.
+        let (first, width) = match self.cfg.axis {
+            GroupAxis::AlongRow => (token * (dim / g), g),
+            GroupAxis::AlongColumn => (token / g * dim, 1),
+        };
+        let n = dim / width;
+        let (scales, mins) = (&self.scales[first..first + n], &self.mins[first..first + n]);
+        for (((o, c), &s), &m) in out
+            .chunks_exact_mut(width)
+            .zip(codes.chunks_exact(width))
+            .zip(scales)
+            .zip(mins)
         {
-            let s = self.scales[first_group + gi];
-            let m = self.mins[first_group + gi];
             match precision {
                 KvPrecision::Int8 => {
                     for (o, &c) in o.iter_mut().zip(c) {
@@ -596,8 +678,7 @@ impl HierarchicalKvCache {
                     }
                 }
                 KvPrecision::Int4 => {
-                    let s4 = 16.0 * s;
-                    let m4 = m + 7.5 * s;
+                    let (s4, m4) = (16.0 * s, m + 7.5 * s);
                     for (o, &c) in o.iter_mut().zip(c) {
                         *o = m4 + f32::from(c >> 4) * s4;
                     }
@@ -607,11 +688,24 @@ impl HierarchicalKvCache {
     }
 }
 
-fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (if v < lo { v } else { lo }, if v > hi { v } else { hi })
-        })
+/// The 8-bit step of a group with range `[lo, hi]` and its reciprocal (0 for a constant group).
+fn step(lo: f32, hi: f32) -> (f32, f32) {
+    let s = (hi - lo) / 255.0;
+    (s, if s > 0.0 { 1.0 / s } else { 0.0 })
+}
+
+/// The 8-bit code of `v` (ties to even, clamped to `[0, 255]`).
+fn encode(v: f32, lo: f32, inv: f32) -> u8 {
+    let t = ((v - lo) * inv).round_ties_even();
+    let t = if t > 255.0 { 255.0 } else { t };
+    let t = if t > 0.0 { t } else { 0.0 };
+    t as u8
+}
+
+fn min_max(x: impl Iterator<Item = f32>) -> (f32, f32) {
+    x.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+        (if v < lo { v } else { lo }, if v > hi { v } else { hi })
+    })
 }
 
 #[cfg(test)]
@@ -631,7 +725,7 @@ mod tests {
         let e = HierarchicalKvCache::new(HierarchicalKvConfig::new(0, 1)).unwrap_err();
         insta::assert_snapshot!(e, @"invalid HierarchicalKvCache.dim: must be >= 1, got 0");
         let e = HierarchicalKvCache::new(HierarchicalKvConfig::new(64, 24)).unwrap_err();
-        insta::assert_snapshot!(e, @"invalid HierarchicalKvCache.group_size: must be >= 1 and divide dim = 64, got 24");
+        insta::assert_snapshot!(e, @"invalid HierarchicalKvCache.group_size: must be >= 1 and divide dim = 64 per token, got 24");
     }
 
     #[test]
@@ -693,6 +787,13 @@ mod tests {
         insta::assert_snapshot!(e, @"value out of range in HierarchicalKvCache::append x (the group's range max - min overflows): element 3 is 300000000000000000000000000000000000000");
         assert!(kv.is_empty());
         assert_eq!(kv.bytes_held(), 0);
+
+        let mut kv = HierarchicalKvCache::new(HierarchicalKvConfig::per_channel(2, 2)).unwrap();
+        let e = kv.append(&[0.0; 2]).unwrap_err();
+        insta::assert_snapshot!(e, @"shape mismatch in HierarchicalKvCache::append values (tokens x dim): expected a multiple of 4, got 2");
+        let e = kv.append(&[0.0, 3e38, 0.0, -3e38]).unwrap_err();
+        insta::assert_snapshot!(e, @"value out of range in HierarchicalKvCache::append x (the group's range max - min overflows): element 1 is 300000000000000000000000000000000000000");
+        assert!(kv.is_empty());
     }
 
     #[test]
