@@ -2,12 +2,12 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
-mod quant_spec;
+mod quant_spec_decoder;
 mod tree_verifier;
 pub mod verify;
 
 pub use error::{Error, Result};
-pub use quant_spec::{
+pub use quant_spec_decoder::{
     DraftSource, HierarchicalKvCache, HierarchicalKvConfig, KvPrecision, QuantSpecDecoder,
     QuantSpecDecoderConfig, QuantizedDraft,
 };

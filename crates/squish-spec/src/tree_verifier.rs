@@ -212,10 +212,12 @@ impl TreeVerifier {
     ///
     /// # Performance
     /// No allocation once `out` and the verifier have seen a tree of this size. Work is
-    /// proportional to the rows visited: one softmax per visited node's target row and one per
-    /// distinct draft row tested (counted in [`VerifyOutput::softmaxes`]), one `O(vocab)` pass
-    /// per rejection, one sampling pass for the final token. Greedy mode does one argmax per
-    /// visited node and no softmax.
+    /// proportional to the rows visited: one softmax per visited node's target row and one
+    /// each time the tested child's draft row differs from the previous tested child's (so
+    /// once per node when siblings share a row; counted in [`VerifyOutput::softmaxes`]), one
+    /// `O(vocab)` pass per rejection, one sampling pass for the final token. Greedy mode does
+    /// one argmax per visited node and no softmax. Softmax throughput bounds it: about 48 µs
+    /// for the seed's 3 × 4 tree over 4096 tokens (6.5 softmaxes) on a loaded 2-core VM.
     pub fn verify_into<R: Rng + ?Sized>(
         &mut self,
         tree: &DraftTree<'_>,
