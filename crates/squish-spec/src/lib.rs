@@ -14,5 +14,5 @@ pub use quant_spec_decoder::{
 pub use tree_verifier::{DraftTree, TreeVerifier, TreeVerifierConfig};
 pub use verify::{
     DepthStats, GREEDY_DRAFT, NextKind, PROB_SUM_TOLERANCE, Sampling, Scores, VerifyOutput,
-    VerifyStats,
+    VerifyStats, Warper,
 };

@@ -630,53 +630,155 @@ impl VerifyScratch {
         out: &mut [f32],
     ) -> Result<()> {
         validate_row(row, params.scores, context, row_index)?;
-        let s = params.sampling;
-        match params.scores {
-            Scores::Logits => ops::softmax_into(row, s.temperature, out),
-            Scores::Probabilities => {
-                out.copy_from_slice(row);
-                if s.temperature != 1.0 {
-                    let inv_t = f64::from(s.temperature).recip();
-                    for v in out.iter_mut() {
-                        *v = (f64::from(*v).powf(inv_t)) as f32;
-                    }
-                }
-                normalize(out);
-            }
-        }
-        let vocab = out.len();
-        if s.top_k > 0 && s.top_k < vocab {
-            ops::top_k_into(out, s.top_k, &mut self.idx);
-            self.kept.clear();
-            self.kept.extend(self.idx.iter().map(|&i| out[i]));
-            out.fill(0.0);
-            for (&i, &v) in self.idx.iter().zip(&self.kept) {
-                out[i] = v;
-            }
-            normalize(out);
-        }
-        if s.top_p < 1.0 {
-            self.idx.clear();
-            self.idx.extend(0..vocab);
-            let o: &[f32] = out;
-            self.idx
-                .sort_unstable_by(|&a, &b| o[b].total_cmp(&o[a]).then(a.cmp(&b)));
-            let target = f64::from(s.top_p);
-            let mut cum = 0.0f64;
-            let mut keep = vocab;
-            for (k, &i) in self.idx.iter().enumerate() {
-                cum += f64::from(out[i]);
-                if cum >= target {
-                    keep = k + 1;
-                    break;
-                }
-            }
-            for &i in &self.idx[keep..] {
-                out[i] = 0.0;
-            }
-            normalize(out);
-        }
+        warp_row(
+            &params.sampling,
+            params.scores,
+            row,
+            out,
+            &mut self.idx,
+            &mut self.kept,
+        );
         Ok(())
+    }
+}
+
+/// Turns a row of scores into the distribution tokens are drawn from, exactly as
+/// [`TreeVerifier`](crate::TreeVerifier) and [`QuantSpecDecoder`](crate::QuantSpecDecoder) do.
+///
+/// Verification is lossless only if each draft token was drawn from the distribution the
+/// verifier computes for its draft row; with top-k or top-p, drafting with this warper (same
+/// [`Sampling`], same [`Scores`]) guarantees that, to the bit.
+///
+/// # Example
+/// ```
+/// use squish_spec::{Sampling, Scores, Warper};
+/// let mut w = Warper::new(Sampling::new(1.0, 2, 1.0), Scores::Logits).unwrap();
+/// let mut p = [0.0f32; 4];
+/// w.probs_into(&[0.0, 3.0, 1.0, 2.0], &mut p).unwrap();
+/// assert_eq!(p[0], 0.0); // outside the top 2
+/// assert_eq!(p[2], 0.0);
+/// assert!((p[1] + p[3] - 1.0).abs() < 1e-6);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Warper {
+    sampling: Sampling,
+    scores: Scores,
+    idx: Vec<usize>,
+    kept: Vec<f32>,
+}
+
+impl Warper {
+    /// A warper for `sampling` applied to rows of `scores`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if [`Sampling::validate`] fails.
+    pub fn new(sampling: Sampling, scores: Scores) -> Result<Self> {
+        sampling.validate("Warper")?;
+        Ok(Self {
+            sampling,
+            scores,
+            idx: Vec::new(),
+            kept: Vec::new(),
+        })
+    }
+
+    /// The sampling settings.
+    pub fn sampling(&self) -> &Sampling {
+        &self.sampling
+    }
+
+    /// Writes the distribution of `row` into `out`: temperature, top-k, top-p, renormalised;
+    /// one-hot at the argmax (lowest index on ties) when the sampling is greedy.
+    ///
+    /// # Errors
+    /// [`Error::Core`] for NaN / `+inf` logits or a row of only `-inf`; with
+    /// [`Scores::Probabilities`], a negative / non-finite entry or a sum off 1 by more than
+    /// [`PROB_SUM_TOLERANCE`].
+    ///
+    /// # Panics
+    /// If `out.len() != row.len()`.
+    ///
+    /// # Performance
+    /// One validation pass and a softmax; no allocation once top-k / top-p have run at this
+    /// size.
+    pub fn probs_into(&mut self, row: &[f32], out: &mut [f32]) -> Result<()> {
+        assert_eq!(
+            row.len(),
+            out.len(),
+            "Warper::probs_into: out length differs"
+        );
+        validate_row(row, self.scores, "Warper row", 0)?;
+        if self.sampling.is_greedy() {
+            out.fill(0.0);
+            if let Some(i) = ops::argmax(row) {
+                out[i] = 1.0;
+            }
+            return Ok(());
+        }
+        warp_row(
+            &self.sampling,
+            self.scores,
+            row,
+            out,
+            &mut self.idx,
+            &mut self.kept,
+        );
+        Ok(())
+    }
+}
+
+/// Temperature, top-k, top-p and renormalisation of a validated row (`s` not greedy).
+fn warp_row(
+    s: &Sampling,
+    scores: Scores,
+    row: &[f32],
+    out: &mut [f32],
+    idx: &mut Vec<usize>,
+    kept: &mut Vec<f32>,
+) {
+    match scores {
+        Scores::Logits => ops::softmax_into(row, s.temperature, out),
+        Scores::Probabilities => {
+            out.copy_from_slice(row);
+            if s.temperature != 1.0 {
+                let inv_t = f64::from(s.temperature).recip();
+                for v in out.iter_mut() {
+                    *v = (f64::from(*v).powf(inv_t)) as f32;
+                }
+            }
+            normalize(out);
+        }
+    }
+    let vocab = out.len();
+    if s.top_k > 0 && s.top_k < vocab {
+        ops::top_k_into(out, s.top_k, idx);
+        kept.clear();
+        kept.extend(idx.iter().map(|&i| out[i]));
+        out.fill(0.0);
+        for (&i, &v) in idx.iter().zip(kept.iter()) {
+            out[i] = v;
+        }
+        normalize(out);
+    }
+    if s.top_p < 1.0 {
+        idx.clear();
+        idx.extend(0..vocab);
+        let o: &[f32] = out;
+        idx.sort_unstable_by(|&a, &b| o[b].total_cmp(&o[a]).then(a.cmp(&b)));
+        let target = f64::from(s.top_p);
+        let mut cum = 0.0f64;
+        let mut keep = vocab;
+        for (k, &i) in idx.iter().enumerate() {
+            cum += f64::from(out[i]);
+            if cum >= target {
+                keep = k + 1;
+                break;
+            }
+        }
+        for &i in &idx[keep..] {
+            out[i] = 0.0;
+        }
+        normalize(out);
     }
 }
 

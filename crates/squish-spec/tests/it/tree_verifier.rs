@@ -425,3 +425,51 @@ fn impossible_draft_is_an_error() {
         .unwrap_err();
     assert_eq!(e, Error::ImpossibleDraft { node: 0, token: 0 });
 }
+
+/// `Warper` computes the distribution the verifiers use, equal to the test's own f64 warping;
+/// drafting from it never trips `ImpossibleDraft`, even with top-k and top-p.
+#[test]
+fn warper_matches_the_oracle_and_drafts_verify() {
+    let mut rng = StdRng::seed_from_u64(31);
+    for s in samplings() {
+        for scores in [Scores::Logits, Scores::Probabilities] {
+            let mut w = squish_spec::Warper::new(s, scores).unwrap();
+            for _ in 0..20 {
+                let logits = squish_testkit::data::normal_vec(&mut rng, 50, 0.0, 2.0);
+                let row = match scores {
+                    Scores::Probabilities => crate::spec_oracle::to_probs(&logits),
+                    _ => logits,
+                };
+                let mut out = vec![0.0f32; 50];
+                w.probs_into(&row, &mut out).unwrap();
+                let want = crate::spec_oracle::warp(&row, scores, &s);
+                for (a, b) in out.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*a) - b).abs() < 1e-6,
+                        "{s:?} {scores:?}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+    let s = Sampling::new(0.8, 20, 0.7);
+    let mut w = squish_spec::Warper::new(s, Scores::Logits).unwrap();
+    let mut v = verifier(200, s, Scores::Logits);
+    let mut q = vec![0.0f32; 200];
+    for _ in 0..500 {
+        let target = squish_testkit::data::normal_vec(&mut rng, 3 * 200, 0.0, 3.0);
+        let draft = squish_testkit::data::normal_vec(&mut rng, 200, 0.0, 3.0);
+        w.probs_into(&draft, &mut q).unwrap();
+        let qf: Vec<f64> = q.iter().map(|&x| f64::from(x)).collect();
+        let tokens = [sample(&qf, &mut rng), sample(&qf, &mut rng)];
+        v.verify(
+            &DraftTree::new(&[0, 0], &tokens, &[0, 0]),
+            &target,
+            &draft,
+            &mut rng,
+        )
+        .unwrap();
+    }
+    let e = squish_spec::Warper::new(Sampling::with_temperature(-1.0), Scores::Logits).unwrap_err();
+    insta::assert_snapshot!(e, @"invalid Warper.sampling.temperature: must be finite and >= 0, got -1");
+}
