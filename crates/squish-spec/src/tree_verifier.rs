@@ -360,6 +360,45 @@ mod tests {
         assert!(seen[0] > 800 && seen[2] > 800, "{seen:?}");
     }
 
+    /// An RNG whose every word is `u64::MAX`: `random::<f64>()` is the largest value below 1.
+    struct AlmostOne;
+    impl rand::TryRng for AlmostOne {
+        type Error = std::convert::Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            Ok(u32::MAX)
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            Ok(u64::MAX)
+        }
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            dst.fill(u8::MAX);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_certain_target_always_accepts_its_token() {
+        // The row sums to 1 only up to f32 rounding; the target is certain of token 0, so even
+        // the largest uniform draw accepts it (the residual would be empty).
+        let mut cfg = TreeVerifierConfig::new(3, Sampling::default());
+        cfg.scores = Scores::Probabilities;
+        let mut v = TreeVerifier::new(cfg).unwrap();
+        let row = [1.000_712f32, 0.0, 0.0]; // normalised to 1 - 2^-24
+        let target = [row, row].concat();
+        for draft_rows in [[crate::GREEDY_DRAFT], [0]] {
+            let out = v
+                .verify(
+                    &DraftTree::new(&[0], &[0], &draft_rows),
+                    &target,
+                    &row,
+                    &mut AlmostOne,
+                )
+                .unwrap();
+            assert_eq!(out.accepted(), &[0]);
+            assert_eq!(out.next_token(), 0);
+        }
+    }
+
     #[test]
     fn components_are_send_sync() {
         fn check<T: Send + Sync>() {}

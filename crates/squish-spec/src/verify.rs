@@ -554,7 +554,9 @@ impl VerifyScratch {
                 let row = &target[node * vocab..(node + 1) * vocab];
                 self.warp_into(params, row, "verify target", node, &mut r)?;
                 out.softmaxes += 1;
-                let mut mass = 1.0f64;
+                // The exact total of the stored f32 values (1 up to rounding): a target that
+                // is certain of a token then accepts it with probability exactly 1.
+                let mut mass = sum_f64(&r);
                 let mut child = self.first_child[node];
                 if child == NONE {
                     out.next_token = sampling::sample_categorical(&r, rng)? as u32;
@@ -805,9 +807,25 @@ fn subtract_scaled(r: &mut [f32], q: &[f32], mass: f32) -> f64 {
     acc.iter().sum()
 }
 
+/// `Σ x` in f64 (8 lanes, so it vectorises).
+fn sum_f64(x: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] += f64::from(v);
+    }
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += f64::from(c[l]);
+        }
+    }
+    acc.iter().sum()
+}
+
 /// Scales `x` (non-negative, positive sum) to sum to 1.
 fn normalize(x: &mut [f32]) {
-    let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
+    let sum = sum_f64(x);
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
