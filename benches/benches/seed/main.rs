@@ -17,32 +17,38 @@ mod dynamic_ntk_scaler;
 mod fault_handler;
 mod flash_prefill;
 mod model_pool;
+mod quant_spec_decoder;
 mod request_cost_estimator;
 mod retention_kernel;
 mod sparse_attn_index;
 mod token_budget_gate;
+mod tree_verifier;
 
 criterion_group!(budget_spec_decoder, budget_spec_decoder::benches);
 criterion_group!(core_primitives, core::benches);
 criterion_group!(dedupe_attn, dedupe_attn::benches);
 criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
 criterion_group!(fault_handler, fault_handler::benches);
+criterion_group!(flash_prefill, flash_prefill::benches);
 criterion_group!(model_pool, model_pool::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
 criterion_group!(retention_kernel, retention_kernel::benches);
 criterion_group!(sparse_attn_index, sparse_attn_index::benches);
 criterion_group!(token_budget_gate, token_budget_gate::benches);
-criterion_group!(flash_prefill, flash_prefill::benches);
+criterion_group!(quant_spec_decoder, quant_spec_decoder::benches);
+criterion_group!(tree_verifier, tree_verifier::benches);
 criterion_main!(
     budget_spec_decoder,
     core_primitives,
     dedupe_attn,
     dynamic_ntk_scaler,
     fault_handler,
+    flash_prefill,
     model_pool,
     request_cost_estimator,
     retention_kernel,
     sparse_attn_index,
     token_budget_gate,
-    flash_prefill,
+    quant_spec_decoder,
+    tree_verifier,
 );

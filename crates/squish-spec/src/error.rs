@@ -30,6 +30,22 @@ pub enum Error {
         /// Tokens the budget had left.
         remaining: usize,
     },
+    /// A draft tree is malformed: a parent that is not an earlier node, a token outside the
+    /// vocabulary, or a draft row that does not exist.
+    InvalidTree {
+        /// Index of the offending draft node.
+        node: usize,
+        /// What is wrong with it, lowercase.
+        reason: String,
+    },
+    /// A draft token has probability 0 under the draft distribution it is said to be sampled
+    /// from, so it cannot have been sampled from it (verifying it would not be lossless).
+    ImpossibleDraft {
+        /// Index of the draft node.
+        node: usize,
+        /// Its token.
+        token: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -53,6 +69,14 @@ impl fmt::Display for Error {
                 f,
                 "token budget overrun: a round emitted {n_emitted} tokens with {remaining} remaining"
             ),
+            Self::InvalidTree { node, reason } => {
+                write!(f, "invalid draft tree: draft node {node}: {reason}")
+            }
+            Self::ImpossibleDraft { node, token } => write!(
+                f,
+                "draft node {node}: token {token} has probability 0 under its draft \
+                 distribution, so it cannot have been sampled from it"
+            ),
         }
     }
 }
@@ -63,7 +87,10 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
-            Self::EmittedCount { .. } | Self::OverBudget { .. } => None,
+            Self::EmittedCount { .. }
+            | Self::OverBudget { .. }
+            | Self::InvalidTree { .. }
+            | Self::ImpossibleDraft { .. } => None,
         }
     }
 }
@@ -131,6 +158,18 @@ mod tests {
         };
         insta::assert_snapshot!(e, @"token budget overrun: a round emitted 1 tokens with 0 remaining");
         assert!(std::error::Error::source(&e).is_none());
+    }
+
+    #[test]
+    fn verification_errors_display() {
+        let e = Error::InvalidTree {
+            node: 2,
+            reason: "token 9 is outside the vocabulary of 8".into(),
+        };
+        insta::assert_snapshot!(e, @"invalid draft tree: draft node 2: token 9 is outside the vocabulary of 8");
+        assert!(std::error::Error::source(&e).is_none());
+        let e = Error::ImpossibleDraft { node: 1, token: 3 };
+        insta::assert_snapshot!(e, @"draft node 1: token 3 has probability 0 under its draft distribution, so it cannot have been sampled from it");
     }
 
     #[test]
