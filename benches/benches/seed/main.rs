@@ -11,8 +11,10 @@
 use criterion::{criterion_group, criterion_main};
 
 mod core;
+mod kv_compress;
 mod model_pool;
 
 criterion_group!(core_primitives, core::benches);
 criterion_group!(model_pool, model_pool::benches);
-criterion_main!(core_primitives, model_pool);
+criterion_group!(kv_compress, kv_compress::benches);
+criterion_main!(core_primitives, model_pool, kv_compress);
