@@ -11,13 +11,13 @@
 
 use serde_json::{Map, Value, json};
 
+mod kv_compress;
 mod model_pool;
 
 /// Options every claim measurement receives.
 #[derive(Debug, Clone, Copy)]
 struct Opts {
     /// Smaller samples, for `cargo xtask bench --quick`.
-    #[allow(dead_code)] // read by the first claim that lands
     quick: bool,
 }
 
@@ -34,7 +34,10 @@ type Claim = (&'static str, fn(Opts) -> Measured);
 
 /// The claims measured so far. Each component adds a module beside this file and its row
 /// here.
-const CLAIMS: &[Claim] = &[("model_pool", model_pool::measure)];
+const CLAIMS: &[Claim] = &[
+    ("model_pool", model_pool::measure),
+    ("kv_compress", kv_compress::measure),
+];
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
