@@ -60,42 +60,65 @@ fn fast_inverse(s: f32) -> f32 {
     }
 }
 
+/// Largest bit pattern of a finite `f32` magnitude.
+const FINITE_BITS: u32 = 0x7f7f_ffff;
+/// Bit pattern of [`LIM`].
+const LIM_BITS: u32 = LIM.to_bits();
+
+/// Has its sign bit set iff `|x|`'s bit pattern exceeds `limit` (`x` NaN included); OR-ed
+/// together over lanes, so the check vectorises as integer subtractions.
+#[inline(always)]
+fn over(x: f32, limit: u32) -> u32 {
+    limit.wrapping_sub(x.to_bits() & 0x7fff_ffff)
+}
+
 /// Fast codes of one row against per-element zero-points and reciprocal scales; returns
 /// whether every code is certainly equal to the exact one.
 #[inline(always)]
 fn encode_fast(x: &[f32], z: &[f32], inv: &[f32], out: &mut [u8]) -> bool {
-    let mut ok = true;
+    let mut bad = 0u32;
     for (((o, &v), &z), &i) in out.iter_mut().zip(x).zip(z).zip(inv) {
         let t = (v - z) * i;
         let r = t + MAGIC;
-        let d = t - (r - MAGIC);
-        ok &= d.abs() < LIM;
-        *o = (r.to_bits() & 0xff) as u8;
+        bad |= over(t - (r - MAGIC), LIM_BITS);
+        *o = r.to_bits() as u8;
     }
-    ok
+    bad >> 31 == 0
 }
 
 /// As [`encode_fast`] with one zero-point and reciprocal scale for the whole slice.
 #[inline(always)]
 fn encode_fast_splat(x: &[f32], z: f32, inv: f32, out: &mut [u8]) -> bool {
-    let mut ok = true;
+    let mut bad = 0u32;
     for (o, &v) in out.iter_mut().zip(x) {
         let t = (v - z) * inv;
         let r = t + MAGIC;
-        let d = t - (r - MAGIC);
-        ok &= d.abs() < LIM;
-        *o = (r.to_bits() & 0xff) as u8;
+        bad |= over(t - (r - MAGIC), LIM_BITS);
+        *o = r.to_bits() as u8;
     }
-    ok
+    bad >> 31 == 0
 }
 
-/// Scale from a group's minimum and maximum, as squish-core computes it, or `None` when the
-/// range or its reconstruction overflows (or is NaN).
+/// Turns group maxima `his` into scales `(hi - lo) / max_code` and writes the fast path's
+/// reciprocals into `inv`, as squish-core does; returns the first group whose range or
+/// largest reconstruction `lo + max_code * scale` is not finite.
 #[inline(always)]
-fn scale_of(lo: f32, hi: f32, max_code: f32) -> Option<f32> {
-    let range = hi - lo;
-    let ok = range.is_finite() && (lo + max_code * (range / max_code)).is_finite();
-    ok.then_some(range / max_code)
+fn finish_scales(los: &[f32], his: &mut [f32], inv: &mut [f32], max_code: f32) -> Option<usize> {
+    let mut bad = 0u32;
+    for ((hi, &lo), iv) in his.iter_mut().zip(los).zip(inv.iter_mut()) {
+        let range = *hi - lo;
+        let s = range / max_code;
+        bad |= over(range, FINITE_BITS) | over(lo + max_code * s, FINITE_BITS);
+        *hi = s;
+        *iv = fast_inverse(s);
+    }
+    if bad >> 31 == 0 {
+        return None;
+    }
+    // A range is finite iff its scale is.
+    his.iter()
+        .zip(los)
+        .position(|(&s, &lo)| !(s.is_finite() && (lo + max_code * s).is_finite()))
 }
 
 /// Packed codes with one scale and zero-point per group (squish-core's grouped layout).
@@ -136,6 +159,7 @@ impl Groups {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Scratch {
     inv: Vec<f32>,
+    row: Vec<u8>,
 }
 
 /// Quantises `x`, `[rows, cols]` row-major with `rows % gs == 0` and `cols % 4 == 0`, with
@@ -182,50 +206,34 @@ fn quantize_columns_inner(
     let c0 = codes.len();
     codes.resize(c0 + x.len() / cols * row_bytes, 0);
     scratch.inv.resize(cols, 0.0);
-    let mut buf = [0u8; CHUNK];
+    scratch.row.resize(cols, 0);
     for (b, block) in x.chunks_exact(gs * cols).enumerate() {
         // Pass 1: per-channel minimum and maximum, row by row (one lane per channel).
         let g0 = zeros.len();
-        zeros.extend_from_slice(&block[..cols]);
-        scales.extend_from_slice(&block[..cols]);
+        zeros.resize(g0 + cols, 0.0);
+        scales.resize(g0 + cols, 0.0);
         let (los, his) = (&mut zeros[g0..], &mut scales[g0..]);
-        for row in block.chunks_exact(cols).skip(1) {
-            for ((lo, hi), &v) in los.iter_mut().zip(his.iter_mut()).zip(row) {
-                *lo = if v < *lo { v } else { *lo };
-                *hi = if v > *hi { v } else { *hi };
-            }
-        }
+        column_min_max(block, cols, los, his);
         // Pass 2: scales and reciprocals.
-        for (c, ((hi, &lo), inv)) in his.iter_mut().zip(&*los).zip(&mut scratch.inv).enumerate() {
-            let Some(s) = scale_of(lo, *hi, max_code) else {
-                return Err(column_anomaly(block, cols, c, *hi, b * gs * cols));
-            };
-            *hi = s;
-            *inv = fast_inverse(s);
+        if let Some(c) = finish_scales(los, his, &mut scratch.inv, max_code) {
+            return Err(column_anomaly(block, cols, c, b * gs * cols));
         }
         let (zs, ss) = (&zeros[g0..], &scales[g0..]);
-        // Pass 3: encode row by row, then pack.
+        // Pass 3: encode row by row (then pack).
         for (r, row) in block.chunks_exact(cols).enumerate() {
             let start = c0 + (b * gs + r) * row_bytes;
             let out = &mut codes[start..start + row_bytes];
-            if bits == QuantBits::B8 {
-                if !encode_fast(row, zs, &scratch.inv, out) {
-                    exact_row(row, zs, ss, max_code, out)
-                        .map_err(|i| Anomaly::NonFinite(b * gs * cols + r * cols + i))?;
-                }
+            let cs = if bits == QuantBits::B8 {
+                &mut *out
             } else {
-                for (k, xs) in row.chunks(CHUNK).enumerate() {
-                    let lo = k * CHUNK;
-                    let n = xs.len();
-                    let (z, s, inv) = (&zs[lo..lo + n], &ss[lo..lo + n], &scratch.inv[lo..lo + n]);
-                    let cs = &mut buf[..n];
-                    if !encode_fast(xs, z, inv, cs) {
-                        exact_row(xs, z, s, max_code, cs)
-                            .map_err(|i| Anomaly::NonFinite(b * gs * cols + r * cols + lo + i))?;
-                    }
-                    let p = bits.packed_len(lo);
-                    pack_codes(cs, bits, &mut out[p..p + bits.packed_len(n)]);
-                }
+                &mut scratch.row[..]
+            };
+            if !encode_fast(row, zs, &scratch.inv, cs) {
+                exact_row(row, zs, ss, max_code, cs)
+                    .map_err(|i| Anomaly::NonFinite(b * gs * cols + r * cols + i))?;
+            }
+            if bits != QuantBits::B8 {
+                pack_codes(&scratch.row, bits, out);
             }
         }
     }
@@ -259,27 +267,30 @@ fn exact_group(x: &[f32], z: f32, s: f32, max_code: f32, out: &mut [u8]) -> Resu
 /// The anomaly behind an overflowing column group: a non-finite value if there is one, else
 /// the group's maximum.
 #[cold]
-fn column_anomaly(block: &[f32], cols: usize, c: usize, hi: f32, offset: usize) -> Anomaly {
+fn column_anomaly(block: &[f32], cols: usize, c: usize, offset: usize) -> Anomaly {
     let rows = block.len() / cols;
     if let Some(r) = (0..rows).find(|&r| !block[r * cols + c].is_finite()) {
         return Anomaly::NonFinite(offset + r * cols + c);
     }
+    let hi = (0..rows)
+        .map(|r| block[r * cols + c])
+        .fold(f32::MIN, f32::max);
     let r = (0..rows).find(|&r| block[r * cols + c] == hi).unwrap_or(0);
     Anomaly::Range(offset + r * cols + c)
 }
 
 /// Quantises `x`, `[rows, cols]` row-major with `cols % gs == 0` and `cols % 4 == 0`, with
-/// groups of `gs` consecutive channels per row (KIVI values), appending to `codes`, `scales`
-/// and `zeros` (`cols / gs` per row) exactly as `quantize_grouped(.., GroupAxis::AlongRow)`
-/// lays them out.
+/// groups of `gs` consecutive channels per row (KIVI values), appending to `out` (`cols / gs`
+/// groups per row) exactly as `quantize_grouped(.., GroupAxis::AlongRow)` lays them out.
 ///
-/// On an anomaly the vectors are truncated back to their lengths on entry.
+/// On an anomaly `out` is truncated back to its lengths on entry.
 pub(super) fn quantize_rows(
     x: &[f32],
     cols: usize,
     gs: usize,
     bits: QuantBits,
     out: &mut Groups,
+    scratch: &mut Scratch,
 ) -> Result<(), Anomaly> {
     let lens = out.lens();
     let Groups {
@@ -287,13 +298,14 @@ pub(super) fn quantize_rows(
         scales,
         zeros,
     } = &mut *out;
-    let res = quantize_rows_inner(x, cols, gs, bits, codes, scales, zeros);
+    let res = quantize_rows_inner(x, cols, gs, bits, codes, scales, zeros, scratch);
     if res.is_err() {
         out.truncate(lens);
     }
     res
 }
 
+#[allow(clippy::too_many_arguments)]
 fn quantize_rows_inner(
     x: &[f32],
     cols: usize,
@@ -302,113 +314,148 @@ fn quantize_rows_inner(
     codes: &mut Vec<u8>,
     scales: &mut Vec<f32>,
     zeros: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) -> Result<(), Anomaly> {
     debug_assert!(cols > 0 && cols.is_multiple_of(4) && cols.is_multiple_of(gs));
     let max_code = f32::from(bits.max_code());
     let row_bytes = bits.packed_len(cols);
     let c0 = codes.len();
     codes.resize(c0 + x.len() / cols * row_bytes, 0);
-    let mut buf = [0u8; CHUNK];
+    // Pass 1: minimum and maximum of every group.
+    let g0 = zeros.len();
+    let groups = x.len() / gs;
+    zeros.reserve(groups);
+    scales.reserve(groups);
+    for g in x.chunks_exact(gs) {
+        let (lo, hi) = min_max(g);
+        zeros.push(lo);
+        scales.push(hi);
+    }
+    // Pass 2: scales and reciprocals, vectorised over the groups.
+    scratch.inv.resize(groups, 0.0);
+    let (los, his) = (&zeros[g0..], &mut scales[g0..]);
+    if let Some(gi) = finish_scales(los, his, &mut scratch.inv, max_code) {
+        let g = &x[gi * gs..(gi + 1) * gs];
+        let off = gi * gs;
+        return Err(match g.iter().position(|v| !v.is_finite()) {
+            Some(i) => Anomaly::NonFinite(off + i),
+            None => {
+                let hi = min_max(g).1;
+                Anomaly::Range(off + g.iter().position(|&v| v == hi).unwrap_or(0))
+            }
+        });
+    }
+    let (zs, ss) = (&zeros[g0..], &scales[g0..]);
+    // Pass 3: encode group by group, row by row (then pack).
+    scratch.row.resize(cols, 0);
+    let per_row = cols / gs;
     for (r, row) in x.chunks_exact(cols).enumerate() {
         let start = c0 + r * row_bytes;
         let out = &mut codes[start..start + row_bytes];
-        let mut lo_idx = 0;
-        while lo_idx < cols {
-            // A run of whole groups that fits the stack buffer (a group larger than the buffer
-            // is encoded straight into `out` for 8 bits, or group by group otherwise).
-            let run = if gs >= CHUNK {
-                gs
-            } else {
-                (CHUNK / gs * gs).min(cols - lo_idx)
-            };
-            let xs = &row[lo_idx..lo_idx + run];
-            let encode_group = |g: &[f32],
-                                cs: &mut [u8],
-                                at: usize|
-             -> Result<(f32, f32), Anomaly> {
-                let (lo, hi) = min_max(g);
-                let Some(s) = scale_of(lo, hi, max_code) else {
-                    let off = r * cols + at;
-                    return Err(match g.iter().position(|v| !v.is_finite()) {
-                        Some(i) => Anomaly::NonFinite(off + i),
-                        None => Anomaly::Range(off + g.iter().position(|&v| v == hi).unwrap_or(0)),
-                    });
-                };
-                if !encode_fast_splat(g, lo, fast_inverse(s), cs) {
-                    exact_group(g, lo, s, max_code, cs)
-                        .map_err(|i| Anomaly::NonFinite(r * cols + at + i))?;
-                }
-                Ok((lo, s))
-            };
-            if bits == QuantBits::B8 {
-                let outs = &mut out[lo_idx..lo_idx + run];
-                for (k, (g, cs)) in xs
-                    .chunks_exact(gs)
-                    .zip(outs.chunks_exact_mut(gs))
-                    .enumerate()
-                {
-                    let (z, s) = encode_group(g, cs, lo_idx + k * gs)?;
-                    zeros.push(z);
-                    scales.push(s);
-                }
-            } else if run <= CHUNK {
-                let cs = &mut buf[..run];
-                for (k, (g, c)) in xs.chunks_exact(gs).zip(cs.chunks_exact_mut(gs)).enumerate() {
-                    let (z, s) = encode_group(g, c, lo_idx + k * gs)?;
-                    zeros.push(z);
-                    scales.push(s);
-                }
-                let p = bits.packed_len(lo_idx);
-                pack_codes(cs, bits, &mut out[p..p + bits.packed_len(run)]);
-            } else {
-                // One large group: encode it in buffer-sized pieces with shared parameters.
-                let (lo, hi) = min_max(xs);
-                let Some(s) = scale_of(lo, hi, max_code) else {
-                    let off = r * cols + lo_idx;
-                    return Err(match xs.iter().position(|v| !v.is_finite()) {
-                        Some(i) => Anomaly::NonFinite(off + i),
-                        None => Anomaly::Range(off + xs.iter().position(|&v| v == hi).unwrap_or(0)),
-                    });
-                };
-                for (k, piece) in xs.chunks(CHUNK).enumerate() {
-                    let cs = &mut buf[..piece.len()];
-                    if !encode_fast_splat(piece, lo, fast_inverse(s), cs) {
-                        exact_group(piece, lo, s, max_code, cs)
-                            .map_err(|i| Anomaly::NonFinite(r * cols + lo_idx + k * CHUNK + i))?;
-                    }
-                    let p = bits.packed_len(lo_idx + k * CHUNK);
-                    pack_codes(cs, bits, &mut out[p..p + bits.packed_len(piece.len())]);
-                }
-                zeros.push(lo);
-                scales.push(s);
+        let cs = if bits == QuantBits::B8 {
+            &mut *out
+        } else {
+            &mut scratch.row[..]
+        };
+        let gr = r * per_row;
+        for (k, (g, c)) in row
+            .chunks_exact(gs)
+            .zip(cs.chunks_exact_mut(gs))
+            .enumerate()
+        {
+            let (z, s, inv) = (zs[gr + k], ss[gr + k], scratch.inv[gr + k]);
+            if !encode_fast_splat(g, z, inv, c) {
+                exact_group(g, z, s, max_code, c)
+                    .map_err(|i| Anomaly::NonFinite(r * cols + k * gs + i))?;
             }
-            lo_idx += run;
+        }
+        if bits != QuantBits::B8 {
+            pack_codes(&scratch.row, bits, out);
         }
     }
     Ok(())
 }
 
-/// Minimum and maximum of a non-empty slice (NaN-blind: NaN is caught by the encoder).
+/// Per-column minimum and maximum of `block` (`[rows, cols]`, `rows >= 1`) into `los` and
+/// `his`, in strips of 16 columns held in registers across the rows.
 #[inline(always)]
-fn min_max(x: &[f32]) -> (f32, f32) {
-    let mut lo = [x[0]; 8];
-    let mut hi = [x[0]; 8];
-    let (chunks, rest) = x.as_chunks::<8>();
-    for c in chunks {
-        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(c) {
-            *l = if v < *l { v } else { *l };
-            *h = if v > *h { v } else { *h };
+fn column_min_max(block: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+    let mut c0 = 0;
+    while c0 + 16 <= cols {
+        strip_min_max::<16>(block, cols, c0, los, his);
+        c0 += 16;
+    }
+    while c0 < cols {
+        strip_min_max::<4>(block, cols, c0, los, his);
+        c0 += 4;
+    }
+}
+
+#[inline(always)]
+fn strip_min_max<const W: usize>(
+    block: &[f32],
+    cols: usize,
+    c0: usize,
+    los: &mut [f32],
+    his: &mut [f32],
+) {
+    let mut lo: [f32; W] = std::array::from_fn(|k| block[c0 + k]);
+    let mut hi = lo;
+    for row in block.chunks_exact(cols).skip(1) {
+        let Some(xs) = row[c0..].first_chunk::<W>() else {
+            return;
+        };
+        for k in 0..W {
+            lo[k] = min2(xs[k], lo[k]);
+        }
+        for k in 0..W {
+            hi[k] = max2(xs[k], hi[k]);
         }
     }
-    let lo = lo
-        .iter()
-        .chain(rest)
-        .fold(x[0], |m, &v| if v < m { v } else { m });
-    let hi = hi
-        .iter()
-        .chain(rest)
-        .fold(x[0], |m, &v| if v > m { v } else { m });
-    (lo, hi)
+    los[c0..c0 + W].copy_from_slice(&lo);
+    his[c0..c0 + W].copy_from_slice(&hi);
+}
+
+#[inline(always)]
+fn min2(a: f32, b: f32) -> f32 {
+    if a < b { a } else { b }
+}
+
+#[inline(always)]
+fn max2(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+/// Minimum and maximum of a non-empty slice (NaN-blind: NaN is caught by the encoder).
+///
+/// Eight lanes, with the minimum and maximum updated in separate loops: a fused loop makes
+/// LLVM's SLP vectoriser shuffle the comparison masks and runs twice as slow.
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (chunks, rest) = x.as_chunks::<8>();
+    let Some((first, chunks)) = chunks.split_first() else {
+        return x
+            .iter()
+            .fold((x[0], x[0]), |(l, h), &v| (min2(v, l), max2(v, h)));
+    };
+    let (mut lo, mut hi) = (*first, *first);
+    for c in chunks {
+        for k in 0..8 {
+            lo[k] = min2(c[k], lo[k]);
+        }
+        for k in 0..8 {
+            hi[k] = max2(c[k], hi[k]);
+        }
+    }
+    let l4: [f32; 4] = std::array::from_fn(|k| min2(lo[k], lo[k + 4]));
+    let h4: [f32; 4] = std::array::from_fn(|k| max2(hi[k], hi[k + 4]));
+    let mut l = min2(min2(l4[0], l4[2]), min2(l4[1], l4[3]));
+    let mut h = max2(max2(h4[0], h4[2]), max2(h4[1], h4[3]));
+    for &v in rest {
+        l = min2(v, l);
+        h = max2(v, h);
+    }
+    (l, h)
 }
 
 /// Reconstructs `rows` rows of per-column-grouped codes (layout of [`quantize_columns`]) into
@@ -475,6 +522,15 @@ pub(super) fn dequantize_rows(
         .enumerate()
     {
         let g0 = r * per_row;
+        if bits == QuantBits::B8 {
+            for (g, (yg, cg)) in y.chunks_exact_mut(gs).zip(cs.chunks_exact(gs)).enumerate() {
+                let (z, s) = (zeros[g0 + g], scales[g0 + g]);
+                for (o, &c) in yg.iter_mut().zip(cg) {
+                    *o = z + f32::from(c) * s;
+                }
+            }
+            continue;
+        }
         for (k, yk) in y.chunks_mut(CHUNK).enumerate() {
             let lo = k * CHUNK;
             let n = yk.len();

@@ -671,12 +671,26 @@ impl KvCompressor {
                 &mut self.scratch,
             )?,
             GroupAxis::AlongRow => {
-                kernel::quantize_rows(k, d, c.value_group_size, c.key_bits, &mut s.k)?;
+                kernel::quantize_rows(
+                    k,
+                    d,
+                    c.value_group_size,
+                    c.key_bits,
+                    &mut s.k,
+                    &mut self.scratch,
+                )?;
             }
         }
         // Values are reported with an offset past the keys' index space.
-        kernel::quantize_rows(v, d, c.value_group_size, c.value_bits, &mut s.v).map_err(|a| match a
-        {
+        kernel::quantize_rows(
+            v,
+            d,
+            c.value_group_size,
+            c.value_bits,
+            &mut s.v,
+            &mut self.scratch,
+        )
+        .map_err(|a| match a {
             Anomaly::NonFinite(i) => Anomaly::NonFinite(i + VALUES),
             Anomaly::Range(i) => Anomaly::Range(i + VALUES),
         })
