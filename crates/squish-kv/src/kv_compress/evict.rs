@@ -112,13 +112,28 @@ pub(super) fn select(
         }
         EvictionPolicy::KeyNorm => {
             work.clear();
-            work.extend(keys.chunks_exact(head_dim).zip(0u32..).map(|(k, i)| {
-                let sq: f32 = k.iter().map(|v| v * v).sum();
-                (sq, i)
-            }));
+            work.extend(
+                keys.chunks_exact(head_dim)
+                    .zip(0u32..)
+                    .map(|(k, i)| (squared_norm(k), i)),
+            );
             smallest_first(work, keep, kept);
         }
     }
+}
+
+/// `Σ x²` in `f32` with eight independent accumulators (a single running sum is one dependent
+/// add per element and does not vectorise).
+fn squared_norm(x: &[f32]) -> f32 {
+    let (chunks, rest) = x.as_chunks::<8>();
+    let mut acc = [0.0f32; 8];
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k] * c[k];
+        }
+    }
+    let tail: f32 = rest.iter().map(|v| v * v).sum();
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Appends to `kept`, ascending, the indices of the `k` smallest `(value, index)` pairs.

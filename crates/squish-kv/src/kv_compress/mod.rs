@@ -585,7 +585,7 @@ impl KvCompressor {
         s.v_res.extend_from_slice(&vh[q * d..]);
         // The residual may hold NaN that the quantiser never saw.
         for (x, off) in [(&kh[q * d..], q * d), (&vh[q * d..], VALUES + q * d)] {
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            if let Some(i) = first_non_finite(x) {
                 return Err(Anomaly::NonFinite(off + i));
             }
         }
@@ -607,9 +607,13 @@ impl KvCompressor {
             EvictionPolicy::H2o { scores, .. } => &scores[h * n..(h + 1) * n],
             _ => &[],
         };
-        if let Some(i) = kh.iter().position(|v| !v.is_finite()) {
-            // Key norms would be meaningless; report against the input.
+        // Evicted tokens are never quantised: check every input token here, so a NaN is an
+        // error whether or not its token is kept (key norms would be meaningless anyway).
+        if let Some(i) = first_non_finite(kh) {
             return Err((Anomaly::NonFinite(i), h * n * d));
+        }
+        if let Some(i) = first_non_finite(vh) {
+            return Err((Anomaly::NonFinite(VALUES + i), h * n * d));
         }
         let mut kept = std::mem::take(&mut self.kept);
         evict::select(&e.policy, kh, d, scores, keep, &mut kept, &mut self.work);
@@ -758,6 +762,18 @@ fn anomaly_error(a: Anomaly, offset: usize, ks: &[f32], vs: &[f32]) -> Error {
         },
     }
     .into()
+}
+
+/// Index of the first NaN or infinity in `x`, found with a vectorisable scan first.
+fn first_non_finite(x: &[f32]) -> Option<usize> {
+    let all_finite = x
+        .chunks(256)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
+    if all_finite {
+        None
+    } else {
+        x.iter().position(|v| !v.is_finite())
+    }
 }
 
 /// Anomaly indices at or above this refer to the values.

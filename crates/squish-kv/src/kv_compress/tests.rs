@@ -471,6 +471,11 @@ fn bad_inputs_are_typed_errors() {
     let ev = Eviction::new(EvictionPolicy::StreamingLlm { sinks: 0 }, Budget::Equal(4));
     insta::assert_snapshot!(comp.compress_into(&k, &bad, Some(&ev), &mut kv).unwrap_err(), @"non-finite value in KvCompressor values: element 138 is NaN");
 
+    // A NaN in an evicted token is still an error.
+    let mut bad = k.clone();
+    bad[[0, 1, 5]] = f32::NAN;
+    insta::assert_snapshot!(comp.compress_into(&k, &bad, Some(&ev), &mut kv).unwrap_err(), @"non-finite value in KvCompressor values: element 13 is NaN");
+
     // Eviction inputs.
     let scores = [0.0f32; 19];
     let ev = Eviction::new(
