@@ -86,9 +86,10 @@ fn encode_fast(x: &[f32], z: &[f32], inv: &[f32], out: &mut [u8]) -> bool {
     bad >> 31 == 0
 }
 
-/// As [`encode_fast`] with one zero-point and reciprocal scale for the whole slice.
+/// As [`encode_fast`] with one zero-point and reciprocal scale for the whole slice; the sign
+/// bit of the result is set if some code is uncertain.
 #[inline(always)]
-fn encode_fast_splat(x: &[f32], z: f32, inv: f32, out: &mut [u8]) -> bool {
+fn encode_fast_splat(x: &[f32], z: f32, inv: f32, out: &mut [u8]) -> u32 {
     let mut bad = 0u32;
     for (o, &v) in out.iter_mut().zip(x) {
         let t = (v - z) * inv;
@@ -96,7 +97,7 @@ fn encode_fast_splat(x: &[f32], z: f32, inv: f32, out: &mut [u8]) -> bool {
         bad |= over(t - (r - MAGIC), LIM_BITS);
         *o = r.to_bits() as u8;
     }
-    bad >> 31 == 0
+    bad
 }
 
 /// Turns group maxima `his` into scales `(hi - lo) / max_code` and writes the fast path's
@@ -358,13 +359,25 @@ fn quantize_rows_inner(
             &mut scratch.row[..]
         };
         let gr = r * per_row;
-        for (k, (g, c)) in row
+        let (zr, sr) = (&zs[gr..gr + per_row], &ss[gr..gr + per_row]);
+        let ir = &scratch.inv[gr..gr + per_row];
+        // One check per row: a row with any uncertain code is re-encoded exactly.
+        let mut bad = 0u32;
+        for (((g, c), &z), &inv) in row
             .chunks_exact(gs)
             .zip(cs.chunks_exact_mut(gs))
-            .enumerate()
+            .zip(zr)
+            .zip(ir)
         {
-            let (z, s, inv) = (zs[gr + k], ss[gr + k], scratch.inv[gr + k]);
-            if !encode_fast_splat(g, z, inv, c) {
+            bad |= encode_fast_splat(g, z, inv, c);
+        }
+        if bad >> 31 != 0 {
+            for (k, ((g, c), (&z, &s))) in row
+                .chunks_exact(gs)
+                .zip(cs.chunks_exact_mut(gs))
+                .zip(zr.iter().zip(sr))
+                .enumerate()
+            {
                 exact_group(g, z, s, max_code, c)
                     .map_err(|i| Anomaly::NonFinite(r * cols + k * gs + i))?;
             }
