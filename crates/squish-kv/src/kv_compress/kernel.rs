@@ -485,6 +485,26 @@ pub(super) fn dequantize_columns(
         scales,
         zeros,
     } = q;
+    if bits == QuantBits::B8 {
+        // Strips of 16 channels whose zero-points and scales stay in registers down a block.
+        let block = gs * cols;
+        for ((yb, cb), (zs, ss)) in out
+            .chunks_exact_mut(block)
+            .zip(codes.chunks_exact(block))
+            .zip(zeros.chunks_exact(cols).zip(scales.chunks_exact(cols)))
+        {
+            let mut c0 = 0;
+            while c0 + 16 <= cols {
+                decode_strip::<16>(yb, cb, zs, ss, cols, c0);
+                c0 += 16;
+            }
+            while c0 < cols {
+                decode_strip::<4>(yb, cb, zs, ss, cols, c0);
+                c0 += 4;
+            }
+        }
+        return;
+    }
     let row_bytes = bits.packed_len(cols);
     let mut buf = [0u8; CHUNK];
     for (r, (y, cs)) in out
@@ -509,6 +529,30 @@ pub(super) fn dequantize_columns(
                     *o = z + f32::from(c) * s;
                 }
             }
+        }
+    }
+}
+
+/// Decodes channels `c0..c0 + W` of every row of an 8-bit column block.
+#[inline(always)]
+fn decode_strip<const W: usize>(
+    y: &mut [f32],
+    codes: &[u8],
+    zs: &[f32],
+    ss: &[f32],
+    cols: usize,
+    c0: usize,
+) {
+    let (Some(z), Some(s)) = (zs[c0..].first_chunk::<W>(), ss[c0..].first_chunk::<W>()) else {
+        return;
+    };
+    for (yr, cr) in y.chunks_exact_mut(cols).zip(codes.chunks_exact(cols)) {
+        let (Some(yo), Some(ci)) = (yr[c0..].first_chunk_mut::<W>(), cr[c0..].first_chunk::<W>())
+        else {
+            return;
+        };
+        for k in 0..W {
+            yo[k] = z[k] + f32::from(ci[k]) * s[k];
         }
     }
 }

@@ -475,7 +475,9 @@ impl KvCompressor {
 
     /// Appends one token to every head: `keys` and `values` are `[heads, head_dim]`. When a
     /// head's residual window reaches `residual + group_size` tokens, its oldest `group_size`
-    /// tokens are quantised. The result equals compressing the whole sequence at once.
+    /// tokens are quantised. The result equals compressing the whole sequence at once. To
+    /// decode without a prefill, start from a cache compressed from `[heads, 0, head_dim]`
+    /// arrays.
     ///
     /// # Errors
     /// - [`Error::Shape`] if the shapes do not match `cache` (heads, head_dim), or `cache`
