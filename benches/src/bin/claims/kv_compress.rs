@@ -26,7 +26,8 @@
 //! exact prefill, which is what H2O accumulates) and key norm (lowest norms).
 //!
 //! The seed's own approach is measured too: one symmetric INT8 scale per tensor (bytes: one per
-//! value + one scale).
+//! value + one scale). `ratio_vs_f16_quantized_tokens` leaves out the f32 tail (and kept
+//! positions): the steady-state ratio of a long cache.
 
 use ndarray::Array3;
 use serde_json::{Value, json};
@@ -160,6 +161,9 @@ impl Err2 {
 struct Tally {
     bytes: usize,
     f16_bytes: usize,
+    /// Bytes of the quantised tokens alone (codes, scales, zero-points) and their f16 size.
+    quantized_bytes: usize,
+    quantized_f16_bytes: usize,
     k: Err2,
     v: Err2,
     attn: Err2,
@@ -171,6 +175,7 @@ impl Tally {
             "bytes_held": self.bytes,
             "f16_bytes": self.f16_bytes,
             "ratio_vs_f16": self.f16_bytes as f64 / self.bytes as f64,
+            "ratio_vs_f16_quantized_tokens": self.quantized_f16_bytes as f64 / self.quantized_bytes as f64,
             "key_rel_err": self.k.rel(),
             "value_rel_err": self.v.rel(),
             "attn_rel_err": self.attn.rel(),
@@ -219,6 +224,13 @@ fn run(c: &Capture, cfg: &KvCompressorConfig, ev: Option<&Eviction<'_>>, t: &mut
         .expect("finite data");
     t.bytes += kv.bytes_held();
     t.f16_bytes += 2 * h * n * D * 2;
+    let mut tail = 0;
+    for kh in 0..h {
+        let (len, q) = (kv.head_len(kh), kv.quantized_len(kh));
+        tail += 2 * (len - q) * D * 4 + kv.positions(kh).map_or(0, |p| 4 * p.len());
+        t.quantized_f16_bytes += 2 * q * D * 2;
+    }
+    t.quantized_bytes += kv.bytes_held() - tail;
     // Reconstruct each head; rows with their positions.
     let mut heads = Vec::new();
     for kh in 0..h {
@@ -285,8 +297,10 @@ fn seed_int8(c: &Capture, t: &mut Tally) {
             e.add(f64::from(code * s), f64::from(v));
         }
         t.bytes += x.len() + 4;
+        t.quantized_bytes += x.len() + 4;
     }
     t.f16_bytes += 2 * c.kv_heads * c.n * D * 2;
+    t.quantized_f16_bytes += 2 * c.kv_heads * c.n * D * 2;
 }
 
 fn bits_name(b: QuantBits) -> String {
@@ -371,10 +385,22 @@ pub(super) fn measure(opts: Opts) -> Measured {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let seed_part = |set: &str| -> String {
+        let Some(Value::Object(rows)) = details.get(set) else {
+            return String::new();
+        };
+        let f = |row: &str, key: &str| rows[row][key].as_f64().unwrap_or(f64::NAN) * 100.0;
+        format!(
+            "key error {:.2}% (seed's per-tensor INT8, 2.0x) vs {:.2}% (ours, 8-bit)",
+            f("seed_int8_per_tensor", "key_rel_err"),
+            f("8bit,per_channel_keys", "key_rel_err")
+        )
+    };
     let summary = format!(
         "bytes held vs f16 / attention-output error, per-channel keys, groups of 32, 50% budget \
-         for eviction. Real SmolLM2 K/V: {}. Generated 20x-outlier keys: {}",
+         for eviction. Real SmolLM2 K/V: {}; {}. Generated 20x-outlier keys: {}",
         part("smollm2"),
+        seed_part("smollm2"),
         part("generated_outliers")
     );
     details.insert(
