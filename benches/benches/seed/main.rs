@@ -16,6 +16,7 @@ mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
 mod flash_prefill;
+mod kv_compress;
 mod model_pool;
 mod quant_spec_decoder;
 mod request_cost_estimator;
@@ -30,12 +31,13 @@ criterion_group!(dedupe_attn, dedupe_attn::benches);
 criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
 criterion_group!(fault_handler, fault_handler::benches);
 criterion_group!(flash_prefill, flash_prefill::benches);
+criterion_group!(kv_compress, kv_compress::benches);
 criterion_group!(model_pool, model_pool::benches);
+criterion_group!(quant_spec_decoder, quant_spec_decoder::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
 criterion_group!(retention_kernel, retention_kernel::benches);
 criterion_group!(sparse_attn_index, sparse_attn_index::benches);
 criterion_group!(token_budget_gate, token_budget_gate::benches);
-criterion_group!(quant_spec_decoder, quant_spec_decoder::benches);
 criterion_group!(tree_verifier, tree_verifier::benches);
 criterion_main!(
     budget_spec_decoder,
@@ -44,11 +46,12 @@ criterion_main!(
     dynamic_ntk_scaler,
     fault_handler,
     flash_prefill,
+    kv_compress,
     model_pool,
+    quant_spec_decoder,
     request_cost_estimator,
     retention_kernel,
     sparse_attn_index,
     token_budget_gate,
-    quant_spec_decoder,
     tree_verifier,
 );

@@ -4,3 +4,7 @@
 mod error;
 
 pub use error::{Error, Result};
+
+pub mod kv_compress;
+
+pub use kv_compress::{CompressedKv, KvCompressor, KvCompressorConfig};

@@ -1,0 +1,523 @@
+use ndarray::{Array2, Array3};
+use rand::RngExt;
+use squish_core::quant::{GroupAxis, GroupedQuantConfig, QuantBits, quantize_grouped};
+use squish_testkit::data::{KvSpec, kv_with_outliers, normal_vec};
+use squish_testkit::prop;
+
+use super::*;
+
+const ALL_BITS: [QuantBits; 3] = [QuantBits::B2, QuantBits::B4, QuantBits::B8];
+
+fn key_cfg(cfg: &KvCompressorConfig) -> GroupedQuantConfig {
+    match cfg.key_axis {
+        GroupAxis::AlongColumn => {
+            GroupedQuantConfig::new(cfg.key_bits, cfg.group_size, GroupAxis::AlongColumn)
+        }
+        GroupAxis::AlongRow => {
+            GroupedQuantConfig::new(cfg.key_bits, cfg.value_group_size, GroupAxis::AlongRow)
+        }
+    }
+}
+
+fn value_cfg(cfg: &KvCompressorConfig) -> GroupedQuantConfig {
+    GroupedQuantConfig::new(cfg.value_bits, cfg.value_group_size, GroupAxis::AlongRow)
+}
+
+/// Checks every head of `kv` against squish-core's `quantize_grouped` on the head's first `q`
+/// rows of `k`/`v` (`[heads][n * d]` per head) and the residual against the raw rows.
+fn assert_matches_oracle(kv: &CompressedKv, k: &[Vec<f32>], v: &[Vec<f32>]) {
+    let cfg = kv.config();
+    let d = kv.head_dim();
+    for (h, s) in kv.heads.iter().enumerate() {
+        let n = k[h].len() / d;
+        let q = cfg.quantized_len(n);
+        assert_eq!(s.qlen, q, "head {h}");
+        let ko = quantize_grouped(&k[h][..q * d], q, d, &key_cfg(cfg)).unwrap();
+        let vo = quantize_grouped(&v[h][..q * d], q, d, &value_cfg(cfg)).unwrap();
+        assert_eq!(s.k.codes, ko.codes(), "key codes of head {h}");
+        assert_eq!(s.k.scales, ko.scales(), "key scales of head {h}");
+        assert_eq!(s.k.zeros, ko.zeros(), "key zeros of head {h}");
+        assert_eq!(s.v.codes, vo.codes(), "value codes of head {h}");
+        assert_eq!(s.v.scales, vo.scales(), "value scales of head {h}");
+        assert_eq!(s.v.zeros, vo.zeros(), "value zeros of head {h}");
+        assert_eq!(s.k_res, k[h][q * d..]);
+        assert_eq!(s.v_res, v[h][q * d..]);
+        // Decoding is bit-identical to squish-core's.
+        let (mut kd, mut vd) = (vec![0.0; n * d], vec![0.0; n * d]);
+        kv.decompress_head_into(h, &mut kd, &mut vd).unwrap();
+        assert_eq!(kd[..q * d], ko.dequantize()[..]);
+        assert_eq!(vd[..q * d], vo.dequantize()[..]);
+        assert_eq!(kd[q * d..], k[h][q * d..]);
+    }
+}
+
+fn split_heads(x: &[f32], heads: usize) -> Vec<Vec<f32>> {
+    let per = x.len() / heads.max(1);
+    (0..heads)
+        .map(|h| x[h * per..(h + 1) * per].to_vec())
+        .collect()
+}
+
+fn random_cfg<R: rand::Rng + ?Sized>(rng: &mut R, d: usize) -> KvCompressorConfig {
+    let mut cfg = KvCompressorConfig::new(
+        ALL_BITS[rng.random_range(0..3)],
+        [1, 2, 3, 8, 32][rng.random_range(0..5)],
+        [0, 1, 5, 16][rng.random_range(0..4)],
+    );
+    cfg.value_bits = ALL_BITS[rng.random_range(0..3)];
+    let divisors: Vec<usize> = (1..=d / 4)
+        .map(|m| 4 * m)
+        .filter(|&g| d.is_multiple_of(g))
+        .collect();
+    cfg.value_group_size = divisors[rng.random_range(0..divisors.len())];
+    if rng.random_range(0..4) == 0 {
+        cfg.key_axis = GroupAxis::AlongRow;
+    }
+    cfg
+}
+
+/// Data with exact rounding ties, constant groups and outliers, next to plain Gaussians.
+fn random_data<R: rand::Rng + ?Sized>(rng: &mut R, n: usize) -> Vec<f32> {
+    match rng.random_range(0..4) {
+        0 => normal_vec(rng, n, 0.0, 1.0),
+        // Half-integers: with min 0 and max 2^b - 1 many codes are exact ties.
+        1 => (0..n)
+            .map(|_| rng.random_range(0..511) as f32 * 0.5)
+            .collect(),
+        2 => (0..n)
+            .map(|_| {
+                if rng.random_range(0..3) == 0 {
+                    1.25
+                } else {
+                    rng.random_range(0..7) as f32 * 0.5
+                }
+            })
+            .collect(),
+        _ => (0..n)
+            .map(|i| if i % 7 == 0 { 0.0 } else { 3.0 } + rng.random_range(-1.0f32..1.0) * 1e3)
+            .collect(),
+    }
+}
+
+#[test]
+fn compress_is_bit_identical_to_squish_core() {
+    prop::check("kv_compress_oracle", 200, |rng| {
+        let heads = rng.random_range(1..4);
+        let d = [4, 8, 12, 64, 320][rng.random_range(0..5)];
+        let seq = rng.random_range(0..80);
+        let cfg = random_cfg(rng, d);
+        let k = random_data(rng, heads * seq * d);
+        let v = random_data(rng, heads * seq * d);
+        let ka = Array3::from_shape_vec((heads, seq, d), k.clone()).unwrap();
+        let va = Array3::from_shape_vec((heads, seq, d), v.clone()).unwrap();
+        let mut comp = KvCompressor::new(cfg).unwrap();
+        let mut kv = CompressedKv::new();
+        comp.compress_into(&ka, &va, None, &mut kv).unwrap();
+        assert_matches_oracle(&kv, &split_heads(&k, heads), &split_heads(&v, heads));
+        assert!(kv.positions(0).is_none() || heads == 0);
+    });
+}
+
+#[test]
+fn fast_path_agrees_on_near_ties() {
+    // Values a hair off every half-integer step: the multiply-by-reciprocal path must defer to
+    // the exact division there.
+    for bits in ALL_BITS {
+        let max = f32::from(bits.max_code());
+        let mut x: Vec<f32> = Vec::new();
+        let mut t = 0.0f32;
+        while x.len() < 4096 {
+            let base = (t % max) + 0.5;
+            for u in [-2i32, -1, 0, 1, 2] {
+                x.push(f32::from_bits((base.to_bits() as i32 + u) as u32) * 0.37);
+            }
+            t += 1.0;
+        }
+        x.truncate(4096);
+        x[0] = 0.0;
+        x[1] = max * 0.37;
+        let cfg = KvCompressorConfig::new(bits, 64, 0);
+        let arr = Array3::from_shape_vec((1, 64, 64), x.clone()).unwrap();
+        let mut kv = CompressedKv::new();
+        KvCompressor::new(cfg)
+            .unwrap()
+            .compress_into(&arr, &arr, None, &mut kv)
+            .unwrap();
+        assert_matches_oracle(&kv, &[x.clone()], &[x]);
+    }
+}
+
+#[test]
+fn every_element_within_half_a_scale() {
+    prop::check("kv_compress_error_bound", 60, |rng| {
+        let (heads, seq, d) = (2, 64, 32);
+        let cfg = random_cfg(rng, d);
+        let k = random_data(rng, heads * seq * d);
+        let ka = Array3::from_shape_vec((heads, seq, d), k.clone()).unwrap();
+        let mut kv = CompressedKv::new();
+        KvCompressor::new(cfg.clone())
+            .unwrap()
+            .compress_into(&ka, &ka, None, &mut kv)
+            .unwrap();
+        let (mut kd, mut vd) = (vec![0.0; k.len()], vec![0.0; k.len()]);
+        kv.decompress_into(&mut kd, &mut vd).unwrap();
+        for h in 0..heads {
+            let s = &kv.heads[h];
+            for t in 0..seq {
+                for c in 0..d {
+                    let i = (h * seq + t) * d + c;
+                    let (ks, vs) = if t < s.qlen {
+                        let kg = match cfg.key_axis {
+                            GroupAxis::AlongColumn => (t / cfg.group_size) * d + c,
+                            GroupAxis::AlongRow => {
+                                t * (d / cfg.value_group_size) + c / cfg.value_group_size
+                            }
+                        };
+                        let vg = t * (d / cfg.value_group_size) + c / cfg.value_group_size;
+                        (f64::from(s.k.scales[kg]), f64::from(s.v.scales[vg]))
+                    } else {
+                        (0.0, 0.0)
+                    };
+                    let x = f64::from(k[i]);
+                    let tol = |sc: f64| sc / 2.0 * (1.0 + 1e-5) + x.abs() * 1e-6;
+                    assert!((f64::from(kd[i]) - x).abs() <= tol(ks), "key {i}");
+                    assert!((f64::from(vd[i]) - x).abs() <= tol(vs), "value {i}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn appending_token_by_token_equals_compressing_at_once() {
+    prop::check("kv_compress_append", 40, |rng| {
+        let heads = rng.random_range(1..4);
+        let d = [4, 16, 64][rng.random_range(0..3)];
+        let prefill = rng.random_range(0..20);
+        let total = prefill + rng.random_range(0..70);
+        let cfg = random_cfg(rng, d);
+        let k = random_data(rng, heads * total * d);
+        let v = random_data(rng, heads * total * d);
+        let ka = Array3::from_shape_vec((heads, total, d), k).unwrap();
+        let va = Array3::from_shape_vec((heads, total, d), v).unwrap();
+        let mut comp = KvCompressor::new(cfg).unwrap();
+        let mut once = CompressedKv::new();
+        comp.compress_into(&ka, &va, None, &mut once).unwrap();
+        let mut inc = CompressedKv::new();
+        let pre = ndarray::s![.., ..prefill, ..];
+        comp.compress_into(&ka.slice(pre), &va.slice(pre), None, &mut inc)
+            .unwrap();
+        for t in prefill..total {
+            let kt = ka.slice(ndarray::s![.., t, ..]).to_owned();
+            let vt = va.slice(ndarray::s![.., t, ..]).to_owned();
+            comp.append(&kt, &vt, &mut inc).unwrap();
+        }
+        assert_eq!(inc, once);
+    });
+}
+
+#[test]
+fn per_channel_keys_beat_per_tensor_on_an_outlier_channel() {
+    let mut rng = squish_testkit::rng(20);
+    let spec = KvSpec {
+        heads: 1,
+        seq_len: 128,
+        head_dim: 64,
+        outlier_channels: vec![5],
+        outlier_scale: 20.0,
+    };
+    let k = kv_with_outliers(&mut rng, &spec);
+    for bits in ALL_BITS {
+        let arr = Array3::from_shape_vec((1, 128, 64), k.clone()).unwrap();
+        let mut kv = CompressedKv::new();
+        let cfg = KvCompressorConfig::new(bits, 32, 0);
+        KvCompressor::new(cfg)
+            .unwrap()
+            .compress_into(&arr, &arr, None, &mut kv)
+            .unwrap();
+        let (mut kd, mut vd) = (vec![0.0; k.len()], vec![0.0; k.len()]);
+        kv.decompress_into(&mut kd, &mut vd).unwrap();
+        // Per-tensor: one scale and zero for the whole head (the seed's approach, asymmetric).
+        let whole = quantize_grouped(
+            &k,
+            1,
+            k.len(),
+            &GroupedQuantConfig::new(bits, k.len(), GroupAxis::AlongRow),
+        )
+        .unwrap()
+        .dequantize();
+        let mse = |y: &[f32]| -> f64 {
+            y.iter()
+                .zip(&k)
+                .map(|(&a, &b)| f64::from(a - b).powi(2))
+                .sum::<f64>()
+                / k.len() as f64
+        };
+        let (per_channel, per_tensor) = (mse(&kd), mse(&whole));
+        assert!(
+            per_channel * 20.0 < per_tensor,
+            "{bits:?}: {per_channel} vs {per_tensor}"
+        );
+    }
+}
+
+/// Naive reference of the kept indices: a full stable argsort.
+fn argsort_reference(
+    policy: &EvictionPolicy<'_>,
+    keys: &[f32],
+    d: usize,
+    h: usize,
+    keep: usize,
+) -> Vec<u32> {
+    let n = keys.len() / d;
+    let keep = keep.min(n);
+    let mut kept: Vec<usize> = match *policy {
+        EvictionPolicy::StreamingLlm { sinks } => {
+            let s = sinks.min(keep);
+            (0..s).chain(n - (keep - s)..n).collect()
+        }
+        EvictionPolicy::H2o { recent, scores } => {
+            let r = recent.min(keep);
+            let sc = &scores[h * n..(h + 1) * n];
+            let mut idx: Vec<usize> = (0..n - r).collect();
+            idx.sort_by(|&a, &b| sc[b].total_cmp(&sc[a])); // stable: earlier first on ties
+            idx.truncate(keep - r);
+            idx.extend(n - r..n);
+            idx
+        }
+        EvictionPolicy::KeyNorm => {
+            let norms: Vec<f64> = keys
+                .chunks_exact(d)
+                .map(|k| k.iter().map(|&v| f64::from(v).powi(2)).sum())
+                .collect();
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.sort_by(|&a, &b| norms[a].total_cmp(&norms[b]));
+            idx.truncate(keep);
+            idx
+        }
+    };
+    kept.sort_unstable();
+    kept.into_iter().map(|i| i as u32).collect()
+}
+
+#[test]
+fn eviction_keeps_the_budget_and_matches_argsort() {
+    prop::check("kv_compress_eviction", 60, |rng| {
+        let (heads, d) = (rng.random_range(1..5), 8);
+        let seq = rng.random_range(1..60);
+        let k: Vec<f32> = (0..heads * seq * d)
+            .map(|_| rng.random_range(-8..8) as f32 * 0.25)
+            .collect();
+        let v = normal_vec(rng, heads * seq * d, 0.0, 1.0);
+        let scores: Vec<f32> = (0..heads * seq)
+            .map(|_| rng.random_range(0..10) as f32)
+            .collect();
+        let policy = match rng.random_range(0..3) {
+            0 => EvictionPolicy::StreamingLlm {
+                sinks: rng.random_range(0..5),
+            },
+            1 => EvictionPolicy::H2o {
+                recent: rng.random_range(0..8),
+                scores: &scores,
+            },
+            _ => EvictionPolicy::KeyNorm,
+        };
+        let per_head: Vec<usize> = (0..heads).map(|_| rng.random_range(0..seq + 3)).collect();
+        let equal = rng.random_range(0..seq + 3);
+        let budget = if rng.random_range(0..2) == 0 {
+            Budget::Equal(equal)
+        } else {
+            Budget::PerHead(&per_head)
+        };
+        let ev = Eviction::new(policy, budget);
+        let cfg = KvCompressorConfig::new(QuantBits::B4, 4, 3);
+        let ka = Array3::from_shape_vec((heads, seq, d), k.clone()).unwrap();
+        let va = Array3::from_shape_vec((heads, seq, d), v.clone()).unwrap();
+        let mut kv = CompressedKv::new();
+        KvCompressor::new(cfg)
+            .unwrap()
+            .compress_into(&ka, &va, Some(&ev), &mut kv)
+            .unwrap();
+        let (kh, vh) = (split_heads(&k, heads), split_heads(&v, heads));
+        let (mut gk, mut gv) = (Vec::new(), Vec::new());
+        for h in 0..heads {
+            let want = match budget {
+                Budget::Equal(b) => b.min(seq),
+                Budget::PerHead(b) => b[h].min(seq),
+            };
+            assert_eq!(kv.head_len(h), want, "exact budget of head {h}");
+            let reference = argsort_reference(&policy, &kh[h], d, h, want);
+            assert_eq!(kv.positions(h).unwrap(), reference);
+            let gather = |x: &[f32]| -> Vec<f32> {
+                reference
+                    .iter()
+                    .flat_map(|&t| x[t as usize * d..(t as usize + 1) * d].to_vec())
+                    .collect()
+            };
+            gk.push(gather(&kh[h]));
+            gv.push(gather(&vh[h]));
+        }
+        assert_matches_oracle(&kv, &gk, &gv);
+    });
+}
+
+#[test]
+fn appends_after_eviction_continue_positions() {
+    let k = Array3::from_shape_fn((2, 10, 4), |(h, t, c)| (h * 100 + t * 4 + c) as f32);
+    let ev = Eviction::new(
+        EvictionPolicy::StreamingLlm { sinks: 1 },
+        Budget::PerHead(&[3, 5]),
+    );
+    let mut cfg = KvCompressorConfig::new(QuantBits::B8, 2, 2);
+    cfg.value_group_size = 4;
+    let mut comp = KvCompressor::new(cfg).unwrap();
+    let mut kv = CompressedKv::new();
+    comp.compress_into(&k, &k, Some(&ev), &mut kv).unwrap();
+    assert!(!kv.is_uniform());
+    let tok = Array2::from_elem((2, 4), 7.0f32);
+    comp.append(&tok, &tok, &mut kv).unwrap();
+    assert_eq!(kv.positions(0).unwrap(), [0, 8, 9, 10]);
+    assert_eq!(kv.positions(1).unwrap(), [0, 6, 7, 8, 9, 10]);
+    let (mut a, mut b) = (vec![0.0; 8], vec![0.0; 8]);
+    let e = kv.decompress_into(&mut a, &mut b).unwrap_err();
+    insta::assert_snapshot!(e, @"shape mismatch in CompressedKv decompress_into: expected heads of equal length, got ragged heads");
+}
+
+#[test]
+fn bytes_held_follows_the_layout() {
+    let (heads, seq, d) = (3, 77, 64);
+    let mut rng = squish_testkit::rng(3);
+    let x = normal_vec(&mut rng, heads * seq * d, 0.0, 1.0);
+    let arr = Array3::from_shape_vec((heads, seq, d), x).unwrap();
+    for bits in ALL_BITS {
+        let mut cfg = KvCompressorConfig::new(bits, 16, 20);
+        cfg.value_bits = QuantBits::B8;
+        cfg.value_group_size = 32;
+        let mut kv = CompressedKv::new();
+        KvCompressor::new(cfg)
+            .unwrap()
+            .compress_into(&arr, &arr, None, &mut kv)
+            .unwrap();
+        let q = 48; // 16 * floor((77 - 20) / 16)
+        let per_head = q * d * bits.bits() as usize / 8 // key codes
+            + q * d // value codes (8 bits)
+            + 8 * (q / 16 * d) // key scale + zero per (16 tokens, channel)
+            + 8 * (q * d / 32) // value scale + zero per (token, 32 channels)
+            + 2 * 4 * (seq - q) * d; // f32 residual keys and values
+        assert_eq!(kv.bytes_held(), heads * per_head);
+    }
+    // Eviction adds 4 bytes per kept position.
+    let cfg = KvCompressorConfig::new(QuantBits::B2, 8, 0);
+    let ev = Eviction::new(EvictionPolicy::KeyNorm, Budget::Equal(64));
+    let mut kv = CompressedKv::new();
+    KvCompressor::new(cfg)
+        .unwrap()
+        .compress_into(&arr, &arr, Some(&ev), &mut kv)
+        .unwrap();
+    let per_head = 2 * 64 * d / 4 + 8 * (64 / 8 * d) + 8 * (64 * d / 8) + 4 * 64;
+    assert_eq!(kv.bytes_held(), heads * per_head);
+}
+
+#[test]
+fn config_errors() {
+    let cfg = KvCompressorConfig {
+        group_size: 0,
+        ..KvCompressorConfig::default()
+    };
+    insta::assert_snapshot!(cfg.validate().unwrap_err(), @"invalid KvCompressor.group_size: must be in 1..=65536, got 0");
+    let cfg = KvCompressorConfig {
+        value_group_size: 6,
+        ..KvCompressorConfig::default()
+    };
+    insta::assert_snapshot!(KvCompressor::new(cfg).unwrap_err(), @"invalid KvCompressor.value_group_size: must be a multiple of 4 in 4..=65536, got 6");
+    let cfg = KvCompressorConfig {
+        residual: (1 << 24) + 1,
+        ..KvCompressorConfig::default()
+    };
+    insta::assert_snapshot!(cfg.validate().unwrap_err(), @"invalid KvCompressor.residual: must be at most 16777216, got 16777217");
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let mut comp = KvCompressor::new(KvCompressorConfig::new(QuantBits::B4, 4, 2)).unwrap();
+    let mut kv = CompressedKv::new();
+    let k = Array3::<f32>::zeros((2, 10, 8));
+    let e = comp
+        .compress_into(&k, &Array3::zeros((2, 9, 8)), None, &mut kv)
+        .unwrap_err();
+    insta::assert_snapshot!(e, @"shape mismatch in KvCompressor values: expected 2 x 10 x 8 like the keys, got (2, 9, 8)");
+    let odd = Array3::<f32>::zeros((2, 10, 6));
+    insta::assert_snapshot!(comp.compress_into(&odd, &odd, None, &mut kv).unwrap_err(), @"shape mismatch in KvCompressor head_dim: expected a positive multiple of 4, got 6");
+    let wide = Array3::<f32>::zeros((2, 10, 12));
+    let mut c8 = KvCompressor::new(KvCompressorConfig::new(QuantBits::B4, 8, 2)).unwrap();
+    insta::assert_snapshot!(c8.compress_into(&wide, &wide, None, &mut kv).unwrap_err(), @"invalid KvCompressor.value_group_size: must divide head_dim (12), got 8");
+
+    // NaN in the quantised part of the keys, in the residual of the values.
+    let mut bad = k.clone();
+    bad[[1, 2, 3]] = f32::NAN;
+    insta::assert_snapshot!(comp.compress_into(&bad, &k, None, &mut kv).unwrap_err(), @"non-finite value in KvCompressor keys: element 99 is NaN");
+    assert_eq!(kv.heads(), 0);
+    let mut bad = k.clone();
+    bad[[0, 9, 1]] = f32::INFINITY;
+    insta::assert_snapshot!(comp.compress_into(&k, &bad, None, &mut kv).unwrap_err(), @"non-finite value in KvCompressor values: element 73 is inf");
+    // Range overflow in a value group.
+    let mut big = k.clone();
+    big[[0, 0, 0]] = 3e38;
+    big[[0, 0, 1]] = -3e38;
+    insta::assert_snapshot!(comp.compress_into(&k, &big, None, &mut kv).unwrap_err(), @"value out of range in KvCompressor values (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
+    // NaN found after gathering evicted tokens still names the input element.
+    let mut bad = k.clone();
+    bad[[1, 7, 2]] = f32::NAN;
+    let ev = Eviction::new(EvictionPolicy::StreamingLlm { sinks: 0 }, Budget::Equal(4));
+    insta::assert_snapshot!(comp.compress_into(&k, &bad, Some(&ev), &mut kv).unwrap_err(), @"non-finite value in KvCompressor values: element 138 is NaN");
+
+    // A NaN in an evicted token is still an error.
+    let mut bad = k.clone();
+    bad[[0, 1, 5]] = f32::NAN;
+    insta::assert_snapshot!(comp.compress_into(&k, &bad, Some(&ev), &mut kv).unwrap_err(), @"non-finite value in KvCompressor values: element 13 is NaN");
+
+    // Eviction inputs.
+    let scores = [0.0f32; 19];
+    let ev = Eviction::new(
+        EvictionPolicy::H2o {
+            recent: 1,
+            scores: &scores,
+        },
+        Budget::Equal(4),
+    );
+    insta::assert_snapshot!(comp.compress_into(&k, &k, Some(&ev), &mut kv).unwrap_err(), @"shape mismatch in KvCompressor H2O scores: expected 2 x 10 = 20 values, got 19");
+    let mut scores = [0.0f32; 20];
+    scores[3] = f32::NAN;
+    let ev = Eviction::new(
+        EvictionPolicy::H2o {
+            recent: 1,
+            scores: &scores,
+        },
+        Budget::Equal(4),
+    );
+    insta::assert_snapshot!(comp.compress_into(&k, &k, Some(&ev), &mut kv).unwrap_err(), @"non-finite value in KvCompressor H2O scores: element 3 is NaN");
+    let ev = Eviction::new(EvictionPolicy::KeyNorm, Budget::PerHead(&[1, 2, 3]));
+    insta::assert_snapshot!(comp.compress_into(&k, &k, Some(&ev), &mut kv).unwrap_err(), @"shape mismatch in KvCompressor per-head budget: expected 2 counts, got 3");
+
+    // Append: NaN leaves the cache unchanged; wrong shapes and configurations are refused.
+    comp.compress_into(&k, &k, None, &mut kv).unwrap();
+    let before = kv.clone();
+    let mut tok = Array2::<f32>::zeros((2, 8));
+    tok[[1, 1]] = f32::NAN;
+    let ok = Array2::<f32>::zeros((2, 8));
+    insta::assert_snapshot!(comp.append(&ok, &tok, &mut kv).unwrap_err(), @"non-finite value in KvCompressor append values: element 9 is NaN");
+    assert_eq!(kv, before);
+    insta::assert_snapshot!(comp.append(&Array2::zeros((3, 8)), &ok, &mut kv).unwrap_err(), @"shape mismatch in KvCompressor append: expected keys and values of 2 x 8, got (3, 8) and (2, 8)");
+    let mut other = KvCompressor::new(KvCompressorConfig::new(QuantBits::B2, 4, 2)).unwrap();
+    insta::assert_snapshot!(other.append(&ok, &ok, &mut kv).unwrap_err(), @"shape mismatch in KvCompressor append: expected a cache compressed with this configuration, got another configuration");
+    let mut small = vec![0.0; 3];
+    insta::assert_snapshot!(kv.decompress_head_into(0, &mut small, &mut vec![0.0; 80]).unwrap_err(), @"shape mismatch in decompress keys: expected 80 values, got 3");
+    insta::assert_snapshot!(kv.decompress_head_into(2, &mut small, &mut vec![0.0; 80]).unwrap_err(), @"shape mismatch in CompressedKv head: expected < 2, got 2");
+}
+
+#[test]
+fn compressor_is_send_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<KvCompressor>();
+    assert_send_sync::<CompressedKv>();
+}
