@@ -103,8 +103,11 @@ pub(crate) fn benches(c: &mut Criterion) {
         },
     );
     // At α ≈ 3/4 and c = 0.1 the optimum stays at 4 drafts, so every step above was valid.
-    assert_eq!(long.last_draft_len(), N_DRAFT);
-    assert_eq!(long.stats().rounds, long.stats().rejected);
+    // (Only if it ran: a criterion filter may have skipped it.)
+    if long.stats().rounds > 0 {
+        assert_eq!(long.last_draft_len(), N_DRAFT);
+        assert_eq!(long.stats().rounds, long.stats().rejected);
+    }
     // Cross-check on the seed's 512-token request: each call steps a fresh clone.
     g.bench_function(
         BenchmarkId::from_parameter(format!("{id},fresh_budget=512_batched")),

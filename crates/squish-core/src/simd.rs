@@ -7,7 +7,7 @@
 //! detection) forces the scalar path, so `SQUISH_SIMD=off cargo test` checks the portable
 //! kernels through the public API as well. Only safe wrappers leave this module.
 //!
-//! Kernels: [`dot`], [`axpy`], the exponential pass of softmax / log-sum-exp
+//! Kernels: [`dot`], [`axpy`], the GGML block quantisers' inner loops, the exponential pass of softmax / log-sum-exp
 //! ([`exp_shifted_into`], [`exp_shifted_in_place`], [`exp_shifted_sum`]:
 //! `exp((xᵢ - m) · inv_t)` and its sum), and the squared distances of k-means ([`sq_dist`],
 //! [`nearest`]). `max` is not here: the portable lane-maximum loop already
@@ -56,6 +56,12 @@
 //! | `ops::log_sum_exp` | 4096 | 12.8 µs | 2.3 µs | 5.5× |
 //! | `KMeans::assign_into`, k = 32, dim = 32 | 128 points | 40.9 µs | 13.4 µs | 3.1× |
 //! | `KMeans::fit`, k = 32, dim = 32 | 400 points | 1.71 ms | 0.60 ms | 2.9× |
+//!
+//! The GGML block quantisers dispatch per block to [`max_abs32`], [`first_max_abs32`],
+//! [`q8_0_codes`] and [`q4_0_codes`] (bit-identical twins: the same `f32` operations lane by
+//! lane). Instructions per element of `quantize_row_q8_0` on 4096 values (callgrind): 14.1
+//! portable, 5.8 with AVX2 (including the up-front finiteness scan); `quantize_row_q4_0`:
+//! 14.7 and 6.0.
 //!
 //! `dot` gains from wider registers, FMA and more accumulators; `axpy` is bound by loads and
 //! stores and gains less, but never loses; softmax and log-sum-exp were dominated by one libm
@@ -365,16 +371,69 @@ pub(crate) fn decay_rank1_vecmat_scalar(
     }
 }
 
+/// Largest `|x|` of a 32-value block (exact: a maximum does not depend on order), dispatched
+/// on an `isa` the caller read once per row.
+#[inline]
+pub(crate) fn max_abs32(isa: Isa, x: &[f32; 32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::max_abs32_avx2(x) },
+        Isa::Scalar => crate::quant::max_abs(x),
+    }
+}
+
+/// `(max |x|, the first x of that magnitude)` of a 32-value block, `(0, +0.0)` when all are
+/// zero (see `quant::first_max_abs`), dispatched. Exact on both paths.
+#[inline]
+pub(crate) fn first_max_abs32(isa: Isa, x: &[f32; 32]) -> (f32, f32) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::first_max_abs32_avx2(x) },
+        Isa::Scalar => crate::quant::first_max_abs(x),
+    }
+}
+
+/// `Q8_0` codes of one block (see `quant::q8_0_codes_scalar`), dispatched. Bit-identical on
+/// both paths: the same `f32` multiply, clamp and ties-away rounding, lane by lane.
+#[inline]
+pub(crate) fn q8_0_codes(isa: Isa, x: &[f32; 32], id: f32, qs: &mut [i8; 32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::q8_0_codes_avx2(x, id, qs) },
+        Isa::Scalar => crate::quant::q8_0_codes_scalar(x, id, qs),
+    }
+}
+
+/// `Q4_0` nibbles of one block (see `quant::q4_0_codes_scalar`), dispatched. Bit-identical on
+/// both paths: the same `f32` multiply then add (never fused), clamp and floor.
+#[inline]
+pub(crate) fn q4_0_codes(isa: Isa, x: &[f32; 32], id: f32, qs: &mut [u8; 16]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::q4_0_codes_avx2(x, id, qs) },
+        Isa::Scalar => crate::quant::q4_0_codes_scalar(x, id, qs),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m256, _CMP_LT_OQ, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _mm_add_ps, _mm_add_ss,
-        _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps, _mm256_add_epi32, _mm256_add_ps,
-        _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cmp_ps,
-        _mm256_cvtps_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
-        _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_mul_ps, _mm256_round_ps,
-        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32, _mm256_storeu_ps,
-        _mm256_sub_ps,
+        __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _MM_FROUND_NO_EXC,
+        _MM_FROUND_TO_NEAREST_INT, _MM_FROUND_TO_NEG_INF, _MM_FROUND_TO_ZERO, _mm_add_ps,
+        _mm_add_ss, _mm_cvtss_f32, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_packus_epi16,
+        _mm_shuffle_ps, _mm_storeu_si128, _mm256_add_epi32, _mm256_add_ps, _mm256_and_ps,
+        _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128,
+        _mm256_cmp_ps, _mm256_cvtps_epi32, _mm256_cvttps_epi32, _mm256_extractf128_ps,
+        _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps,
+        _mm256_max_ps, _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps,
+        _mm256_or_si256, _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permute4x64_epi64,
+        _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32,
+        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_ps,
     };
 
     /// Horizontal sum of the eight lanes of `v`.
@@ -713,6 +772,119 @@ mod x86 {
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(x.as_ptr()))) };
         out
     }
+
+    /// The eight lanes of a block's four 8-value loads, as one array.
+    #[target_feature(enable = "avx2,fma")]
+    fn load4(x: &[f32; 32]) -> [__m256; 4] {
+        // SAFETY: `x` holds 32 floats, so the 8 floats at offsets 0, 8, 16 and 24 are in
+        // bounds; `loadu` has no alignment requirement.
+        unsafe {
+            [
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+                _mm256_loadu_ps(x.as_ptr().add(16)),
+                _mm256_loadu_ps(x.as_ptr().add(24)),
+            ]
+        }
+    }
+
+    /// AVX2 `max |x|` of a 32-value block: clear the sign bits, three lane-wise maxima and a
+    /// horizontal maximum. Inputs are finite, so `max_ps` is an exact maximum.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn max_abs32_avx2(x: &[f32; 32]) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let v = load4(x);
+        let m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+        let m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+        let m = _mm256_max_ps(m01, m23);
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    /// AVX2 first value of largest magnitude: the maximum as in [`max_abs32_avx2`], then one
+    /// equality mask per 8 lanes, and the lowest set bit of the combined 32-bit mask.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn first_max_abs32_avx2(x: &[f32; 32]) -> (f32, f32) {
+        let amax = max_abs32_avx2(x);
+        if amax == 0.0 {
+            return (0.0, 0.0);
+        }
+        let (sign, m) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(amax));
+        let v = load4(x);
+        let mut mask = 0u32;
+        for (k, &v) in v.iter().enumerate() {
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, v), m);
+            mask |= (_mm256_movemask_ps(eq) as u32 & 0xff) << (8 * k);
+        }
+        // `amax` is one of the |x|, so the mask is never empty.
+        let i = (mask.trailing_zeros() as usize).min(31);
+        (amax, x[i])
+    }
+
+    /// AVX2 `Q8_0` codes: `v = clamp(x * id, ±127)`, then `|v|` is truncated and moved up when
+    /// its fraction is at least one half (ties away from zero, exact: `|v| - trunc|v|` is exact
+    /// below 2^23), the sign put back, and the 32 integers packed to bytes in order.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn q8_0_codes_avx2(x: &[f32; 32], id: f32, qs: &mut [i8; 32]) {
+        let vid = _mm256_set1_ps(id);
+        let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let (sign, half, one) = (
+            _mm256_set1_ps(-0.0),
+            _mm256_set1_ps(0.5),
+            _mm256_set1_ps(1.0),
+        );
+        // No closures here: a closure does not inherit `target_feature`, so its intrinsics
+        // would become calls.
+        let v = load4(x);
+        let mut ints = [_mm256_setzero_si256(); 4];
+        for (i, &v) in ints.iter_mut().zip(&v) {
+            let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, vid), lo), hi);
+            let a = _mm256_andnot_ps(sign, v);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(a);
+            let up = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_sub_ps(a, t), half);
+            let r = _mm256_add_ps(t, _mm256_and_ps(up, one));
+            *i = _mm256_cvttps_epi32(_mm256_or_ps(r, _mm256_and_ps(v, sign)));
+        }
+        // packs: [i0 0..4, i1 0..4, i2 0..4, i3 0..4 | i0 4..8, i1 4..8, i2 4..8, i3 4..8] as
+        // bytes; the 32-bit permutation restores element order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(ints[0], ints[1]),
+            _mm256_packs_epi32(ints[2], ints[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast::<__m256i>(), p) };
+    }
+
+    /// AVX2 `Q4_0` nibbles: `floor(clamp(x * id + 8.5, 0, 15))` (multiply then add, not fused),
+    /// then `code[j] | code[j + 16] << 4` packed to 16 bytes in order.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn q4_0_codes_avx2(x: &[f32; 32], id: f32, qs: &mut [u8; 16]) {
+        let vid = _mm256_set1_ps(id);
+        let (off, zero, top) = (
+            _mm256_set1_ps(8.5),
+            _mm256_setzero_ps(),
+            _mm256_set1_ps(15.0),
+        );
+        let v = load4(x);
+        let mut c = [_mm256_setzero_si256(); 4];
+        for (c, &v) in c.iter_mut().zip(&v) {
+            let t = _mm256_add_ps(_mm256_mul_ps(v, vid), off);
+            let t = _mm256_max_ps(_mm256_min_ps(t, top), zero);
+            *c = _mm256_cvttps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC },
+            >(t));
+        }
+        let a = _mm256_or_si256(c[0], _mm256_slli_epi32::<4>(c[2])); // bytes 0..8
+        let b = _mm256_or_si256(c[1], _mm256_slli_epi32::<4>(c[3])); // bytes 8..16
+        // [a 0..4, b 0..4 | a 4..8, b 4..8] as i16, reordered to a 0..8, b 0..8.
+        let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+        let bytes = _mm_packus_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+        // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit store.
+        unsafe { _mm_storeu_si128(qs.as_mut_ptr().cast::<__m128i>(), bytes) };
+    }
 }
 
 #[cfg(test)]
@@ -787,6 +959,89 @@ mod tests {
                 axpy(alpha, &x, &mut yd);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&ys), bits(&yd), "n={n}");
+            }
+        });
+    }
+
+    /// Blocks that stress the quantisers' rounding: half-integers (ties) under `id = 1`, values
+    /// one ulp around the ties, `0.49999997`, the clamp edges, and plain random values.
+    fn quant_blocks(rng: &mut impl rand::Rng) -> Vec<([f32; 32], f32)> {
+        let mut out = Vec::new();
+        for kind in 0..5 {
+            let mut x = [0.0f32; 32];
+            let id = match kind {
+                0..=2 => 1.0,
+                3 => rng.random_range(0.01f32..100.0),
+                _ => 1.0 / rng.random_range(0.001f32..10.0),
+            };
+            for v in &mut x {
+                let half = f32::from(rng.random_range(-300i16..300)) / 2.0;
+                *v = match kind {
+                    0 => half,
+                    1 => {
+                        let b = half.to_bits();
+                        let b = if rng.random_bool(0.5) {
+                            b.wrapping_add(1)
+                        } else {
+                            b.wrapping_sub(1)
+                        };
+                        if half == 0.0 {
+                            0.499_999_97
+                        } else {
+                            f32::from_bits(b)
+                        }
+                    }
+                    2 => [
+                        0.499_999_97,
+                        -0.499_999_97,
+                        127.5,
+                        -127.5,
+                        8.0,
+                        -8.0,
+                        7.5,
+                        -8.5,
+                        0.0,
+                        -0.0,
+                    ][rng.random_range(0..10)],
+                    _ => rng.random_range(-10.0f32..10.0) / id,
+                };
+            }
+            out.push((x, id));
+        }
+        out
+    }
+
+    #[test]
+    fn quant_block_twins_are_bit_identical() {
+        let isa = isa();
+        squish_testkit::prop::check("simd_quant_block_twins", 400, |rng| {
+            for (x, id) in quant_blocks(rng) {
+                assert_eq!(
+                    max_abs32(isa, &x).to_bits(),
+                    crate::quant::max_abs(&x).to_bits(),
+                    "{x:?}"
+                );
+                let (a, m) = first_max_abs32(isa, &x);
+                let (b, n) = crate::quant::first_max_abs(&x);
+                assert_eq!(
+                    (a.to_bits(), m.to_bits()),
+                    (b.to_bits(), n.to_bits()),
+                    "{x:?}"
+                );
+                let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+                q8_0_codes(isa, &x, id, &mut a);
+                crate::quant::q8_0_codes_scalar(&x, id, &mut b);
+                assert_eq!(a, b, "q8_0 id={id} x={x:?}");
+                // Q4_0 sees x * id within [-8, 8] in real use; scale into that range.
+                let id4 = id / 16.0;
+                let (mut c, mut d) = ([0u8; 16], [0u8; 16]);
+                q4_0_codes(isa, &x, id4, &mut c);
+                crate::quant::q4_0_codes_scalar(&x, id4, &mut d);
+                assert_eq!(c, d, "q4_0 id={id4} x={x:?}");
+                let (mut c, mut d) = ([0u8; 16], [0u8; 16]);
+                q4_0_codes(isa, &x, 1.0, &mut c);
+                crate::quant::q4_0_codes_scalar(&x, 1.0, &mut d);
+                assert_eq!(c, d, "q4_0 id=1 x={x:?}");
             }
         });
     }

@@ -4,6 +4,7 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::{floor_non_negative, round_half_away};
+use crate::simd;
 use crate::{Error, Result, ShapeError, check_finite};
 
 /// Number of values in a [`BlockQ8_0`] (GGML's `QK8_0`).
@@ -186,10 +187,55 @@ fn check_block_bytes<B: GgmlBlock>(context: &'static str, bytes: &[u8]) -> Resul
     }
 }
 
+/// `Q8_0` codes of one block given `id = 1 / d`: `roundf(clamp(x * id, ±127))`, ties away from
+/// zero. The portable twin of the AVX2 kernel in `simd`.
+pub(crate) fn q8_0_codes_scalar(xb: &[f32; QK8_0], id: f32, qs: &mut [i8; QK8_0]) {
+    for (q, &v) in qs.iter_mut().zip(xb) {
+        // |v * id| <= 127 * (1 + 2^-20) < 127.5, so clamping before rounding is exact and
+        // keeps the integer conversion in range.
+        let v = v * id;
+        let v = if v > 127.0 { 127.0 } else { v };
+        let v = if v < -127.0 { -127.0 } else { v };
+        *q = round_half_away(v) as i8;
+    }
+}
+
+/// `Q4_0` nibbles of one block given `id = 1 / d`: `code = min(15, trunc(x * id + 8.5))`,
+/// element `j` in the low nibble of byte `j`, element `j + 16` in its high nibble. The portable
+/// twin of the AVX2 kernel in `simd`.
+pub(crate) fn q4_0_codes_scalar(xb: &[f32; QK4_0], id: f32, qs: &mut [u8; QK4_0 / 2]) {
+    let mut codes = [0u8; QK4_0];
+    for (c, &v) in codes.iter_mut().zip(xb) {
+        // v * id is in [-8 (1 + 2^-20), 8 (1 + 2^-20)], so t >= 0.49 and C's truncating
+        // (int8_t) cast is a floor; clamping to [0, 15] first equals GGML's MIN(15, ..).
+        let t = v * id + 8.5;
+        let t = if t < 15.0 { t } else { 15.0 };
+        let t = if t > 0.0 { t } else { 0.0 };
+        *c = floor_non_negative(t) as u8;
+    }
+    let (lo, hi) = codes.split_at(QK4_0 / 2);
+    for ((q, &l), &h) in qs.iter_mut().zip(lo).zip(hi) {
+        *q = l | (h << 4);
+    }
+}
+
+/// `(max |x|, the first x of that magnitude)` of a block, `(0, +0.0)` for an all-zero block
+/// (GGML's `Q4_0` scale source). The portable twin of the AVX2 kernel in `simd`.
+pub(crate) fn first_max_abs(x: &[f32; 32]) -> (f32, f32) {
+    let amax = max_abs(x);
+    let max = if amax == 0.0 {
+        0.0
+    } else {
+        x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    };
+    (amax, max)
+}
+
 /// Largest `|x|` of a block. The block is finite (validated up front), so plain comparisons
-/// replace NaN-aware `f32::max`; eight lanes let the loop vectorise.
+/// replace NaN-aware `f32::max`; eight lanes let the loop vectorise. The portable twin of the
+/// AVX2 kernel in `simd`.
 #[inline]
-fn max_abs(x: &[f32; 32]) -> f32 {
+pub(crate) fn max_abs(x: &[f32; 32]) -> f32 {
     let mut acc = [0.0f32; 8];
     for chunk in x.as_chunks::<8>().0 {
         for (a, &v) in acc.iter_mut().zip(chunk) {
@@ -255,8 +301,9 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
 pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> Result<()> {
     assert_row_len("quantize_row_q8_0", x.len(), out.len(), QK8_0);
     check_finite("quantize_row_q8_0 x", x)?;
+    let isa = simd::isa();
     for (i, (xb, yb)) in x.as_chunks::<QK8_0>().0.iter().zip(out).enumerate() {
-        let amax = max_abs(xb);
+        let amax = simd::max_abs32(isa, xb);
         let d = amax / 127.0;
         let dh = f16::from_f32(d);
         if dh.is_infinite() {
@@ -268,14 +315,7 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> Result<()> {
             ));
         }
         let id = recip_or_zero(d);
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            // |v * id| <= 127 * (1 + 2^-20) < 127.5, so clamping before rounding is exact and
-            // keeps the integer conversion in range.
-            let v = v * id;
-            let v = if v > 127.0 { 127.0 } else { v };
-            let v = if v < -127.0 { -127.0 } else { v };
-            *q = round_half_away(v) as i8;
-        }
+        simd::q8_0_codes(isa, xb, id, &mut yb.qs);
         yb.d = dh;
     }
     Ok(())
@@ -332,14 +372,10 @@ pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
 pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<()> {
     assert_row_len("quantize_row_q4_0", x.len(), out.len(), QK4_0);
     check_finite("quantize_row_q4_0 x", x)?;
+    let isa = simd::isa();
     for (i, (xb, yb)) in x.as_chunks::<QK4_0>().0.iter().zip(out).enumerate() {
-        let amax = max_abs(xb);
         // GGML keeps the first element with `amax < |v|`, i.e. the first of largest magnitude.
-        let max = if amax == 0.0 {
-            0.0
-        } else {
-            xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
-        };
+        let (amax, max) = simd::first_max_abs32(isa, xb);
         let d = max / -8.0;
         let dh = f16::from_f32(d);
         if dh.is_infinite() {
@@ -351,19 +387,7 @@ pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<()> {
             ));
         }
         let id = recip_or_zero(d);
-        let mut codes = [0u8; QK4_0];
-        for (c, &v) in codes.iter_mut().zip(xb) {
-            // v * id is in [-8 (1 + 2^-20), 8 (1 + 2^-20)], so t >= 0.49 and C's truncating
-            // (int8_t) cast is a floor; clamping to [0, 15] first equals GGML's MIN(15, ..).
-            let t = v * id + 8.5;
-            let t = if t < 15.0 { t } else { 15.0 };
-            let t = if t > 0.0 { t } else { 0.0 };
-            *c = floor_non_negative(t) as u8;
-        }
-        let (lo, hi) = codes.split_at(QK4_0 / 2);
-        for ((q, &l), &h) in yb.qs.iter_mut().zip(lo).zip(hi) {
-            *q = l | (h << 4);
-        }
+        simd::q4_0_codes(isa, xb, id, &mut yb.qs);
         yb.d = dh;
     }
     Ok(())
