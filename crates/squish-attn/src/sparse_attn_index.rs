@@ -474,8 +474,8 @@ impl SparseAttnIndex {
             match mode {
                 SelectMode::Exact => {
                     out.scores.clear();
-                    out.scores
-                        .extend(store.keys.chunks_exact(d).map(|key| ops::dot(qr, key)));
+                    out.scores.resize(store.keys.len() / d, 0.0);
+                    ops::dot_rows_into(qr, &store.keys, &mut out.scores);
                     ops::top_k_into(&out.scores, per_row, &mut out.order);
                     out.indices.extend_from_slice(&out.order);
                 }
@@ -595,11 +595,9 @@ fn select_pages(
         let lo = p * page;
         let hi = (lo + page).min(seq);
         out.candidates.extend(lo..hi);
-        out.scores.extend(
-            store.keys[lo * d..hi * d]
-                .chunks_exact(d)
-                .map(|key| ops::dot(q, key)),
-        );
+        let at = out.scores.len();
+        out.scores.resize(at + (hi - lo), 0.0);
+        ops::dot_rows_into(q, &store.keys[lo * d..hi * d], &mut out.scores[at..]);
     }
     ops::top_k_into(&out.scores, per_row, &mut out.order);
     out.indices

@@ -60,6 +60,44 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     simd::dot(a, b)
 }
 
+/// Scores one vector against many: `out[j] = dot(x, rows[j·d .. (j+1)·d])` with `d = x.len()`,
+/// each bit-identical to [`dot`] on that row (the same kernel and summation order).
+///
+/// This is attention's `q·kⱼ` over a contiguous key block: one dispatch for the whole block and
+/// an inlined kernel per row, instead of one dispatched call per key.
+///
+/// # Panics
+/// If `rows.len() != out.len() * x.len()`.
+///
+/// # Performance
+/// Runtime-dispatched AVX2 + FMA on `x86_64`; allocation-free.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::{dot, dot_rows_into};
+/// let q = [1.0, 2.0];
+/// let keys = [3.0, 4.0, -1.0, 0.5, 0.0, 0.0];
+/// let mut scores = [0.0; 3];
+/// dot_rows_into(&q, &keys, &mut scores);
+/// assert_eq!(scores, [11.0, 0.0, 0.0]);
+/// assert_eq!(scores[0], dot(&q, &keys[..2]));
+/// ```
+pub fn dot_rows_into(x: &[f32], rows: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        Some(rows.len()),
+        out.len().checked_mul(x.len()),
+        "dot_rows_into: {} row values are not {} rows of {}",
+        rows.len(),
+        out.len(),
+        x.len()
+    );
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    simd::dot_rows(x, rows, out);
+}
+
 /// `y += alpha * x`, element-wise, in place.
 ///
 /// Each element is computed as `y + (alpha * x)` with two roundings (no fused multiply-add), on

@@ -126,6 +126,21 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// `out[j] = dot(x, row j)` for contiguous rows of `x.len() > 0` values, dispatched once;
+/// each score bit-identical to [`dot`] on that row.
+pub(crate) fn dot_rows(x: &[f32], rows: &[f32], out: &mut [f32]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::dot_rows_avx2_fma(x, rows, out) },
+        Isa::Scalar => {
+            for (o, r) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
+                *o = dot_scalar(x, r);
+            }
+        }
+    }
+}
+
 /// `y += alpha * x`, dispatched.
 ///
 /// # Panics
@@ -480,6 +495,14 @@ mod x86 {
             s += x * y;
         }
         s
+    }
+
+    /// [`dot_avx2_fma`] of `x` against each row, inlined into one AVX2 function.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_rows_avx2_fma(x: &[f32], rows: &[f32], out: &mut [f32]) {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
+            *o = dot_avx2_fma(x, r);
+        }
     }
 
     /// AVX2+FMA squared distance: four 8-lane accumulators over blocks of 32, one over the

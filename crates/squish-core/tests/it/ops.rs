@@ -397,3 +397,24 @@ fn top_k_small_k_long_input_equals_full_sort() {
         assert_eq!(out, top_k_oracle(&x, k), "n={n} k={k}");
     });
 }
+
+/// `dot_rows_into` is `dot` per row, bit for bit, for every length (including the SIMD tails).
+#[test]
+fn dot_rows_equals_dot_per_row() {
+    check("ops_dot_rows", 100, |rng| {
+        let d = rng.random_range(0..140);
+        let n = rng.random_range(0..20);
+        let x = normal_vec(rng, d, 0.0, 1.0);
+        let rows = normal_vec(rng, n * d, 0.0, 1.0);
+        let mut out = vec![f32::NAN; n];
+        ops::dot_rows_into(&x, &rows, &mut out);
+        for (j, &o) in out.iter().enumerate() {
+            let want = if d == 0 {
+                0.0
+            } else {
+                ops::dot(&x, &rows[j * d..(j + 1) * d])
+            };
+            assert_eq!(o.to_bits(), want.to_bits(), "d={d} row {j}");
+        }
+    });
+}
