@@ -39,19 +39,21 @@
 //! # Performance
 //! The two matrix products (`Q·Kᵀ` and `P·V`) run through a register-tiled micro-kernel over
 //! packed panels (queries and probabilities in panels of [`MR`] rows, each value replicated over
-//! the 4 lanes of an SSE register so that the kernel loads instead of shuffling, 15–30% faster
-//! than broadcasting in the loop; keys and values in panels of [`NR`] columns), written so that
-//! the compiler keeps the `MR × NR` accumulators in vector registers. Inside a tile that
-//! crosses the diagonal, the micro-kernel blocks lying entirely above it are skipped as well,
-//! in both products. No `unsafe`, no intrinsics: on the default `x86_64` target this is 4-wide
-//! SSE2 with separate multiply and add (no FMA), which caps the kernel at half of an AVX2 + FMA
-//! core's peak. Measured on a loaded 2-core Zen 4 VM: 13–20 GFLOP/s at the seed's size
-//! (seq 256, 4 heads, head_dim 32: 0.84–1.28 ms), 17–28 GFLOP/s at seq 1024–4096 with
-//! head_dim 64–128, i.e. 20–29% of the core's AVX2 + FMA peak; the bench docs
+//! 4 lanes; keys and values in panels of [`NR`] columns): [`squish_core::ops::matmul_4x8_acc`],
+//! which dispatches at run time to an AVX2 kernel (four 8-lane accumulators, broadcast loads,
+//! multiply then add) with a bit-identical portable SSE2 twin. Inside a tile that crosses the
+//! diagonal, the micro-kernel blocks lying entirely above it are skipped as well, in both
+//! products. No `unsafe` in this crate. Measured (criterion `--quick`, a loaded 2-core Zen 4
+//! VM): the seed's size (seq 256, 4 heads, head_dim 32) 0.84–1.33 ms, where the online softmax,
+//! packing and exponentials weigh as much as the products; at seq 4096 the AVX2 kernel brought
+//! head_dim 128 from 215–246 ms to 129 ms (33 GFLOP/s) and head_dim 64 to 68 ms (32 GFLOP/s),
+//! i.e. about a third of the core's AVX2 + FMA peak (≈ 96 GFLOP/s). The micro-kernel's four
+//! accumulators are latency-bound (one add chain per row); a wider tile (e.g. 6 × 16) with
+//! FMA is the next step towards the 50 % goal. The bench docs
 //! (`benches/benches/seed/flash_prefill.rs`) give the details.
 
 use ndarray::{Array2, Array3, ArrayRef2, ArrayRef3};
-use squish_core::{ConfigError, ShapeError, check_finite};
+use squish_core::{ConfigError, ShapeError, check_finite, ops};
 
 use crate::{Error, Result};
 
@@ -682,20 +684,12 @@ fn first_array<const N: usize>(s: &[f32]) -> &[f32; N] {
 
 /// `acc[r][j] += Σ_p a[p][r] · b[p][j]` over packed panels `a = [K][MR][LANES]` (each value
 /// replicated over `LANES`), `b = [K][NR]`: the register-tiled micro-kernel of both matrix
-/// products.
+/// products, [`ops::matmul_4x8_acc`] (runtime-dispatched AVX2, bit-identical portable twin).
 #[inline(always)]
 fn micro(a: &[f32], b: &[f32], acc: &mut [[f32; NR]; MR]) {
-    let mut c = *acc;
-    let (a, _) = a.as_chunks::<AW>();
-    let (b, _) = b.as_chunks::<NR>();
-    for (ar, brow) in a.iter().zip(b) {
-        for r in 0..MR {
-            for j in 0..NR {
-                c[r][j] += ar[r * LANES + j % LANES] * brow[j];
-            }
-        }
-    }
-    *acc = c;
+    const _: () = assert!(MR == 4 && NR == 8, "the micro-kernel is squish_core's 4x8");
+    let k = (a.len() / AW).min(b.len() / NR);
+    ops::matmul_4x8_acc(&a[..k * AW], LANES, &b[..k * NR], acc);
 }
 
 /// Lanes of the target's vector registers that the packed A operand is replicated over.
