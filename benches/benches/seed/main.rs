@@ -14,6 +14,7 @@ mod core;
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
+mod kv_codec;
 mod model_pool;
 mod request_cost_estimator;
 mod retention_kernel;
@@ -29,6 +30,7 @@ criterion_group!(retention_kernel, retention_kernel::benches);
 criterion_group!(sparse_attn_index, sparse_attn_index::benches);
 criterion_group!(fault_handler, fault_handler::benches);
 criterion_group!(token_budget_gate, token_budget_gate::benches);
+criterion_group!(kv_codec, kv_codec::benches);
 criterion_main!(
     core_primitives,
     dedupe_attn,
@@ -39,4 +41,5 @@ criterion_main!(
     sparse_attn_index,
     fault_handler,
     token_budget_gate,
+    kv_codec,
 );

@@ -4,3 +4,6 @@
 mod error;
 
 pub use error::{Error, Result};
+
+pub mod kv_codec;
+pub use kv_codec::{CodebookSharing, KvCodec, KvCodecConfig, PqCodes, ScoreTable};
