@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
+mod kv_codec;
 mod model_pool;
 mod request_cost_estimator;
 mod retention_kernel;
@@ -49,6 +50,7 @@ const CLAIMS: &[Claim] = &[
     ("dedupe_attn", dedupe_attn::measure),
     ("token_budget_gate", token_budget_gate::measure),
     ("fault_tolerance", fault_handler::measure),
+    ("codec_kv", kv_codec::measure),
 ];
 
 fn main() {
