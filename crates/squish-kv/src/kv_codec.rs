@@ -540,19 +540,15 @@ impl KvCodec {
         {
             let book = self.book_of(h);
             let books = &self.books[book..book + m_count];
-            if m_count == 1 {
-                let cents = books[0].centroids();
-                for (&code, y) in c.iter().zip(y.chunks_exact_mut(d)) {
-                    let j = usize::from(code) * d;
-                    y.copy_from_slice(&cents[j..j + d]);
-                }
-            } else {
-                for (key, y) in c.chunks_exact(m_count).zip(y.chunks_exact_mut(d)) {
-                    for ((&code, ys), km) in key.iter().zip(y.chunks_exact_mut(dsub)).zip(books) {
-                        let j = usize::from(code) * dsub;
-                        ys.copy_from_slice(&km.centroids()[j..j + dsub]);
-                    }
-                }
+            match dsub {
+                2 => decode_fixed::<2>(c, books, y),
+                4 => decode_fixed::<4>(c, books, y),
+                8 => decode_fixed::<8>(c, books, y),
+                16 => decode_fixed::<16>(c, books, y),
+                32 => decode_fixed::<32>(c, books, y),
+                64 => decode_fixed::<64>(c, books, y),
+                128 => decode_fixed::<128>(c, books, y),
+                _ => decode_any(c, books, dsub, y),
             }
         }
         Ok(())
@@ -741,6 +737,42 @@ fn check_dim(cfg: &KvCodecConfig, context: &'static str, d: usize) -> Result<(),
         .into());
     }
     Ok(())
+}
+
+/// Decodes one head's codes (`[seq][M]`) into `y` (`[seq][M · W]`) for sub-vectors of a
+/// compile-time width: each copy is a fixed-size move the compiler inlines (no `memcpy` call).
+fn decode_fixed<const W: usize>(codes: &[u8], books: &[KMeans], y: &mut [f32]) {
+    let (out, _) = y.as_chunks_mut::<W>();
+    if let [km] = books {
+        let (cents, _) = km.centroids().as_chunks::<W>();
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = cents[usize::from(c)];
+        }
+        return;
+    }
+    let m_count = books.len();
+    for (key_out, key) in out
+        .chunks_exact_mut(m_count)
+        .zip(codes.chunks_exact(m_count))
+    {
+        for ((o, &c), km) in key_out.iter_mut().zip(key).zip(books) {
+            *o = km.centroids().as_chunks::<W>().0[usize::from(c)];
+        }
+    }
+}
+
+/// [`decode_fixed`] for any sub-vector width.
+fn decode_any(codes: &[u8], books: &[KMeans], dsub: usize, y: &mut [f32]) {
+    let m_count = books.len();
+    for (key_out, key) in y
+        .chunks_exact_mut(dsub * m_count)
+        .zip(codes.chunks_exact(m_count))
+    {
+        for ((o, &c), km) in key_out.chunks_exact_mut(dsub).zip(key).zip(books) {
+            let j = usize::from(c) * dsub;
+            o.copy_from_slice(&km.centroids()[j..j + dsub]);
+        }
+    }
 }
 
 fn copy_lane(lane: ArrayView1<'_, f32>, row: &mut [f32]) {

@@ -398,3 +398,37 @@ fn types_are_send_and_sync() {
     assert_send_sync::<ScoreTable>();
     assert_send_sync::<KvCodecConfig>();
 }
+
+#[test]
+fn decoding_copies_the_coded_centroids_for_every_sub_vector_width() {
+    let mut rng = squish_testkit::rng(16);
+    for (d, m, sharing) in [
+        (64, 1, CodebookSharing::Shared),
+        (64, 2, CodebookSharing::PerHead),
+        (64, 8, CodebookSharing::Shared),
+        (128, 1, CodebookSharing::PerHead),
+        (32, 1, CodebookSharing::Shared),
+        (48, 3, CodebookSharing::Shared),
+        (10, 2, CodebookSharing::PerHead),
+    ] {
+        let x = keys(&mut rng, 2, 40, d);
+        let codec = KvCodec::fit(cfg(d, m, 8, sharing), &x, &mut rng).unwrap();
+        let codes = codec.encode_keys(&x).unwrap();
+        let decoded = codec.decode_keys(&codes).unwrap();
+        let dsub = d / m;
+        for h in 0..2 {
+            for t in 0..40 {
+                for mm in 0..m {
+                    let j = usize::from(codes.head(h)[t * m + mm]);
+                    let want = &codec.codebook(book_of(&codec, h), mm)[j * dsub..(j + 1) * dsub];
+                    let got = decoded.slice(s![h, t, mm * dsub..(mm + 1) * dsub]);
+                    assert_eq!(
+                        got.as_slice().unwrap(),
+                        want,
+                        "d {d} m {m} head {h} token {t}"
+                    );
+                }
+            }
+        }
+    }
+}
