@@ -453,13 +453,22 @@ impl KvCodec {
                 .zip(out.codes.chunks_exact_mut(per_head.max(1)))
                 .enumerate()
             {
-                let book = self.book_of(h);
-                for (x, c) in xs.chunks_exact(d).zip(codes.chunks_exact_mut(m_count)) {
-                    for ((sub, code), km) in x
-                        .chunks_exact(dsub)
-                        .zip(c.iter_mut())
-                        .zip(&self.books[book..book + m_count])
-                    {
+                let books = &self.books[self.book_of(h)..][..m_count];
+                // Two keys per kernel call (`KMeans::assign2`): twice the independent work.
+                let pairs = xs.chunks_exact(2 * d);
+                let rest = pairs.remainder();
+                for (x, c) in pairs.zip(codes.chunks_exact_mut(2 * m_count)) {
+                    let (x0, x1) = x.split_at(d);
+                    let (c0, c1) = c.split_at_mut(m_count);
+                    for (m, km) in books.iter().enumerate() {
+                        let r = m * dsub..(m + 1) * dsub;
+                        let [j0, j1] = km.assign2(&x0[r.clone()], &x1[r]);
+                        (c0[m], c1[m]) = (code_of(j0), code_of(j1));
+                    }
+                }
+                if !rest.is_empty() {
+                    let c = &mut codes[per_head - m_count..];
+                    for ((sub, code), km) in rest.chunks_exact(dsub).zip(c.iter_mut()).zip(books) {
                         *code = code_of(km.assign(sub));
                     }
                 }
