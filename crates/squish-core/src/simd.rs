@@ -1134,10 +1134,12 @@ pub(crate) fn nearest_blocked_pair(
 #[cfg(target_arch = "x86_64")]
 mod x86_blocked {
     use std::arch::x86_64::{
-        __m256, __m256i, _CMP_LT_OQ, _mm256_add_epi32, _mm256_blendv_ps, _mm256_castps_si256,
-        _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_epi32,
-        _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256,
-        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_ps,
+        __m256, __m256i, _CMP_EQ_OQ, _CMP_LT_OQ, _mm256_add_epi32, _mm256_blendv_ps,
+        _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_cvtsi256_si32,
+        _mm256_cvtss_f32, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_min_epi32, _mm256_min_ps,
+        _mm256_permute2f128_ps, _mm256_permute2x128_si256, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi32,
+        _mm256_shuffle_ps, _mm256_sub_ps,
     };
 
     use super::BLOCK;
@@ -1226,24 +1228,25 @@ mod x86_blocked {
             }
         }
 
-        /// The lane reduction: the minimum distance, the lower index on ties.
+        /// The lane reduction, branch-free: the minimum distance, then the lowest index among
+        /// the lanes holding it.
         #[target_feature(enable = "avx2,fma")]
         fn finish(&self) -> (usize, f32) {
-            let mut d = [0.0f32; BLOCK];
-            let mut i = [0i32; BLOCK];
-            // SAFETY: both arrays hold 8 lanes; unaligned stores.
-            unsafe {
-                _mm256_storeu_ps(d.as_mut_ptr(), self.d);
-                _mm256_storeu_si256(i.as_mut_ptr().cast(), self.i);
-            }
-            let mut best = (0usize, f32::INFINITY);
-            for (&dl, &il) in d.iter().zip(&i) {
-                let il = usize::try_from(il).unwrap_or(0);
-                if dl < best.1 || (dl == best.1 && il < best.0) {
-                    best = (il, dl);
-                }
-            }
-            best
+            let d = self.d;
+            let m = _mm256_min_ps(d, _mm256_permute2f128_ps::<0x01>(d, d));
+            let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b0100_1110>(m, m));
+            let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b1011_0001>(m, m));
+            let at_min = _mm256_cmp_ps::<_CMP_EQ_OQ>(d, m);
+            let i = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)),
+                _mm256_castsi256_ps(self.i),
+                at_min,
+            ));
+            let i = _mm256_min_epi32(i, _mm256_permute2x128_si256::<0x01>(i, i));
+            let i = _mm256_min_epi32(i, _mm256_shuffle_epi32::<0b0100_1110>(i));
+            let i = _mm256_min_epi32(i, _mm256_shuffle_epi32::<0b1011_0001>(i));
+            let idx = usize::try_from(_mm256_cvtsi256_si32(i)).unwrap_or(0);
+            (idx, _mm256_cvtss_f32(m))
         }
     }
 
