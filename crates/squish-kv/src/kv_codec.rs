@@ -405,8 +405,12 @@ impl KvCodec {
     }
 
     /// Bytes held by the codebooks: `4 · K · head_dim` per codebook set, from the centroid
-    /// buffers' lengths. The fit's diagnostics (a few `f64` of inertia history) are not part
-    /// of the stored format and are not counted.
+    /// buffers' lengths: what a reader needs next to the codes to decode or score them.
+    ///
+    /// Not counted: the fit's diagnostics (a few `f64` of inertia history), and the encoder's
+    /// working copy of each codebook that squish-core's k-means keeps for its nearest-centroid
+    /// kernel (the same centroids in a blocked layout, `K` rounded up to a multiple of 8), which
+    /// doubles the codebook memory of a codec that still encodes.
     pub fn bytes_held(&self) -> usize {
         self.books.iter().map(|b| size_of_val(b.centroids())).sum()
     }
