@@ -16,6 +16,7 @@ mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
 mod flash_prefill;
+mod kv_codec;
 mod kv_compress;
 mod model_pool;
 mod quant_spec_decoder;
@@ -32,6 +33,7 @@ criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
 criterion_group!(fault_handler, fault_handler::benches);
 criterion_group!(flash_prefill, flash_prefill::benches);
 criterion_group!(kv_compress, kv_compress::benches);
+criterion_group!(kv_codec, kv_codec::benches);
 criterion_group!(model_pool, model_pool::benches);
 criterion_group!(quant_spec_decoder, quant_spec_decoder::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
@@ -47,6 +49,7 @@ criterion_main!(
     fault_handler,
     flash_prefill,
     kv_compress,
+    kv_codec,
     model_pool,
     quant_spec_decoder,
     request_cost_estimator,

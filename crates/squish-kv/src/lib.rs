@@ -5,6 +5,8 @@ mod error;
 
 pub use error::{Error, Result};
 
+pub mod kv_codec;
 pub mod kv_compress;
 
+pub use kv_codec::{CodebookSharing, KvCodec, KvCodecConfig, PqCodes, ScoreTable};
 pub use kv_compress::{CompressedKv, KvCompressor, KvCompressorConfig};

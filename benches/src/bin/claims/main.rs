@@ -16,6 +16,7 @@ mod dedupe_attn;
 mod dynamic_ntk_scaler;
 mod fault_handler;
 mod flash_prefill;
+mod kv_codec;
 mod kv_compress;
 mod model_pool;
 mod quant_spec_decoder;
@@ -58,6 +59,7 @@ const CLAIMS: &[Claim] = &[
     ("flash_prefill", flash_prefill::measure),
     ("quant_spec_decode", quant_spec_decoder::measure),
     ("kv_compress", kv_compress::measure),
+    ("codec_kv", kv_codec::measure),
 ];
 
 /// Claims an issue asks for that the seed's table has no row for: reported under their own
