@@ -3,4 +3,7 @@
 
 mod error;
 
+pub mod adaptive_quantizer;
+pub mod mixed_precision_kv_cache;
+
 pub use error::{Error, Result};
