@@ -10,11 +10,21 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod adaptive_quantizer;
 mod core;
+mod mixed_precision_kv_cache;
 mod model_pool;
 mod request_cost_estimator;
 
 criterion_group!(core_primitives, core::benches);
+criterion_group!(mixed_precision_kv_cache, mixed_precision_kv_cache::benches);
+criterion_group!(adaptive_quantizer, adaptive_quantizer::benches);
 criterion_group!(model_pool, model_pool::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
-criterion_main!(core_primitives, model_pool, request_cost_estimator,);
+criterion_main!(
+    core_primitives,
+    model_pool,
+    request_cost_estimator,
+    mixed_precision_kv_cache,
+    adaptive_quantizer,
+);

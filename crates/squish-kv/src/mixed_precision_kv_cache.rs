@@ -373,9 +373,8 @@ impl PrecisionPlanner {
         self.order.clear();
         self.order
             .extend(heads.iter().enumerate().map(|(i, s)| (s.weight(), i)));
-        // Heaviest first; equal weights by index.
-        self.order
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        // Heaviest first; a stable sort keeps equal weights in index order.
+        self.order.sort_by(|a, b| b.0.total_cmp(&a.0));
         self.prefix.clear();
         self.prefix.push(0.0);
         let mut acc = 0.0;
@@ -437,7 +436,8 @@ impl PrecisionPlanner {
 pub struct MixedPrecisionKvConfig {
     /// Values per key (and value) row of a head, `> 0`, even.
     pub head_dim: usize,
-    /// Values per quantisation group of the INT tiers, `> 0`, dividing `head_dim`.
+    /// Values per quantisation group of the INT tiers: even, `> 0`, dividing `head_dim` (so
+    /// every group of packed 4-bit codes starts on a byte).
     pub group_size: usize,
     /// The tier of each head (e.g. from [`PrecisionPlanner`]); at least one head.
     pub tiers: Vec<KvTier>,
@@ -474,11 +474,14 @@ impl MixedPrecisionKvConfig {
                 self.head_dim,
             ));
         }
-        if self.group_size == 0 || !self.head_dim.is_multiple_of(self.group_size) {
+        if self.group_size == 0
+            || !self.group_size.is_multiple_of(2)
+            || !self.head_dim.is_multiple_of(self.group_size)
+        {
             return Err(ConfigError::new(
                 c,
                 "group_size",
-                format!("must be > 0 and divide head_dim ({})", self.head_dim),
+                format!("must be even, > 0 and divide head_dim ({})", self.head_dim),
                 self.group_size,
             ));
         }
@@ -530,17 +533,21 @@ impl IntRows {
         let packed = &self.codes[t * row_bytes..][..row_bytes];
         let scales = &self.scales[t * groups..][..groups];
         let zeros = &self.zeros[t * groups..][..groups];
-        // Chunks of 256 codes (a multiple of every codes-per-byte) stay byte-aligned.
+        // One group at a time: codes unpacked into a stack buffer, then `zero + code * scale`.
+        // Groups start byte-aligned (`head_dim` and `group_size` are even, codes are 4 or 8
+        // bits); groups longer than the buffer are decoded in 256-code pieces.
         let mut buf = [0u8; 256];
         let per_byte = bits.codes_per_byte();
-        for (ci, y) in out.chunks_mut(256).enumerate() {
-            let c0 = ci * 256;
-            let codes = &mut buf[..y.len()];
-            let p0 = c0 / per_byte;
-            unpack_codes(&packed[p0..p0 + bits.packed_len(y.len())], bits, codes);
-            for (j, (o, &c)) in y.iter_mut().zip(codes.iter()).enumerate() {
-                let gi = (c0 + j) / gs;
-                *o = zeros[gi] + f32::from(c) * scales[gi];
+        for (gi, y) in out.chunks_mut(gs).enumerate() {
+            let (z, s) = (zeros[gi], scales[gi]);
+            for (pi, y) in y.chunks_mut(256).enumerate() {
+                let c0 = gi * gs + pi * 256;
+                let codes = &mut buf[..y.len()];
+                let p0 = c0 / per_byte;
+                unpack_codes(&packed[p0..p0 + bits.packed_len(y.len())], bits, codes);
+                for (o, &c) in y.iter_mut().zip(codes.iter()) {
+                    *o = z + f32::from(c) * s;
+                }
             }
         }
     }
@@ -1149,7 +1156,9 @@ mod tests {
         assert!(c.read_token_into(1, 0, &mut k, &mut v[..3]).is_err());
         assert!(c.read_head_into(1, &mut k[..0], &mut v).is_err());
         let bad = MixedPrecisionKvConfig::new(48, 32, vec![KvTier::Fp16]);
-        insta::assert_snapshot!(MixedPrecisionKvCache::new(bad).unwrap_err(), @"invalid MixedPrecisionKvCache.group_size: must be > 0 and divide head_dim (48), got 32");
+        insta::assert_snapshot!(MixedPrecisionKvCache::new(bad).unwrap_err(), @"invalid MixedPrecisionKvCache.group_size: must be even, > 0 and divide head_dim (48), got 32");
+        let bad = MixedPrecisionKvConfig::new(6, 3, vec![KvTier::Int4]);
+        assert!(MixedPrecisionKvCache::new(bad).is_err());
         let bad = MixedPrecisionKvConfig::new(0, 32, vec![KvTier::Fp16]);
         assert!(MixedPrecisionKvCache::new(bad).is_err());
         let bad = MixedPrecisionKvConfig::new(64, 32, vec![]);

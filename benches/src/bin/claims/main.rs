@@ -11,6 +11,8 @@
 
 use serde_json::{Map, Value, json};
 
+mod adaptive_quantizer;
+mod mixed_precision_kv_cache;
 mod model_pool;
 mod request_cost_estimator;
 
@@ -37,6 +39,8 @@ type Claim = (&'static str, fn(Opts) -> Measured);
 const CLAIMS: &[Claim] = &[
     ("model_pool", model_pool::measure),
     ("cost_estimator", request_cost_estimator::measure),
+    ("mixed_precision_kv", mixed_precision_kv_cache::measure),
+    ("adaptive_quantize", adaptive_quantizer::measure),
 ];
 
 fn main() {
