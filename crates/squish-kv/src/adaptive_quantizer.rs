@@ -468,16 +468,14 @@ impl AdaptiveQuantizer {
         let c = &self.cfg;
         let target = if pressure >= c.int4_enter {
             Precision::Q4_0
-        } else if pressure >= c.int8_enter {
-            self.level.max(Precision::Q8_0)
         } else {
             match self.level {
-                Precision::F16 => Precision::F16,
-                Precision::Q8_0 if pressure < c.int8_exit => Precision::F16,
-                Precision::Q8_0 => Precision::Q8_0,
-                Precision::Q4_0 if pressure < c.int8_exit => Precision::F16,
-                Precision::Q4_0 if pressure < c.int4_exit => Precision::Q8_0,
-                Precision::Q4_0 => Precision::Q4_0,
+                Precision::Q4_0 if pressure >= c.int4_exit => Precision::Q4_0,
+                Precision::F16 if pressure < c.int8_enter => Precision::F16,
+                // F16 at >= int8_enter, Q8_0 above its exit, Q4_0 below its exit but above
+                // INT8's exit.
+                _ if pressure >= c.int8_exit => Precision::Q8_0,
+                _ => Precision::F16,
             }
         };
         let dwelled = self
@@ -888,6 +886,51 @@ mod tests {
         assert_eq!(step(0.5, dwell), Precision::F16);
         assert_eq!(step(0.95, z), Precision::Q4_0); // straight to INT4
         assert_eq!(step(0.1, dwell), Precision::F16); // straight back
+    }
+
+    /// Oracle: an independent formulation of the policy (escalate to the highest level whose
+    /// enter threshold is reached; otherwise keep a level while the pressure is at or above
+    /// its exit threshold; otherwise fall to the highest level whose exit is still met, once
+    /// the dwell has passed), replayed on random pressure and time sequences.
+    #[test]
+    fn state_machine_matches_a_reference() {
+        prop::check("aq_state_machine_reference", 200, |r| {
+            use rand::RngExt;
+            let cfg = AdaptiveQuantizerConfig {
+                min_dwell: Duration::from_millis(r.random_range(0..200)),
+                ..AdaptiveQuantizerConfig::default()
+            };
+            let enter = [0.0, cfg.int8_enter, cfg.int4_enter];
+            let exit = [f64::NEG_INFINITY, cfg.int8_exit, cfg.int4_exit];
+            let levels = [Precision::F16, Precision::Q8_0, Precision::Q4_0];
+            let clock = FakeClock::new();
+            let mut aq = AdaptiveQuantizer::new(cfg.clone()).unwrap();
+            let (mut level, mut since): (usize, Option<Duration>) = (0, None);
+            for _ in 0..300 {
+                clock.advance(Duration::from_millis(r.random_range(0..100)));
+                let p = r.random_range(0.0..=1.0);
+                let esc = (0..3).rev().find(|&i| p >= enter[i]).unwrap();
+                let now = clock.elapsed();
+                if esc > level {
+                    level = esc;
+                    since = Some(now);
+                } else if p < exit[level] && since.is_none_or(|t| now - t >= cfg.min_dwell) {
+                    level = (0..level).rev().find(|&i| p >= exit[i]).unwrap();
+                    since = Some(now);
+                }
+                assert_eq!(aq.update(p, clock.now()).unwrap(), levels[level], "p = {p}");
+            }
+        });
+    }
+
+    #[test]
+    fn int4_falls_back_to_int8_between_the_exits() {
+        let clock = FakeClock::new();
+        let mut aq = AdaptiveQuantizer::new(AdaptiveQuantizerConfig::default()).unwrap();
+        assert_eq!(aq.update(0.95, clock.now()).unwrap(), Precision::Q4_0);
+        clock.advance(aq.config().min_dwell);
+        // Above INT8's enter threshold but below INT4's exit: back to INT8, not F16.
+        assert_eq!(aq.update(0.77, clock.now()).unwrap(), Precision::Q8_0);
     }
 
     /// Oracle: pressure oscillating strictly inside a hysteresis band (between exit and enter)

@@ -391,7 +391,7 @@ impl PrecisionPlanner {
             if used > slack {
                 break;
             }
-            let n8 = (((slack - used) / d8) as usize).min(h - n16);
+            let n8 = usize::try_from((slack - used) / d8).map_or(h - n16, |q| q.min(h - n16));
             let err = f16f * p[n16] + f8 * (p[n16 + n8] - p[n16]) + f4 * (p[h] - p[n16 + n8]);
             if err < best.0 {
                 best = (err, n16, n8);
@@ -510,20 +510,16 @@ impl IntRows {
         self.codes.len() + size_of::<f32>() * (self.scales.len() + self.zeros.len())
     }
 
-    fn push(&mut self, q: &GroupedQuantized) {
-        self.codes.extend_from_slice(q.codes());
-        self.scales.extend_from_slice(q.scales());
-        self.zeros.extend_from_slice(q.zeros());
-    }
-
-    fn truncate(&mut self, tokens: usize, row_bytes: usize, groups: usize) {
-        self.codes.truncate(tokens * row_bytes);
-        self.scales.truncate(tokens * groups);
-        self.zeros.truncate(tokens * groups);
+    fn push(&mut self, codes: &[u8], scales: &[f32], zeros: &[f32]) {
+        self.codes.extend_from_slice(codes);
+        self.scales.extend_from_slice(scales);
+        self.zeros.extend_from_slice(zeros);
     }
 
     fn clear(&mut self) {
-        self.truncate(0, 0, 0);
+        self.codes.clear();
+        self.scales.clear();
+        self.zeros.clear();
     }
 
     /// Decodes token `t` into `out` (`head_dim` values).
@@ -588,6 +584,7 @@ pub struct MixedPrecisionKvCache {
     qcfg8: GroupedQuantConfig,
     qcfg4: GroupedQuantConfig,
     scratch: GroupedQuantized,
+    rows: Vec<f32>,
 }
 
 impl MixedPrecisionKvCache {
@@ -623,6 +620,7 @@ impl MixedPrecisionKvCache {
             qcfg8: GroupedQuantConfig::new(QuantBits::B8, gs, GroupAxis::AlongRow),
             qcfg4: GroupedQuantConfig::new(QuantBits::B4, gs, GroupAxis::AlongRow),
             scratch: GroupedQuantized::new(),
+            rows: Vec::with_capacity(2 * cfg.head_dim),
             cfg,
         })
     }
@@ -709,14 +707,20 @@ impl MixedPrecisionKvCache {
                 } else {
                     &self.qcfg4
                 };
-                quantize_grouped_into(k, 1, d, qcfg, &mut self.scratch)?;
-                hk.push(&self.scratch);
-                if let Err(e) = quantize_grouped_into(v, 1, d, qcfg, &mut self.scratch) {
-                    let (rb, g) = (bits.packed_len(d), d / self.cfg.group_size);
-                    hk.truncate(t, rb, g);
-                    return Err(e.into());
-                }
-                hv.push(&self.scratch);
+                // K and V as one 2-row matrix: one call, one set of fixed costs. Rows are
+                // byte-aligned in the packed codes (`head_dim` is even) and own
+                // `head_dim / group_size` groups each.
+                self.rows.clear();
+                self.rows.extend_from_slice(k);
+                self.rows.extend_from_slice(v);
+                quantize_grouped_into(&self.rows, 2, d, qcfg, &mut self.scratch)?;
+                let (rb, g) = (bits.packed_len(d), d / self.cfg.group_size);
+                let q = &self.scratch;
+                let (kc, vc) = q.codes().split_at(rb);
+                let (ks, vs) = q.scales().split_at(g);
+                let (kz, vz) = q.zeros().split_at(g);
+                hk.push(kc, ks, kz);
+                hv.push(vc, vs, vz);
             }
         }
         self.lens[head] = t + 1;
