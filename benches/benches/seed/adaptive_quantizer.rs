@@ -8,12 +8,21 @@
 //! - `dequantize` id `int4` (the seed row): `QuantizedTensor::dequantize_into` a reused
 //!   128 × 256 array.
 //!
-//! The block formats run squish-core's `quantize_row_q8_0` / `quantize_row_q4_0` /
-//! `dequantize_row_q4_0` (GGML's reference arithmetic, scalar). Their per-element cost, not
-//! this crate, bounds the INT rows: `quantize_row_q8_0` measures about 1.8 ns per value on
-//! the dev machine, i.e. about 60 µs for these 32 768 values, so the `int8` target
-//! (≥ 5× over Python's 25.1 µs, ≤ 5 µs) needs an AVX2 Q8_0 / Q4_0 kernel in
-//! `squish_core::simd` (see the report in docs/benchmarks.md).
+//! Every row is bounded by a squish-core kernel this crate may not change (and must not
+//! duplicate), measured in `core/*` on the dev machine while loaded (9 builds on 2 cores):
+//!
+//! | row | kernel | ns / value | × 32 768 | target |
+//! |---|---|---|---|---|
+//! | `fp16` | `convert::f32_to_f16_into` (`half`, F16C dispatched per 8 values) | ~0.38 | ~12.5 µs | ≤ 4.1 µs |
+//! | `int8` | `quant::quantize_row_q8_0` (GGML reference, scalar) | ~1.8–2.2 | ~60–71 µs | ≤ 5.0 µs |
+//! | `int4` | `quant::quantize_row_q4_0` (scalar) | ~2.0 | ~66 µs | ≤ 6.3 µs |
+//! | `dequantize` | `quant::dequantize_row_q4_0` (scalar) | ~0.23–0.30 | ~7.6–10 µs | ≤ 1.9 µs |
+//!
+//! so none of these targets is met through today's core. Meeting them needs core SIMD in
+//! `squish_core::simd`: AVX2 `Q8_0` / `Q4_0` quantise and `Q4_0` dequantise kernels (GGML's own
+//! AVX2 paths run at roughly 0.1 ns per value) and an F16C slice conversion with the loop
+//! inside the `#[target_feature]` function. The `f16` row adds one vectorised 16-bit range
+//! scan (the overflow check, ~5 % of the row).
 
 use std::hint::black_box;
 use std::time::Instant;
