@@ -515,7 +515,7 @@ impl AdaptiveQuantizer {
     /// - [`Error::Core`] with `OutOfRange` for the first value with `|x| > f16::MAX` (65504)
     ///   at `F16`, or a block whose `f16` scale would overflow at `Q8_0` / `Q4_0`.
     ///
-    /// On error `out` is left valid but its contents are unspecified.
+    /// On error `out` is left as an empty `0 x 0` tensor (buffer capacity kept).
     ///
     /// # Performance
     /// No allocation once `out` (and, for a non-contiguous `x`, the internal scratch) has
@@ -560,40 +560,55 @@ fn encode(
             scratch
         }
     };
-    let n = src.len();
     out.rows = 0;
     out.cols = 0;
+    let r = encode_data(precision, src, &mut out.data);
+    if r.is_err() {
+        // Keep the invariant (buffer holds rows * cols values): an empty 0 x 0 tensor.
+        match &mut out.data {
+            TensorData::F16(v) => v.clear(),
+            TensorData::Q8_0(b) => b.clear(),
+            TensorData::Q4_0(b) => b.clear(),
+        }
+        return r;
+    }
+    out.rows = rows;
+    out.cols = cols;
+    Ok(())
+}
+
+/// Quantises `src` into `data`, switching its variant to `precision` if needed.
+fn encode_data(precision: Precision, src: &[f32], data: &mut TensorData) -> Result<()> {
+    let n = src.len();
     match precision {
         Precision::F16 => {
-            if !matches!(out.data, TensorData::F16(_)) {
-                out.data = TensorData::F16(Vec::new());
+            if !matches!(*data, TensorData::F16(_)) {
+                *data = TensorData::F16(Vec::new());
             }
-            if let TensorData::F16(buf) = &mut out.data {
+            if let TensorData::F16(buf) = data {
                 buf.resize(n, f16::ZERO);
                 f32_to_f16_checked("AdaptiveQuantizer x", src, buf)?;
             }
         }
         Precision::Q8_0 => {
-            if !matches!(out.data, TensorData::Q8_0(_)) {
-                out.data = TensorData::Q8_0(Vec::new());
+            if !matches!(*data, TensorData::Q8_0(_)) {
+                *data = TensorData::Q8_0(Vec::new());
             }
-            if let TensorData::Q8_0(b) = &mut out.data {
+            if let TensorData::Q8_0(b) = data {
                 b.resize(n / QK8_0, BlockQ8_0::default());
                 quantize_row_q8_0(src, b)?;
             }
         }
         Precision::Q4_0 => {
-            if !matches!(out.data, TensorData::Q4_0(_)) {
-                out.data = TensorData::Q4_0(Vec::new());
+            if !matches!(*data, TensorData::Q4_0(_)) {
+                *data = TensorData::Q4_0(Vec::new());
             }
-            if let TensorData::Q4_0(b) = &mut out.data {
+            if let TensorData::Q4_0(b) = data {
                 b.resize(n / QK4_0, BlockQ4_0::default());
                 quantize_row_q4_0(src, b)?;
             }
         }
     }
-    out.rows = rows;
-    out.cols = cols;
     Ok(())
 }
 
@@ -690,6 +705,11 @@ mod tests {
             Error::Core(squish_core::Error::OutOfRange { index: 3, .. })
         ));
         x[1] = f32::NAN;
+        let mut aq = AdaptiveQuantizer::new(AdaptiveQuantizerConfig::default()).unwrap();
+        let mut out =
+            QuantizedTensor::quantize(Precision::F16, &arr(2, 32, vec![1.0; 64])).unwrap();
+        assert!(aq.quantize_into(&arr(1, 64, x.clone()), &mut out).is_err());
+        assert_eq!((out.rows(), out.cols(), out.payload_bytes()), (0, 0, 0));
         let e = QuantizedTensor::quantize(Precision::F16, &arr(1, 64, x.clone())).unwrap_err();
         insta::assert_snapshot!(e, @"non-finite value in AdaptiveQuantizer x: element 1 is NaN");
         for p in [Precision::Q8_0, Precision::Q4_0] {
