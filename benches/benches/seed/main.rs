@@ -10,6 +10,7 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod adaptive_quantizer;
 mod budget_spec_decoder;
 mod core;
 mod dedupe_attn;
@@ -18,6 +19,7 @@ mod fault_handler;
 mod flash_prefill;
 mod kv_codec;
 mod kv_compress;
+mod mixed_precision_kv_cache;
 mod model_pool;
 mod quant_spec_decoder;
 mod request_cost_estimator;
@@ -32,8 +34,10 @@ criterion_group!(dedupe_attn, dedupe_attn::benches);
 criterion_group!(dynamic_ntk_scaler, dynamic_ntk_scaler::benches);
 criterion_group!(fault_handler, fault_handler::benches);
 criterion_group!(flash_prefill, flash_prefill::benches);
-criterion_group!(kv_compress, kv_compress::benches);
 criterion_group!(kv_codec, kv_codec::benches);
+criterion_group!(kv_compress, kv_compress::benches);
+criterion_group!(adaptive_quantizer, adaptive_quantizer::benches);
+criterion_group!(mixed_precision_kv_cache, mixed_precision_kv_cache::benches);
 criterion_group!(model_pool, model_pool::benches);
 criterion_group!(quant_spec_decoder, quant_spec_decoder::benches);
 criterion_group!(request_cost_estimator, request_cost_estimator::benches);
@@ -48,8 +52,10 @@ criterion_main!(
     dynamic_ntk_scaler,
     fault_handler,
     flash_prefill,
-    kv_compress,
     kv_codec,
+    kv_compress,
+    adaptive_quantizer,
+    mixed_precision_kv_cache,
     model_pool,
     quant_spec_decoder,
     request_cost_estimator,

@@ -15,6 +15,22 @@ pub enum Error {
     /// Any other error raised by a `squish_core` primitive (non-finite data, an invalid
     /// distribution).
     Core(squish_core::Error),
+    /// A head index is not below the number of heads.
+    HeadOutOfRange {
+        /// The index asked for.
+        head: usize,
+        /// The number of heads.
+        heads: usize,
+    },
+    /// A token index is not below the number of tokens a head holds.
+    TokenOutOfRange {
+        /// The head.
+        head: usize,
+        /// The index asked for.
+        token: usize,
+        /// The number of tokens the head holds.
+        tokens: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -23,6 +39,17 @@ impl fmt::Display for Error {
             Self::Config(e) => e.fmt(f),
             Self::Shape(e) => e.fmt(f),
             Self::Core(e) => e.fmt(f),
+            Self::HeadOutOfRange { head, heads } => {
+                write!(f, "head {head} out of range: the cache has {heads} heads")
+            }
+            Self::TokenOutOfRange {
+                head,
+                token,
+                tokens,
+            } => write!(
+                f,
+                "token {token} out of range for head {head}: it holds {tokens} tokens"
+            ),
         }
     }
 }
@@ -33,6 +60,7 @@ impl std::error::Error for Error {
             Self::Config(e) => Some(e),
             Self::Shape(e) => Some(e),
             Self::Core(e) => Some(e),
+            Self::HeadOutOfRange { .. } | Self::TokenOutOfRange { .. } => None,
         }
     }
 }
@@ -84,6 +112,19 @@ mod tests {
         assert!(matches!(e, Error::Core(_)));
         insta::assert_snapshot!(e, @"non-finite value in example data: element 0 is inf");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn index_errors() {
+        let e = Error::HeadOutOfRange { head: 9, heads: 8 };
+        insta::assert_snapshot!(e, @"head 9 out of range: the cache has 8 heads");
+        let e = Error::TokenOutOfRange {
+            head: 1,
+            token: 5,
+            tokens: 5,
+        };
+        insta::assert_snapshot!(e, @"token 5 out of range for head 1: it holds 5 tokens");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
+mod adaptive_quantizer;
 mod budget_spec_decoder;
 mod dedupe_attn;
 mod dynamic_ntk_scaler;
@@ -18,6 +19,7 @@ mod fault_handler;
 mod flash_prefill;
 mod kv_codec;
 mod kv_compress;
+mod mixed_precision_kv_cache;
 mod model_pool;
 mod quant_spec_decoder;
 mod request_cost_estimator;
@@ -60,6 +62,8 @@ const CLAIMS: &[Claim] = &[
     ("quant_spec_decode", quant_spec_decoder::measure),
     ("kv_compress", kv_compress::measure),
     ("codec_kv", kv_codec::measure),
+    ("mixed_precision_kv", mixed_precision_kv_cache::measure),
+    ("adaptive_quantize", adaptive_quantizer::measure),
 ];
 
 /// Claims an issue asks for that the seed's table has no row for: reported under their own
