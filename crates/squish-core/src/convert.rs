@@ -1,10 +1,11 @@
 //! Bulk conversion between `f32` and the 16-bit floats [`f16`](struct@f16) (IEEE binary16) and [`bf16`]
 //! (bfloat16).
 //!
-//! Thin, documented wrappers over [`half::slice::HalfFloatSliceExt`], which converts whole
-//! slices with F16C instructions when the CPU has them (detected at run time) and a scalar
-//! fallback otherwise. Results equal the scalar `f16::from_f32` / `bf16::from_f32` /
-//! `to_f32` element by element:
+//! `f16` converts whole slices with F16C instructions when the CPU has them (detected once at
+//! run time, in this crate's SIMD module: the loop runs inside the F16C function, 8 values per
+//! instruction) and through [`half::slice::HalfFloatSliceExt`] otherwise; `bf16` always goes
+//! through `half`. Results equal the scalar `f16::from_f32` / `bf16::from_f32` / `to_f32`
+//! element by element:
 //!
 //! - `f32 -> f16 / bf16` rounds to nearest, ties to even; values beyond the format's range
 //!   become ±infinity; tiny values become subnormals or ±0 (the sign is kept);
@@ -32,7 +33,7 @@ pub use half::{bf16, f16};
 /// If `src.len() != dst.len()`.
 pub fn f32_to_f16_into(src: &[f32], dst: &mut [f16]) {
     check_len("f32_to_f16_into", src.len(), dst.len());
-    dst.convert_from_f32_slice(src);
+    crate::simd::f32_to_f16(src, dst);
 }
 
 /// Converts `src` from `f16` to `f32` into `dst` (exact).
@@ -41,7 +42,7 @@ pub fn f32_to_f16_into(src: &[f32], dst: &mut [f16]) {
 /// If `src.len() != dst.len()`.
 pub fn f16_to_f32_into(src: &[f16], dst: &mut [f32]) {
     check_len("f16_to_f32_into", src.len(), dst.len());
-    src.convert_to_f32_slice(dst);
+    crate::simd::f16_to_f32(src, dst);
 }
 
 /// Converts `src` to `bf16` into `dst` (round to nearest even; overflow to ±infinity).

@@ -182,6 +182,46 @@ pub(crate) fn matmul_4x8_scalar(a: &[f32], lanes: usize, b: &[f32], acc: &mut [[
     *acc = c;
 }
 
+/// Whether the CPU converts between `f32` and `f16` in hardware (F16C), detected once;
+/// `SQUISH_SIMD=off` turns it off like the other kernels.
+fn has_f16c() -> bool {
+    static F16C: OnceLock<bool> = OnceLock::new();
+    *F16C.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            isa() != Isa::Scalar && std::arch::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// `f32` → `f16` bits (round to nearest even), dispatched: F16C eight at a time, else `half`'s
+/// slice conversion. Both give IEEE round-to-nearest-even results, so they agree bit for bit
+/// (tested over every `f16` and random `f32` bit patterns).
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C (and AVX, implied by the AVX2 `Isa`) was detected.
+        unsafe { x86::f32_to_f16_f16c(src, bytemuck::cast_slice_mut(dst)) };
+        return;
+    }
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+}
+
+/// `f16` → `f32` (exact), dispatched like [`f32_to_f16`].
+pub(crate) fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C (and AVX, implied by the AVX2 `Isa`) was detected.
+        unsafe { x86::f16_to_f32_f16c(bytemuck::cast_slice(src), dst) };
+        return;
+    }
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+}
+
 /// `y += alpha * x`, dispatched.
 ///
 /// # Panics
@@ -486,10 +526,10 @@ mod x86 {
     use std::arch::x86_64::{
         __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _MM_FROUND_NO_EXC,
         _MM_FROUND_TO_NEAREST_INT, _MM_FROUND_TO_NEG_INF, _MM_FROUND_TO_ZERO, _mm_add_ps,
-        _mm_add_ss, _mm_cvtss_f32, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_packus_epi16,
+        _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_packus_epi16,
         _mm_shuffle_ps, _mm_storeu_si128, _mm256_add_epi32, _mm256_add_ps, _mm256_and_ps,
         _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128,
-        _mm256_cmp_ps, _mm256_cvtps_epi32, _mm256_cvttps_epi32, _mm256_extractf128_ps,
+        _mm256_cmp_ps, _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_cvtps_ph, _mm256_cvttps_epi32, _mm256_extractf128_ps,
         _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps,
         _mm256_max_ps, _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps,
         _mm256_or_si256, _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permute4x64_epi64,
@@ -569,6 +609,40 @@ mod x86 {
         for (dst, v) in acc.iter_mut().zip(c) {
             // SAFETY: each `acc[r]` is 8 floats; unaligned store.
             unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
+        }
+    }
+
+    /// F16C `f32` → `f16` bits, 8 per instruction; the tail through `half` (same rounding).
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn f32_to_f16_f16c(src: &[f32], dst: &mut [u16]) {
+        let (cs, mut cd) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+        let tail = cs.remainder();
+        for (s, d) in cs.zip(cd.by_ref()) {
+            // SAFETY: `s` is 8 floats and `d` 8 u16 (16 bytes); unaligned load / store.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr()));
+                _mm_storeu_si128(d.as_mut_ptr().cast::<__m128i>(), h);
+            }
+        }
+        for (d, &x) in cd.into_remainder().iter_mut().zip(tail) {
+            *d = half::f16::from_f32(x).to_bits();
+        }
+    }
+
+    /// F16C `f16` bits → `f32`, 8 per instruction (exact); the tail through `half`.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
+        let (cs, mut cd) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+        let tail = cs.remainder();
+        for (s, d) in cs.zip(cd.by_ref()) {
+            // SAFETY: `s` is 8 u16 (16 bytes) and `d` 8 floats; unaligned load / store.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast::<__m128i>()));
+                _mm256_storeu_ps(d.as_mut_ptr(), v);
+            }
+        }
+        for (d, &h) in cd.into_remainder().iter_mut().zip(tail) {
+            *d = half::f16::from_bits(h).to_f32();
         }
     }
 
