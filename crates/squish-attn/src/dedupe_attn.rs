@@ -753,40 +753,15 @@ fn find_cosine(
 #[cfg(test)]
 mod tests {
     use rand::RngExt;
+    use squish_testkit::reference::l2_distance as dist;
     use squish_testkit::{data, prop};
 
     use super::*;
 
     /// Exact attention output `softmax(s·K q) V` in float64.
     fn attend(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32) -> Vec<f64> {
-        let logits: Vec<f64> = keys
-            .chunks_exact(d)
-            .map(|k| {
-                f64::from(scale)
-                    * q.iter()
-                        .zip(k)
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum::<f64>()
-            })
-            .collect();
-        let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let w: Vec<f64> = logits.iter().map(|&z| (z - m).exp()).collect();
-        let z: f64 = w.iter().sum();
-        let mut o = vec![0.0f64; d];
-        for (wj, v) in w.iter().zip(values.chunks_exact(d)) {
-            for (oi, &vi) in o.iter_mut().zip(v) {
-                *oi += wj / z * f64::from(vi);
-            }
-        }
-        o
-    }
-
-    fn dist(a: &[f32], b: &[f64]) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - y).powi(2))
-            .sum::<f64>()
-            .sqrt()
+        assert_eq!(q.len(), d);
+        squish_testkit::reference::attention_f64(q, keys, values, scale)
     }
 
     fn cfg(

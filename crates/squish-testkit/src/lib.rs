@@ -4,6 +4,7 @@ pub mod clock;
 pub mod data;
 pub mod npy;
 pub mod prop;
+pub mod reference;
 pub mod tol;
 
 pub use rand::rngs::StdRng;

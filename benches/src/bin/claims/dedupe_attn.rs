@@ -21,6 +21,7 @@ use squish_attn::{
     AttentionDeduplicator, AttentionDeduplicatorConfig, AttnContext, Lookup, ReuseRule,
     output_error_bound,
 };
+use squish_testkit::reference::{self, l2_distance as l2};
 use squish_testkit::{data, npy};
 
 use super::{Measured, Opts};
@@ -30,34 +31,7 @@ const SCALE: f32 = 0.125;
 
 /// Exact attention output for one query, float64.
 fn attend(q: &[f32], keys: &[f32], values: &[f32]) -> Vec<f64> {
-    let logits: Vec<f64> = keys
-        .chunks_exact(D)
-        .map(|k| {
-            f64::from(SCALE)
-                * q.iter()
-                    .zip(k)
-                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                    .sum::<f64>()
-        })
-        .collect();
-    let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = logits.iter().map(|&z| (z - m).exp()).collect();
-    let total: f64 = w.iter().sum();
-    let mut o = vec![0.0; D];
-    for (wj, v) in w.iter().zip(values.chunks_exact(D)) {
-        for (oi, &vi) in o.iter_mut().zip(v) {
-            *oi += wj / total * f64::from(vi);
-        }
-    }
-    o
-}
-
-fn l2(a: &[f32], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - y).powi(2))
-        .sum::<f64>()
-        .sqrt()
+    reference::attention_f64(q, keys, values, SCALE)
 }
 
 #[derive(Default)]
