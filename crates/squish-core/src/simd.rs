@@ -222,6 +222,28 @@ pub(crate) fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
     half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
 }
 
+/// `Q8_0` blocks to `f32` rows, dispatched once per call; exact (and so bit-identical) on both
+/// paths.
+pub(crate) fn dequantize_q8_0(blocks: &[crate::quant::BlockQ8_0], out: &mut [[f32; 32]]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::dequantize_q8_0_avx2(blocks, out) },
+        Isa::Scalar => crate::quant::dequantize_q8_0_scalar(blocks, out),
+    }
+}
+
+/// `Q4_0` blocks to `f32` rows, dispatched once per call; exact (and so bit-identical) on both
+/// paths.
+pub(crate) fn dequantize_q4_0(blocks: &[crate::quant::BlockQ4_0], out: &mut [[f32; 32]]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::dequantize_q4_0_avx2(blocks, out) },
+        Isa::Scalar => crate::quant::dequantize_q4_0_scalar(blocks, out),
+    }
+}
+
 /// `y += alpha * x`, dispatched.
 ///
 /// # Panics
@@ -526,17 +548,18 @@ mod x86 {
     use std::arch::x86_64::{
         __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _MM_FROUND_NO_EXC,
         _MM_FROUND_TO_NEAREST_INT, _MM_FROUND_TO_NEG_INF, _MM_FROUND_TO_ZERO, _mm_add_ps,
-        _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps,
-        _mm_packus_epi16, _mm_shuffle_ps, _mm_storeu_si128, _mm256_add_epi32, _mm256_add_ps,
-        _mm256_and_ps, _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps,
-        _mm256_castsi256_si128, _mm256_cmp_ps, _mm256_cvtph_ps, _mm256_cvtps_epi32,
-        _mm256_cvtps_ph, _mm256_cvttps_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256,
-        _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps,
-        _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16,
-        _mm256_packs_epi32, _mm256_permute4x64_epi64, _mm256_permutevar8x32_epi32, _mm256_round_ps,
-        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
-        _mm256_setzero_si256, _mm256_slli_epi32, _mm256_storeu_ps, _mm256_storeu_si256,
-        _mm256_sub_ps,
+        _mm_add_ss, _mm_and_si128, _mm_cvtss_f32, _mm_loadl_epi64, _mm_loadu_si128, _mm_max_ps,
+        _mm_max_ss, _mm_movehl_ps, _mm_packus_epi16, _mm_set1_epi8, _mm_shuffle_ps, _mm_srli_epi16,
+        _mm_srli_si128, _mm_storeu_si128, _mm256_add_epi32, _mm256_add_ps, _mm256_and_ps,
+        _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128,
+        _mm256_cmp_ps, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32,
+        _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_cvtps_ph, _mm256_cvttps_epi32,
+        _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_fnmadd_ps,
+        _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps,
+        _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16, _mm256_packs_epi32,
+        _mm256_permute4x64_epi64, _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi32,
+        _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256,
+        _mm256_slli_epi32, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps,
     };
 
     /// Horizontal sum of the eight lanes of `v`.
@@ -644,6 +667,46 @@ mod x86 {
         }
         for (d, &h) in cd.into_remainder().iter_mut().zip(tail) {
             *d = half::f16::from_bits(h).to_f32();
+        }
+    }
+
+    /// AVX2 `Q8_0` dequantiser: sign-extend 8 codes at a time to `i32`, convert, multiply by
+    /// the block's scale (all exact).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dequantize_q8_0_avx2(blocks: &[crate::quant::BlockQ8_0], out: &mut [[f32; 32]]) {
+        for (b, y) in blocks.iter().zip(out) {
+            let d = _mm256_set1_ps(b.d.to_f32());
+            for j in 0..4 {
+                // SAFETY: `qs` holds 32 bytes, so the 8 at 8*j (j < 4) are in bounds; `y` holds
+                // 32 floats, so the 8 at 8*j are too. Unaligned load / store.
+                unsafe {
+                    let q = _mm_loadl_epi64(b.qs.as_ptr().add(8 * j).cast::<__m128i>());
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                    _mm256_storeu_ps(y.as_mut_ptr().add(8 * j), _mm256_mul_ps(v, d));
+                }
+            }
+        }
+    }
+
+    /// AVX2 `Q4_0` dequantiser: low and high nibbles of the 16 code bytes, zero-extended 8 at a
+    /// time to `i32`, minus 8, converted and multiplied by the block's scale (all exact).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dequantize_q4_0_avx2(blocks: &[crate::quant::BlockQ4_0], out: &mut [[f32; 32]]) {
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm256_set1_epi32(8);
+        for (b, y) in blocks.iter().zip(out) {
+            let d = _mm256_set1_ps(b.d.to_f32());
+            // SAFETY: `qs` is 16 bytes, one unaligned 128-bit load.
+            let q = unsafe { _mm_loadu_si128(b.qs.as_ptr().cast::<__m128i>()) };
+            let lo = _mm_and_si128(q, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+            let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+            for (j, p) in parts.iter().enumerate() {
+                let c = _mm256_sub_epi32(_mm256_cvtepu8_epi32(*p), eight);
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), d);
+                // SAFETY: `y` holds 32 floats, so the 8 at 8*j (j < 4) are in bounds.
+                unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(8 * j), v) };
+            }
         }
     }
 
@@ -1230,6 +1293,40 @@ mod tests {
                     assert!((f64::from(x[r][j]) - exact).abs() <= 1e-5 * (k as f64 + 1.0) * 4.0);
                 }
             }
+        });
+    }
+
+    #[test]
+    fn dequantize_twins_are_bit_identical() {
+        use crate::quant::{BlockQ4_0, BlockQ8_0};
+        squish_testkit::prop::check("simd_dequantize_twins", 50, |rng| {
+            let n = rng.random_range(0..9);
+            let mut q8 = vec![BlockQ8_0::default(); n];
+            let mut q4 = vec![BlockQ4_0::default(); n];
+            for (a, b) in q8.iter_mut().zip(&mut q4) {
+                let d = half::f16::from_bits(rng.random_range(0..0x7c00u16))
+                    * if rng.random_bool(0.5) {
+                        half::f16::ONE
+                    } else {
+                        half::f16::NEG_ONE
+                    };
+                a.d = d;
+                b.d = d;
+                for q in &mut a.qs {
+                    *q = rng.random();
+                }
+                for q in &mut b.qs {
+                    *q = rng.random();
+                }
+            }
+            let bits = |m: &[[f32; 32]]| m.concat().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let (mut x, mut y) = (vec![[0.0f32; 32]; n], vec![[1.0f32; 32]; n]);
+            dequantize_q8_0(&q8, &mut x);
+            crate::quant::dequantize_q8_0_scalar(&q8, &mut y);
+            assert_eq!(bits(&x), bits(&y));
+            dequantize_q4_0(&q4, &mut x);
+            crate::quant::dequantize_q4_0_scalar(&q4, &mut y);
+            assert_eq!(bits(&x), bits(&y));
         });
     }
 

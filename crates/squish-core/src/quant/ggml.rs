@@ -340,7 +340,12 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
 /// If `out.len() != blocks.len() * 32`.
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q8_0", out.len(), blocks.len(), QK8_0);
-    for (b, y) in blocks.iter().zip(out.as_chunks_mut::<QK8_0>().0) {
+    simd::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
+}
+
+/// Portable twin of the AVX2 `Q8_0` dequantiser: `y[j] = qs[j] * d` (exact in `f32`).
+pub(crate) fn dequantize_q8_0_scalar(blocks: &[BlockQ8_0], out: &mut [[f32; QK8_0]]) {
+    for (b, y) in blocks.iter().zip(out) {
         let d = b.d.to_f32();
         for (o, &q) in y.iter_mut().zip(&b.qs) {
             *o = f32::from(q) * d;
@@ -412,7 +417,12 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<BlockQ4_0>> {
 /// If `out.len() != blocks.len() * 32`.
 pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q4_0", out.len(), blocks.len(), QK4_0);
-    for (b, y) in blocks.iter().zip(out.as_chunks_mut::<QK4_0>().0) {
+    simd::dequantize_q4_0(blocks, out.as_chunks_mut::<QK4_0>().0);
+}
+
+/// Portable twin of the AVX2 `Q4_0` dequantiser: `y[j] = (code[j] - 8) * d` (exact in `f32`).
+pub(crate) fn dequantize_q4_0_scalar(blocks: &[BlockQ4_0], out: &mut [[f32; QK4_0]]) {
+    for (b, y) in blocks.iter().zip(out) {
         let d = b.d.to_f32();
         let (lo, hi) = y.split_at_mut(QK4_0 / 2);
         for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b.qs) {

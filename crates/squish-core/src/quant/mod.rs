@@ -71,7 +71,10 @@ pub use grouped::{
 };
 pub use pack::{QuantBits, pack_codes, unpack_codes};
 
-pub(crate) use ggml::{first_max_abs, max_abs, q4_0_codes_scalar, q8_0_codes_scalar};
+pub(crate) use ggml::{
+    dequantize_q4_0_scalar, dequantize_q8_0_scalar, first_max_abs, max_abs, q4_0_codes_scalar,
+    q8_0_codes_scalar,
+};
 
 /// `1.5 * 2^23`: adding it to an `f32` of magnitude below `2^22` lands in the binade whose
 /// spacing is exactly 1, which rounds to an integer (ties to even) and makes the integer
