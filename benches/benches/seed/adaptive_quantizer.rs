@@ -8,21 +8,20 @@
 //! - `dequantize` id `int4` (the seed row): `QuantizedTensor::dequantize_into` a reused
 //!   128 × 256 array.
 //!
-//! Every row is bounded by a squish-core kernel this crate may not change (and must not
-//! duplicate), measured in `core/*` on the dev machine while loaded (9 builds on 2 cores):
+//! Every row is bounded by a squish-core kernel (measured in `core/*`; full criterion run on a
+//! quiet 2-core Zen 4 VM, 2026-11-26):
 //!
-//! | row | kernel | ns / value | × 32 768 | target |
+//! | row | kernel | ns / value | row median | target |
 //! |---|---|---|---|---|
-//! | `fp16` | `convert::f32_to_f16_into` (`half`, F16C dispatched per 8 values) | ~0.38 | ~12.5 µs | ≤ 4.1 µs |
-//! | `int8` | `quant::quantize_row_q8_0` (GGML reference, scalar) | ~1.8–2.2 | ~60–71 µs | ≤ 5.0 µs |
-//! | `int4` | `quant::quantize_row_q4_0` (scalar) | ~2.0 | ~66 µs | ≤ 6.3 µs |
-//! | `dequantize` | `quant::dequantize_row_q4_0` (scalar) | ~0.23–0.30 | ~7.6–10 µs | ≤ 1.9 µs |
+//! | `fp16` | `convert::f32_to_f16_into` (F16C loop in `squish_core::simd`) | ~0.1 | 4.2 µs | ≤ 4.1 µs |
+//! | `int8` | `quant::quantize_row_q8_0` (AVX2 codes, up-front finiteness scan) | ~0.62 | 20 µs | ≤ 5.0 µs |
+//! | `int4` | `quant::quantize_row_q4_0` (AVX2 codes) | ~0.61 | 20 µs | ≤ 6.3 µs |
+//! | `dequantize` | `quant::dequantize_row_q4_0` (AVX2) | ~0.11 | 3.6 µs | ≤ 1.9 µs |
 //!
-//! so none of these targets is met through today's core. Meeting them needs core SIMD in
-//! `squish_core::simd`: AVX2 `Q8_0` / `Q4_0` quantise and `Q4_0` dequantise kernels (GGML's own
-//! AVX2 paths run at roughly 0.1 ns per value) and an F16C slice conversion with the loop
-//! inside the `#[target_feature]` function. The `f16` row adds one vectorised 16-bit range
-//! scan (the overflow check, ~5 % of the row).
+//! The `fp16` row is at its target within noise; the others are not met. What remains in the
+//! quantisers is per-block work outside the AVX2 code loop (a separate finiteness pass, the
+//! scale's `f16` rounding, loop overhead): one fused AVX2 pass per row is the next step. The
+//! `f16` row adds one vectorised 16-bit range scan (the overflow check, ~5 % of the row).
 
 use std::hint::black_box;
 use std::time::Instant;
