@@ -9,31 +9,29 @@
 //! `p·v`), summed over the causal triangle: 16.8 MFLOP for the seed row. Exponentials,
 //! rescaling and packing are not counted.
 //!
-//! # What it reaches (2-core AMD EPYC Zen 4 VM, shared with 8 other builds: load 6–10)
+//! # What it reaches (2-core AMD EPYC Zen 4 VM, full criterion run, quiet machine)
 //!
-//! Criterion medians (`--quick`, wall clock) from two runs minutes apart; the spread is the
-//! machine's load, not the kernel (the faster run is the closer to an idle core):
+//! With the products on `squish_core::ops::matmul_4x8_acc` (runtime-dispatched AVX2, four
+//! 8-lane accumulators, multiply then add to stay bit-identical to the portable twin):
 //!
-//! | id | median (wall) | GFLOP/s |
+//! | id | median | GFLOP/s |
 //! |---|---|---|
-//! | seq=256, heads=4, d=32 (seed) | 0.84–1.28 ms | 13.1–20.1 |
-//! | seq=1024, d=64 | 6.5–8.1 ms | 16.7–20.7 |
-//! | seq=1024, d=128 | 9.5–15.8 ms | 17.0–28.3 |
-//! | seq=4096, d=64 | 79–128 ms | 16.8–27.1 |
-//! | seq=4096, d=128 | 215–246 ms | 17.5–20.0 |
+//! | seq=256, heads=4, d=32 (seed) | 0.76 ms | 22 |
+//! | seq=1024, d=64 | 4.3 ms | 31 |
+//! | seq=1024, d=128 | 7.4 ms | 36 |
+//! | seq=4096, d=64 | 68 ms | 32 |
+//! | seq=4096, d=128 | 121 ms | 35 |
+//!
+//! (Before the AVX2 kernel, with 4-wide SSE2 code: 0.84–1.28 ms for the seed row and
+//! 17–28 GFLOP/s at long sequences, on a loaded machine.)
 //!
 //! Against the compass (≥ 50% of the FP32 FMA peak at long sequences): a Zen 4 core at ~3 GHz
-//! peaks at 32 flop/cycle with AVX2 + FMA (≈ 96 GFLOP/s); the kernel's best long-sequence
-//! figures, ≈ 27–28 GFLOP/s, are **about 29% of that peak** (≈ 20% in the loaded runs). It is
-//! compiled for the default `x86_64` target, where the compiler can only emit 4-wide SSE2 with
-//! separate multiply and add: the ceiling of such code is 16 flop/cycle (≈ 48 GFLOP/s, 50% of
-//! the AVX2 + FMA peak), and a bare SSE2 register-tile loop on L1-resident data measured
-//! 29–35 GFLOP/s of CPU time on this VM, so the attention kernel runs at roughly 80% of what
-//! its own micro-kernel can do (the rest: exponentials, the online-softmax rescale, packing).
-//! Reaching the compass, and the seed row's target of ≤ 270 µs (≈ 62 GFLOP/s at 16.8 MFLOP,
-//! beyond any SSE2 code on one core), needs an AVX2 + FMA micro-kernel (8-wide fused
-//! multiply-add) behind runtime dispatch in `squish_core::simd`. Against the seed's Python
-//! figure (3207 µs) the seed row is 2.5–3.8× faster, not the 12× target.
+//! peaks at 32 flop/cycle with AVX2 + FMA (≈ 96 GFLOP/s); the long-sequence figures,
+//! ≈ 31–36 GFLOP/s, are **about a third of that peak**. The 4 × 8 tile has one add chain per
+//! row, so it is latency-bound at about half the FMA ports' throughput; a wider tile (6 × 16)
+//! with fused multiply-add is the next step. At the seed's size the online-softmax rescale,
+//! the exponentials and the packing weigh as much as the products: 4.2× over the seed's Python
+//! (3207 µs), not the 12× target (≤ 270 µs, ≈ 62 GFLOP/s).
 
 use std::hint::black_box;
 
