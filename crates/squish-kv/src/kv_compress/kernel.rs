@@ -145,6 +145,20 @@ impl Groups {
         self.codes.len() + size_of::<f32>() * (self.scales.len() + self.zeros.len())
     }
 
+    /// Runs `append` on the three buffers; if it fails, truncates them back to their lengths on
+    /// entry, so a failed append leaves the groups unchanged.
+    fn append_or_rollback<E>(
+        &mut self,
+        append: impl FnOnce(&mut Vec<u8>, &mut Vec<f32>, &mut Vec<f32>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let lens = self.lens();
+        let res = append(&mut self.codes, &mut self.scales, &mut self.zeros);
+        if res.is_err() {
+            self.truncate(lens);
+        }
+        res
+    }
+
     fn truncate(&mut self, lens: (usize, usize, usize)) {
         self.codes.truncate(lens.0);
         self.scales.truncate(lens.1);
@@ -177,17 +191,9 @@ pub(super) fn quantize_columns(
     out: &mut Groups,
     scratch: &mut Scratch,
 ) -> Result<(), Anomaly> {
-    let lens = out.lens();
-    let Groups {
-        codes,
-        scales,
-        zeros,
-    } = &mut *out;
-    let res = quantize_columns_inner(x, cols, gs, bits, codes, scales, zeros, scratch);
-    if res.is_err() {
-        out.truncate(lens);
-    }
-    res
+    out.append_or_rollback(|codes, scales, zeros| {
+        quantize_columns_inner(x, cols, gs, bits, codes, scales, zeros, scratch)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -293,17 +299,9 @@ pub(super) fn quantize_rows(
     out: &mut Groups,
     scratch: &mut Scratch,
 ) -> Result<(), Anomaly> {
-    let lens = out.lens();
-    let Groups {
-        codes,
-        scales,
-        zeros,
-    } = &mut *out;
-    let res = quantize_rows_inner(x, cols, gs, bits, codes, scales, zeros, scratch);
-    if res.is_err() {
-        out.truncate(lens);
-    }
-    res
+    out.append_or_rollback(|codes, scales, zeros| {
+        quantize_rows_inner(x, cols, gs, bits, codes, scales, zeros, scratch)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
