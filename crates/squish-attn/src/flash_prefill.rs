@@ -38,8 +38,8 @@
 //!
 //! # Performance
 //! The two matrix products (`Q·Kᵀ` and `P·V`) run through a register-tiled micro-kernel over
-//! packed panels (queries and probabilities in panels of [`MR`] rows, each value replicated over
-//! 4 lanes; keys and values in panels of [`NR`] columns): [`squish_core::ops::matmul_4x8_acc`],
+//! packed panels (queries and probabilities in panels of [`MR`] rows, keys and values in panels
+//! of [`NR`] columns): [`squish_core::ops::matmul_4x8_acc`],
 //! which dispatches at run time to an AVX2 kernel (four 8-lane accumulators, broadcast loads,
 //! multiply then add) with a bit-identical portable SSE2 twin. Inside a tile that crosses the
 //! diagonal, the micro-kernel blocks lying entirely above it are skipped as well, in both
@@ -218,7 +218,7 @@ pub struct FlashOutput {
 /// Reusable tiles of one kernel; their size depends on the configuration only.
 #[derive(Debug, Clone)]
 struct Scratch {
-    /// Packed, pre-scaled query tile: panels `[br_pad / MR][head_dim][MR][LANES]`.
+    /// Packed, pre-scaled query tile: panels `[br_pad / MR][head_dim][MR]`.
     qp: Vec<f32>,
     /// Packed key tile: panels `[bc_pad / NR][head_dim][NR]`.
     kp: Vec<f32>,
@@ -226,7 +226,7 @@ struct Scratch {
     vp: Vec<f32>,
     /// Scores, then probabilities, row-major `[br_pad][bc_pad]`.
     s: Vec<f32>,
-    /// Packed probabilities: panels `[br_pad / MR][bc_pad][MR][LANES]`.
+    /// Packed probabilities: panels `[br_pad / MR][bc_pad][MR]`.
     pp: Vec<f32>,
     /// Output accumulators, row-major `[br_pad][d_pad]`.
     o: Vec<f32>,
@@ -281,11 +281,11 @@ impl FlashPrefillKernel {
         let d_pad = cfg.head_dim.div_ceil(NR) * NR;
         let d = cfg.head_dim;
         let scratch = Scratch {
-            qp: vec![0.0; br_pad * d * LANES],
+            qp: vec![0.0; br_pad * d],
             kp: vec![0.0; bc_pad * d],
             vp: vec![0.0; bc_pad * d_pad],
             s: vec![0.0; br_pad * bc_pad],
-            pp: vec![0.0; br_pad * bc_pad * LANES],
+            pp: vec![0.0; br_pad * bc_pad],
             o: vec![0.0; br_pad * d_pad],
             m: vec![0.0; br_pad],
             l: vec![0.0; br_pad],
@@ -306,8 +306,7 @@ impl FlashPrefillKernel {
 
     /// Bytes of scratch the kernel holds, measured from its buffers. It depends on `q_tile`,
     /// `kv_tile` and `head_dim` only, never on the sequence length: about
-    /// `4·(5·q_tile·kv_tile + (5·q_tile + 2·kv_tile)·head_dim)` bytes (the query and probability
-    /// panels are stored 4× replicated, see the module docs).
+    /// `4·(2·q_tile·kv_tile + (2·q_tile + 2·kv_tile)·head_dim)` bytes.
     pub fn scratch_bytes(&self) -> usize {
         let s = &self.scratch;
         [&s.qp, &s.kp, &s.vp, &s.s, &s.pp, &s.o, &s.m, &s.l, &s.alpha]
@@ -567,7 +566,7 @@ impl FlashPrefillKernel {
         for i0 in (0..shape.q_len).step_by(br) {
             let rows = br.min(shape.q_len - i0);
             let row_panels = rows.div_ceil(MR);
-            pack_panels_bc(&q[i0 * d..], d, d, rows, qscale, &mut sc.qp);
+            pack_panels::<MR>(&q[i0 * d..], d, d, rows, qscale, &mut sc.qp);
             sc.m[..rows].fill(f32::NEG_INFINITY);
             sc.l[..rows].fill(0.0);
             sc.o[..row_panels * MR * d_pad].fill(0.0);
@@ -587,7 +586,7 @@ impl FlashPrefillKernel {
                 };
 
                 // S = (scale·log2e·Q) Kᵀ, tile by tile of the micro-kernel.
-                let qpanels = sc.qp[..row_panels * MR * LANES * d].chunks_exact(MR * LANES * d);
+                let qpanels = sc.qp[..row_panels * MR * d].chunks_exact(MR * d);
                 for (rp, qpanel) in qpanels.enumerate() {
                     let vis_panels = visible(rp).div_ceil(NR);
                     let kpanels = sc.kp[..vis_panels * NR * d].chunks_exact(NR * d);
@@ -629,7 +628,7 @@ impl FlashPrefillKernel {
                 }
 
                 // Pack P into row panels: pp[rp][j][r][lane].
-                pack_panels_bc(&sc.s, bc_pad, cols, row_panels * MR, 1.0, &mut sc.pp);
+                pack_panels::<MR>(&sc.s, bc_pad, cols, row_panels * MR, 1.0, &mut sc.pp);
 
                 // O = diag(alpha) O + P V.
                 // Columns past `visible(rp)` hold p = 0 for every row of the panel.
@@ -638,7 +637,7 @@ impl FlashPrefillKernel {
                     if vis == 0 {
                         continue; // every row of the panel has alpha = 1 and no new mass
                     }
-                    let ppanel = &sc.pp[rp * MR * LANES * cols..][..MR * LANES * vis];
+                    let ppanel = &sc.pp[rp * MR * cols..][..MR * vis];
                     let alpha: &[f32; MR] = first_array(&sc.alpha[rp * MR..]);
                     for dp in 0..d_pad / NR {
                         let vpanel = &sc.vp[dp * bc_pad * NR..][..vis * NR];
@@ -682,55 +681,14 @@ fn first_array<const N: usize>(s: &[f32]) -> &[f32; N] {
     &head[0]
 }
 
-/// `acc[r][j] += Σ_p a[p][r] · b[p][j]` over packed panels `a = [K][MR][LANES]` (each value
-/// replicated over `LANES`), `b = [K][NR]`: the register-tiled micro-kernel of both matrix
-/// products, [`ops::matmul_4x8_acc`] (runtime-dispatched AVX2, bit-identical portable twin).
+/// `acc[r][j] += Σ_p a[p][r] · b[p][j]` over packed panels `a = [K][MR]`, `b = [K][NR]`: the
+/// register-tiled micro-kernel of both matrix products, [`ops::matmul_4x8_acc`]
+/// (runtime-dispatched AVX2 with broadcast loads, bit-identical portable twin).
 #[inline(always)]
 fn micro(a: &[f32], b: &[f32], acc: &mut [[f32; NR]; MR]) {
     const _: () = assert!(MR == 4 && NR == 8, "the micro-kernel is squish_core's 4x8");
-    let k = (a.len() / AW).min(b.len() / NR);
-    ops::matmul_4x8_acc(&a[..k * AW], LANES, &b[..k * NR], acc);
-}
-
-/// Lanes of the target's vector registers that the packed A operand is replicated over.
-const LANES: usize = 4;
-/// Floats per k-step of a packed A panel.
-const AW: usize = MR * LANES;
-
-/// As `pack_panels::<MR>` but each value replicated `LANES` times: `dst = [panels][n][MR][LANES]`.
-fn pack_panels_bc(src: &[f32], ld: usize, n: usize, nrows: usize, scale: f32, dst: &mut [f32]) {
-    for (p, panel) in dst
-        .chunks_exact_mut(AW * n)
-        .take(nrows.div_ceil(MR))
-        .enumerate()
-    {
-        let r0 = p * MR;
-        let (out, _) = panel.as_chunks_mut::<AW>();
-        if r0 + MR <= nrows {
-            let rows: [&[f32]; MR] = std::array::from_fn(|r| &src[(r0 + r) * ld..][..n]);
-            for (c, o) in out.iter_mut().enumerate() {
-                for r in 0..MR {
-                    let v = rows[r][c] * scale;
-                    for x in &mut o[r * LANES..r * LANES + LANES] {
-                        *x = v;
-                    }
-                }
-            }
-        } else {
-            for (c, o) in out.iter_mut().enumerate() {
-                for r in 0..MR {
-                    let v = if r0 + r < nrows {
-                        src[(r0 + r) * ld + c] * scale
-                    } else {
-                        0.0
-                    };
-                    for x in &mut o[r * LANES..r * LANES + LANES] {
-                        *x = v;
-                    }
-                }
-            }
-        }
-    }
+    let k = (a.len() / MR).min(b.len() / NR);
+    ops::matmul_4x8_acc(&a[..k * MR], 1, &b[..k * NR], acc);
 }
 
 /// Packs the first `nrows` rows of `src` (row `i` is `src[i·ld..][..n]`) into panels of `W`
