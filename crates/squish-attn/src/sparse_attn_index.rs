@@ -357,7 +357,7 @@ impl SparseAttnIndex {
                     store.page_min.extend_from_slice(&rows[..d]);
                     store.page_max.extend_from_slice(&rows[..d]);
                 }
-                finite &= fold_min_max(
+                finite &= ops::fold_min_max(
                     rows,
                     &mut store.page_min[p * d..(p + 1) * d],
                     &mut store.page_max[p * d..(p + 1) * d],
@@ -495,53 +495,6 @@ impl SparseAttnIndex {
         out.query = query;
         Ok(())
     }
-}
-
-/// Folds the rows of `rows` (each `lo.len()` wide) into the elementwise minima `lo` and maxima
-/// `hi`, and returns whether every element of `rows` is finite. Works on 16-column strips held
-/// in registers across all rows, so the min/max run as vector selects; finiteness is the sum of
-/// `x − x`, which is 0 for finite `x` and NaN for NaN or ±inf.
-#[allow(clippy::eq_op, clippy::needless_range_loop)] // `x - x` is the finiteness probe; fixed-size strips index by lane
-fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool {
-    const W: usize = 16;
-    let d = lo.len();
-    let mut z = [0.0f32; W];
-    let mut z_rest = 0.0f32;
-    let strips = d / W;
-    for c in 0..strips {
-        let cols = c * W..(c + 1) * W;
-        let mut l = [0.0f32; W];
-        let mut h = [0.0f32; W];
-        l.copy_from_slice(&lo[cols.clone()]);
-        h.copy_from_slice(&hi[cols.clone()]);
-        for row in rows.chunks_exact(d) {
-            // Always `Some`: the strip lies inside the row.
-            if let Some(x) = row[c * W..].first_chunk::<W>() {
-                for i in 0..W {
-                    l[i] = if x[i] < l[i] { x[i] } else { l[i] };
-                    h[i] = if x[i] > h[i] { x[i] } else { h[i] };
-                    z[i] += x[i] - x[i];
-                }
-            }
-        }
-        lo[cols.clone()].copy_from_slice(&l);
-        hi[cols].copy_from_slice(&h);
-    }
-    let rest = strips * W;
-    if rest < d {
-        for row in rows.chunks_exact(d) {
-            for ((l, h), &x) in lo[rest..]
-                .iter_mut()
-                .zip(hi[rest..].iter_mut())
-                .zip(&row[rest..])
-            {
-                *l = if x < *l { x } else { *l };
-                *h = if x > *h { x } else { *h };
-                z_rest += x - x;
-            }
-        }
-    }
-    z_rest == 0.0 && z.iter().all(|&v| v == 0.0)
 }
 
 /// Quest selection for one row: bounds of every page, the best pages, exact top-k inside them.

@@ -98,6 +98,48 @@ pub fn dot_rows_into(x: &[f32], rows: &[f32], out: &mut [f32]) {
     simd::dot_rows(x, rows, out);
 }
 
+/// Folds contiguous rows into elementwise minima and maxima: for every row `r` of `rows` (rows
+/// of `lo.len()` values) and column `c`, `lo[c] = min(lo[c], rows[r][c])` and
+/// `hi[c] = max(hi[c], rows[r][c])`. Returns `true` when every element of `rows` is finite: one
+/// pass yields the page summaries of a key index and its input check.
+///
+/// For finite input the result is exact on every path (min and max do not round). When the
+/// function returns `false`, the contents of `lo` and `hi` are unspecified; validate with
+/// [`check_finite`](crate::check_finite) to find the offending element.
+///
+/// # Panics
+/// If `hi.len() != lo.len()`, or `rows.len()` is not a multiple of `lo.len()` (for an empty
+/// `lo`, `rows` must be empty).
+///
+/// # Performance
+/// Runtime-dispatched AVX2 (strips of 32 columns held in registers across all rows, the
+/// finiteness probe `Σ (x − x)` in the same pass); allocation-free, one read of `rows`.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::fold_min_max;
+/// let rows = [1.0, -2.0, 3.0, 0.5, -4.0, 9.0];
+/// let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
+/// assert!(fold_min_max(&rows, &mut lo, &mut hi));
+/// assert_eq!((lo, hi), ([-4.0, -2.0], [3.0, 9.0]));
+/// assert!(!fold_min_max(&[f32::NAN, 0.0], &mut lo, &mut hi));
+/// ```
+pub fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool {
+    assert_eq!(lo.len(), hi.len(), "fold_min_max: lo and hi lengths differ");
+    if lo.is_empty() {
+        assert!(rows.is_empty(), "fold_min_max: rows given for zero columns");
+        return true;
+    }
+    assert_eq!(
+        rows.len() % lo.len(),
+        0,
+        "fold_min_max: {} values are not rows of {}",
+        rows.len(),
+        lo.len()
+    );
+    simd::fold_min_max(rows, lo, hi)
+}
+
 /// The register-tiled micro-kernel of a small matrix product:
 /// `acc[r][j] += Σ_k a[k][r] · b[k][j]` for a 4-row panel `a` and an 8-column panel `b`.
 ///

@@ -10,7 +10,9 @@
 //! Kernels: [`dot`], [`axpy`], the GGML block quantisers' inner loops, the exponential pass of softmax / log-sum-exp
 //! ([`exp_shifted_into`], [`exp_shifted_in_place`], [`exp_shifted_sum`]:
 //! `exp((xᵢ - m) · inv_t)` and its sum), and the squared distances of k-means ([`sq_dist`],
-//! [`nearest`]). `max` is not here: the portable lane-maximum loop already
+//! [`nearest`]); in `simd/rows.rs`, the row-batched [`dot_rows`] (eight rows share one
+//! transposed horizontal sum, bit-identical to [`dot`] per row) and [`fold_min_max`] (page
+//! minima / maxima with the finiteness probe in the same pass). `max` is not here: the portable lane-maximum loop already
 //! compiles to packed SSE compares and runs at ~0.05 ns per element, far below the exponentials.
 //!
 //! # Agreement with the scalar twins
@@ -146,7 +148,7 @@ pub(crate) fn dot_rows(x: &[f32], rows: &[f32], out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected.
-        Isa::Avx2Fma => unsafe { x86::dot_rows_avx2_fma(x, rows, out) },
+        Isa::Avx2Fma => unsafe { rows::x86::dot_rows_avx2_fma(x, rows, out) },
         Isa::Scalar => {
             for (o, r) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
                 *o = dot_scalar(x, r);
@@ -543,6 +545,9 @@ pub(crate) fn q4_0_codes(isa: Isa, x: &[f32; 32], id: f32, qs: &mut [u8; 16]) {
     }
 }
 
+mod rows;
+pub(crate) use rows::fold_min_max;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
@@ -707,14 +712,6 @@ mod x86 {
                 // SAFETY: `y` holds 32 floats, so the 8 at 8*j (j < 4) are in bounds.
                 unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(8 * j), v) };
             }
-        }
-    }
-
-    /// [`dot_avx2_fma`] of `x` against each row, inlined into one AVX2 function.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dot_rows_avx2_fma(x: &[f32], rows: &[f32], out: &mut [f32]) {
-        for (o, r) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
-            *o = dot_avx2_fma(x, r);
         }
     }
 

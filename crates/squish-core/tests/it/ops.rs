@@ -418,3 +418,30 @@ fn dot_rows_equals_dot_per_row() {
         }
     });
 }
+
+/// `k` between `n / 16` and `n / 4` (selection narrowed by a sampled threshold), with ties,
+/// signed zeros, infinities and adversarial orders (sorted, reversed, one repeated value), against
+/// the full-sort oracle.
+#[test]
+fn top_k_mid_k_equals_full_sort() {
+    let mut out = Vec::new();
+    check("ops_top_k_mid_k", 150, |rng| {
+        let n = rng.random_range(16..3000);
+        let mut x: Vec<f32> = match rng.random_range(0..5) {
+            0 => (0..n)
+                .map(|_| rng.random_range(0..7) as f32 - 3.0)
+                .collect(),
+            1 => (0..n).map(|i| i as f32).collect(),
+            2 => (0..n).map(|i| -(i as f32)).collect(),
+            3 => vec![1.5; n],
+            _ => normal_vec(rng, n, 0.0, 1.0),
+        };
+        for _ in 0..3 {
+            let i = rng.random_range(0..n);
+            x[i] = [f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0][rng.random_range(0..4)];
+        }
+        let k = rng.random_range(n / 16..=n / 4).max(1);
+        top_k_into(&x, k, &mut out);
+        assert_eq!(out, top_k_oracle(&x, k), "n={n} k={k}");
+    });
+}
