@@ -69,6 +69,7 @@ pub use ggml::{
 pub use grouped::{
     GroupAxis, GroupedQuantConfig, GroupedQuantized, quantize_grouped, quantize_grouped_into,
 };
+pub use grouped::{dequantize_grouped_slices, quantize_grouped_slices};
 pub use pack::{QuantBits, pack_codes, unpack_codes};
 
 pub(crate) use ggml::{

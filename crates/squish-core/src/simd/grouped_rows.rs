@@ -1,0 +1,1037 @@
+//! Kernels of grouped asymmetric (KIVI) quantisation on byte-aligned rows: group minimum and
+//! maximum, the fast encoder (multiply by the reciprocal scale, magic-number rounding, a
+//! certainty check per row) with bit packing, and decode with unpacking. Used by
+//! [`crate::quant::quantize_grouped_slices`] and [`crate::quant::dequantize_grouped_slices`].
+//!
+//! Every kernel has a scalar twin (`*_scalar`) doing the same `f32` operations element by
+//! element in the same order (minimum / maximum reductions included), so the AVX2 versions are
+//! **bit-identical** to them, NaN propagation included; the tests check this on random data
+//! with NaN, infinities, signed zeros and near-ties.
+//!
+//! # The fast code
+//! `t = (v - z) * inv` (separate multiply and subtract, no FMA), `r = t + 1.5 * 2^23`; the code
+//! is the low byte of `r`'s bits (`round_ties_even(t)`), and the element is *certain* when
+//! `|t - (r - 1.5 * 2^23)| <= 0.5 - 2^-13` (compared as bit patterns, so NaN is uncertain). The
+//! encoders report the first row holding an uncertain element; the caller re-encodes that row
+//! with the exact expression (see `quant::grouped`).
+//!
+//! # Layout
+//! `x` is `[rows, cols]` row-major with `cols % 4 == 0`; packed rows are
+//! `bits.packed_len(cols)` bytes each (rows start on a byte since `cols` is a multiple of every
+//! `codes_per_byte`), codes packed as by [`crate::quant::pack_codes`]. Per-column parameters
+//! (`*_cols`) are `cols` long; per-group parameters (`*_groups`) hold `cols / gs` groups per row.
+
+use super::Isa;
+use crate::quant::{QuantBits, pack_codes, unpack_codes};
+
+/// `1.5 * 2^23`: adding it to a float in `[0, 2^22)` rounds it to an integer (ties to even)
+/// held in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+/// Bit pattern of `0.5 - 2^-13`, the largest accepted distance of a fast code from `t`.
+const LIM_BITS: u32 = (0.5f32 - 1.0 / 8192.0).to_bits();
+/// Elements per stack buffer of the scalar twins.
+const CHUNK: usize = 256;
+
+/// The fast code of `v` (low byte of the rounded value); ORs into `bad` a word whose sign bit
+/// is set if the code is uncertain.
+#[inline(always)]
+fn fast_code(v: f32, z: f32, inv: f32, bad: &mut u32) -> u8 {
+    let t = (v - z) * inv;
+    let r = t + MAGIC;
+    *bad |= LIM_BITS.wrapping_sub((t - (r - MAGIC)).to_bits() & 0x7fff_ffff);
+    r.to_bits() as u8
+}
+
+#[inline(always)]
+fn min2(a: f32, b: f32) -> f32 {
+    if a < b { a } else { b }
+}
+
+#[inline(always)]
+fn max2(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+/// Per-column minimum and maximum of `x` (`[rows, cols]`, `rows >= 1`) into `los` / `his`
+/// (`cols` each), row by row: `lo = if v < lo { v } else { lo }` (a NaN survives only in the
+/// first row).
+pub(crate) fn column_min_max(isa: Isa, x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+    assert!(cols > 0 && x.len() >= cols && x.len().is_multiple_of(cols));
+    assert!(los.len() == cols && his.len() == cols);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::column_min_max_avx2(x, cols, los, his) },
+        Isa::Scalar => column_min_max_scalar(x, cols, los, his),
+    }
+}
+
+/// Scalar twin of [`column_min_max`].
+pub(crate) fn column_min_max_scalar(x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+    los.copy_from_slice(&x[..cols]);
+    his.copy_from_slice(&x[..cols]);
+    for row in x.chunks_exact(cols).skip(1) {
+        for ((lo, hi), &v) in los.iter_mut().zip(his.iter_mut()).zip(row) {
+            *lo = min2(v, *lo);
+            *hi = max2(v, *hi);
+        }
+    }
+}
+
+/// Minimum and maximum of each group of `gs` consecutive values of `x` into `los` / `his`
+/// (`x.len() / gs` each). Per group: eight lanes (`lo[k] = min(v, lo[k])` over chunks of 8,
+/// starting from the first chunk), reduced as `min(min(l[0], l[2]), min(l[1], l[3]))` with
+/// `l[k] = min(lo[k], lo[k + 4])`, then the `gs % 8` remaining values in order; groups shorter
+/// than 8 fold from their first value.
+pub(crate) fn group_min_max(isa: Isa, x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+    assert!(gs > 0 && x.len().is_multiple_of(gs));
+    assert!(los.len() == x.len() / gs && his.len() == los.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
+            x86::group_min_max_avx2(x, gs, los, his);
+        },
+        _ => group_min_max_scalar(x, gs, los, his),
+    }
+}
+
+/// Scalar twin of [`group_min_max`].
+pub(crate) fn group_min_max_scalar(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+    for ((g, lo), hi) in x.chunks_exact(gs).zip(los).zip(his) {
+        (*lo, *hi) = min_max8(g);
+    }
+}
+
+/// Minimum and maximum of one non-empty group (the reduction of [`group_min_max`]).
+#[inline(always)]
+fn min_max8(x: &[f32]) -> (f32, f32) {
+    let (chunks, rest) = x.as_chunks::<8>();
+    let Some((first, chunks)) = chunks.split_first() else {
+        return x
+            .iter()
+            .fold((x[0], x[0]), |(l, h), &v| (min2(v, l), max2(v, h)));
+    };
+    let (mut lo, mut hi) = (*first, *first);
+    for c in chunks {
+        for k in 0..8 {
+            lo[k] = min2(c[k], lo[k]);
+        }
+        for k in 0..8 {
+            hi[k] = max2(c[k], hi[k]);
+        }
+    }
+    let l4: [f32; 4] = std::array::from_fn(|k| min2(lo[k], lo[k + 4]));
+    let h4: [f32; 4] = std::array::from_fn(|k| max2(hi[k], hi[k + 4]));
+    let mut l = min2(min2(l4[0], l4[2]), min2(l4[1], l4[3]));
+    let mut h = max2(max2(h4[0], h4[2]), max2(h4[1], h4[3]));
+    for &v in rest {
+        l = min2(v, l);
+        h = max2(v, h);
+    }
+    (l, h)
+}
+
+/// Fast codes of `x` (`[rows, cols]`) against per-column zero-points `zs` and reciprocal
+/// scales `invs`, packed at `bits` into `packed` (`rows * bits.packed_len(cols)` bytes).
+/// Returns the first row holding an uncertain code (rows before it are written; it and later
+/// rows are not meaningful), or `None`.
+pub(crate) fn encode_cols(
+    isa: Isa,
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    zs: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Option<usize> {
+    assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
+    assert!(zs.len() == cols && invs.len() == cols);
+    assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::encode_avx2::<false>(bits, x, cols, 8, zs, invs, packed) },
+        Isa::Scalar => encode_cols_scalar(bits, x, cols, zs, invs, packed),
+    }
+}
+
+/// Scalar twin of [`encode_cols`].
+pub(crate) fn encode_cols_scalar(
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    zs: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Option<usize> {
+    encode_scalar(bits, x, cols, 0, zs, invs, packed)
+}
+
+/// As [`encode_cols`] with one zero-point and reciprocal scale per group of `gs` consecutive
+/// values of a row (`zs`, `invs`: `rows * cols / gs` each, `cols % gs == 0`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_groups(
+    isa: Isa,
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Option<usize> {
+    assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
+    assert!(gs > 0 && cols.is_multiple_of(gs));
+    assert!(zs.len() == x.len() / gs && invs.len() == zs.len());
+    assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
+            x86::encode_avx2::<true>(bits, x, cols, gs, zs, invs, packed)
+        },
+        _ => encode_groups_scalar(bits, x, cols, gs, zs, invs, packed),
+    }
+}
+
+/// Scalar twin of [`encode_groups`].
+pub(crate) fn encode_groups_scalar(
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Option<usize> {
+    encode_scalar(bits, x, cols, gs, zs, invs, packed)
+}
+
+/// The parameter index of column `c` of row `r`: per column (`gs == 0`) or per group.
+#[inline(always)]
+fn param_index(r: usize, c: usize, cols: usize, gs: usize) -> usize {
+    (r * cols + c).checked_div(gs).unwrap_or(c)
+}
+
+/// Both scalar encoders; `gs == 0` selects per-column parameters.
+fn encode_scalar(
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Option<usize> {
+    let row_bytes = bits.packed_len(cols);
+    let mut buf = [0u8; CHUNK];
+    for (r, (row, out)) in x
+        .chunks_exact(cols)
+        .zip(packed.chunks_exact_mut(row_bytes))
+        .enumerate()
+    {
+        let mut bad = 0u32;
+        for (k, xs) in row.chunks(CHUNK).enumerate() {
+            let c0 = k * CHUNK;
+            let b = &mut buf[..xs.len()];
+            for (i, (o, &v)) in b.iter_mut().zip(xs).enumerate() {
+                let p = param_index(r, c0 + i, cols, gs);
+                *o = fast_code(v, zs[p], invs[p], &mut bad);
+            }
+            let start = bits.packed_len(c0);
+            pack_codes(b, bits, &mut out[start..start + bits.packed_len(xs.len())]);
+        }
+        if bad >> 31 != 0 {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// Decodes `packed` (`rows` packed rows of `cols` codes) into `out` (`[rows, cols]`) as
+/// `z + code * s` (multiply then add, no FMA) with per-column `zs` / `ss` (`cols` each).
+pub(crate) fn decode_cols(
+    isa: Isa,
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    assert!(cols > 0 && cols.is_multiple_of(4) && out.len().is_multiple_of(cols));
+    assert!(zs.len() == cols && ss.len() == cols);
+    assert_eq!(packed.len(), out.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::decode_avx2::<false>(bits, packed, cols, 8, zs, ss, out) },
+        Isa::Scalar => decode_cols_scalar(bits, packed, cols, zs, ss, out),
+    }
+}
+
+/// Scalar twin of [`decode_cols`].
+pub(crate) fn decode_cols_scalar(
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    decode_scalar(bits, packed, cols, 0, zs, ss, out);
+}
+
+/// As [`decode_cols`] with one zero-point and scale per group of `gs` consecutive values of a
+/// row (`rows * cols / gs` each, `cols % gs == 0`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_groups(
+    isa: Isa,
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    assert!(cols > 0 && cols.is_multiple_of(4) && out.len().is_multiple_of(cols));
+    assert!(gs > 0 && cols.is_multiple_of(gs));
+    assert!(zs.len() == out.len() / gs && ss.len() == zs.len());
+    assert_eq!(packed.len(), out.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
+            x86::decode_avx2::<true>(bits, packed, cols, gs, zs, ss, out);
+        },
+        _ => decode_groups_scalar(bits, packed, cols, gs, zs, ss, out),
+    }
+}
+
+/// Scalar twin of [`decode_groups`].
+pub(crate) fn decode_groups_scalar(
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    decode_scalar(bits, packed, cols, gs, zs, ss, out);
+}
+
+/// Both scalar decoders; `gs == 0` selects per-column parameters.
+fn decode_scalar(
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    let row_bytes = bits.packed_len(cols);
+    let mut buf = [0u8; CHUNK];
+    for (r, (y, cs)) in out
+        .chunks_exact_mut(cols)
+        .zip(packed.chunks_exact(row_bytes))
+        .enumerate()
+    {
+        for (k, yk) in y.chunks_mut(CHUNK).enumerate() {
+            let c0 = k * CHUNK;
+            let b = &mut buf[..yk.len()];
+            let p = bits.packed_len(c0);
+            unpack_codes(&cs[p..p + bits.packed_len(yk.len())], bits, b);
+            for (i, (o, &c)) in yk.iter_mut().zip(&*b).enumerate() {
+                let g = param_index(r, c0 + i, cols, gs);
+                *o = zs[g] + f32::from(c) * ss[g];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m256, __m256i, _mm_cvtss_f32, _mm_loadl_epi64, _mm_max_ps, _mm_max_ss, _mm_min_ps,
+        _mm_min_ss, _mm_movehl_ps, _mm_packus_epi16, _mm_packus_epi32, _mm_shuffle_ps,
+        _mm_storel_epi64, _mm_storeu_si128, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256,
+        _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmpgt_epi32,
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256,
+        _mm256_loadu_ps, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_epu32, _mm256_max_ps,
+        _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_packus_epi16, _mm256_packus_epi32,
+        _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_si256, _mm256_srlv_epi32, _mm256_storeu_ps,
+        _mm256_storeu_si256, _mm256_sub_ps,
+    };
+
+    use super::{LIM_BITS, MAGIC, QuantBits, fast_code, max2, min2, param_index};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn column_min_max_avx2(x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+        let rows = x.len() / cols;
+        let mut c0 = 0;
+        // Strips of 32 channels held in registers down the rows.
+        while c0 + 32 <= cols {
+            // SAFETY: row 0 holds `cols >= c0 + 32` values from `x`'s start; unaligned loads.
+            let mut lo = unsafe {
+                [
+                    _mm256_loadu_ps(x.as_ptr().add(c0)),
+                    _mm256_loadu_ps(x.as_ptr().add(c0 + 8)),
+                    _mm256_loadu_ps(x.as_ptr().add(c0 + 16)),
+                    _mm256_loadu_ps(x.as_ptr().add(c0 + 24)),
+                ]
+            };
+            let mut hi = lo;
+            for r in 1..rows {
+                for k in 0..4 {
+                    // SAFETY: `r < rows` and `c0 + 8k + 8 <= cols`, so in bounds.
+                    let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(r * cols + c0 + 8 * k)) };
+                    lo[k] = _mm256_min_ps(v, lo[k]);
+                    hi[k] = _mm256_max_ps(v, hi[k]);
+                }
+            }
+            for k in 0..4 {
+                // SAFETY: `c0 + 8k + 8 <= cols` = the slices' lengths; unaligned stores.
+                unsafe {
+                    _mm256_storeu_ps(los.as_mut_ptr().add(c0 + 8 * k), lo[k]);
+                    _mm256_storeu_ps(his.as_mut_ptr().add(c0 + 8 * k), hi[k]);
+                }
+            }
+            c0 += 32;
+        }
+        while c0 + 8 <= cols {
+            // SAFETY: as above with one register.
+            let mut lo = unsafe { _mm256_loadu_ps(x.as_ptr().add(c0)) };
+            let mut hi = lo;
+            for r in 1..rows {
+                // SAFETY: `r < rows`, `c0 + 8 <= cols`.
+                let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(r * cols + c0)) };
+                lo = _mm256_min_ps(v, lo);
+                hi = _mm256_max_ps(v, hi);
+            }
+            // SAFETY: `c0 + 8 <= cols`.
+            unsafe {
+                _mm256_storeu_ps(los.as_mut_ptr().add(c0), lo);
+                _mm256_storeu_ps(his.as_mut_ptr().add(c0), hi);
+            }
+            c0 += 8;
+        }
+        for c in c0..cols {
+            let (mut lo, mut hi) = (x[c], x[c]);
+            for r in 1..rows {
+                let v = x[r * cols + c];
+                lo = min2(v, lo);
+                hi = max2(v, hi);
+            }
+            los[c] = lo;
+            his[c] = hi;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn group_min_max_avx2(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+        for (g, (lo_out, hi_out)) in x.chunks_exact(gs).zip(los.iter_mut().zip(his)) {
+            // SAFETY: `gs % 8 == 0` and `gs > 0`, so each 8-value load at `8j < gs` is in the
+            // group; unaligned loads.
+            let mut lo = unsafe { _mm256_loadu_ps(g.as_ptr()) };
+            let mut hi = lo;
+            let mut j = 8;
+            while j < gs {
+                // SAFETY: `j + 8 <= gs`.
+                let v = unsafe { _mm256_loadu_ps(g.as_ptr().add(j)) };
+                lo = _mm256_min_ps(v, lo);
+                hi = _mm256_max_ps(v, hi);
+                j += 8;
+            }
+            // min(lo[k], lo[k + 4]), then min(min(l0, l2), min(l1, l3)): the twin's order.
+            let l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+            let h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+            let l2 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+            let h2 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+            *lo_out = _mm_cvtss_f32(_mm_min_ss(l2, _mm_shuffle_ps::<0b01>(l2, l2)));
+            *hi_out = _mm_cvtss_f32(_mm_max_ss(h2, _mm_shuffle_ps::<0b01>(h2, h2)));
+        }
+    }
+
+    /// Eight fast codes (one per `i32` lane, masked to `mask`, the largest code); folds the
+    /// bit patterns of their distances `|t - round(t)|` into `worst` (unsigned maximum, so a
+    /// NaN, whose pattern exceeds every finite one, is kept).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn codes8(v: __m256, z: __m256, inv: __m256, mask: __m256i, worst: &mut __m256i) -> __m256i {
+        let magic = _mm256_set1_ps(MAGIC);
+        let t = _mm256_mul_ps(_mm256_sub_ps(v, z), inv);
+        let r = _mm256_add_ps(t, magic);
+        let d = _mm256_castps_si256(_mm256_sub_ps(t, _mm256_sub_ps(r, magic)));
+        let abs = _mm256_and_si256(d, _mm256_set1_epi32(0x7fff_ffff));
+        *worst = _mm256_max_epu32(*worst, abs);
+        _mm256_and_si256(_mm256_castps_si256(r), mask)
+    }
+
+    /// Whether some lane of `worst` lies farther than the certainty limit from its code.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn uncertain(worst: __m256i) -> bool {
+        let over = _mm256_cmpgt_epi32(worst, _mm256_set1_epi32(LIM_BITS as i32));
+        _mm256_movemask_ps(_mm256_castsi256_ps(over)) != 0
+    }
+
+    /// Packs 32 codes (four registers of `i32` codes in `0..=max_code`, in order) at `B` bits
+    /// into `out` (`4 * B` bytes).
+    ///
+    /// # Safety
+    /// `out` must be valid for writing `4 * B` bytes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store32<const B: u32>(c: [__m256i; 4], out: *mut u8) {
+        // i32 -> u16 -> u8 packs interleave 128-bit lanes; the permutation restores order.
+        let p01 = _mm256_packus_epi32(c[0], c[1]);
+        let p23 = _mm256_packus_epi32(c[2], c[3]);
+        let b = _mm256_packus_epi16(p01, p23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        if B == 8 {
+            // SAFETY: the caller provides 32 writable bytes; unaligned store.
+            unsafe { _mm256_storeu_si256(out.cast(), b) };
+        } else if B == 4 {
+            // b0 + 16 * b1 per byte pair.
+            let w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));
+            let lo = _mm256_castsi256_si128(w);
+            let hi = _mm256_extracti128_si256::<1>(w);
+            // SAFETY: the caller provides 16 writable bytes; unaligned store.
+            unsafe { _mm_storeu_si128(out.cast(), _mm_packus_epi16(lo, hi)) };
+        } else {
+            // (b0 + 4 b1) + 16 (b2 + 4 b3) per byte quadruple.
+            let w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x0401));
+            let d = _mm256_madd_epi16(w, _mm256_set1_epi32(0x0010_0001));
+            let lo = _mm256_castsi256_si128(d);
+            let hi = _mm256_extracti128_si256::<1>(d);
+            let h = _mm_packus_epi32(lo, hi);
+            // SAFETY: the caller provides 8 writable bytes; the low 8 bytes are stored.
+            unsafe { _mm_storel_epi64(out.cast(), _mm_packus_epi16(h, h)) };
+        }
+    }
+
+    /// Walks the groups of a row eight values at a time (`gs % 8 == 0`).
+    struct Cursor {
+        g: usize,
+        rem: usize,
+        gs: usize,
+    }
+
+    impl Cursor {
+        #[inline(always)]
+        fn new(gs: usize) -> Self {
+            Self { g: 0, rem: 0, gs }
+        }
+
+        /// Group of the next eight values.
+        #[inline(always)]
+        fn next8(&mut self) -> usize {
+            if self.rem == self.gs {
+                self.g += 1;
+                self.rem = 0;
+            }
+            self.rem += 8;
+            self.g
+        }
+    }
+
+    /// Zero-point and reciprocal (or scale) registers of the 8 values at column `c` of a row:
+    /// loaded per column, or broadcast from the cursor's group (`GROUPED`). `a` and `b` are the
+    /// row's parameters.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn params8<const GROUPED: bool>(
+        a: &[f32],
+        b: &[f32],
+        c: usize,
+        cur: &mut Cursor,
+    ) -> (__m256, __m256) {
+        if GROUPED {
+            let g = cur.next8();
+            (_mm256_set1_ps(a[g]), _mm256_set1_ps(b[g]))
+        } else {
+            let (a8, b8) = (&a[c..c + 8], &b[c..c + 8]);
+            // SAFETY: both slices are 8 floats long; unaligned loads.
+            unsafe { (_mm256_loadu_ps(a8.as_ptr()), _mm256_loadu_ps(b8.as_ptr())) }
+        }
+    }
+
+    /// The parameters of row `r`: all `cols` of them per column, its groups if `GROUPED`.
+    #[inline(always)]
+    fn row_params<const GROUPED: bool>(p: &[f32], r: usize, per_row: usize) -> &[f32] {
+        if GROUPED {
+            &p[r * per_row..(r + 1) * per_row]
+        } else {
+            p
+        }
+    }
+
+    /// AVX2 twin of `encode_scalar`: per-column parameters, or per group (`GROUPED`,
+    /// `gs % 8 == 0`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn encode_avx2<const GROUPED: bool>(
+        bits: QuantBits,
+        x: &[f32],
+        cols: usize,
+        gs: usize,
+        zs: &[f32],
+        invs: &[f32],
+        packed: &mut [u8],
+    ) -> Option<usize> {
+        match bits {
+            QuantBits::B8 => encode_bits::<8, GROUPED>(x, cols, gs, zs, invs, packed),
+            QuantBits::B4 => encode_bits::<4, GROUPED>(x, cols, gs, zs, invs, packed),
+            QuantBits::B2 => encode_bits::<2, GROUPED>(x, cols, gs, zs, invs, packed),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn encode_bits<const B: u32, const GROUPED: bool>(
+        x: &[f32],
+        cols: usize,
+        gs: usize,
+        zs: &[f32],
+        invs: &[f32],
+        packed: &mut [u8],
+    ) -> Option<usize> {
+        let bits = quant_bits::<B>();
+        let row_bytes = bits.packed_len(cols);
+        let per_row = cols / gs;
+        // Codes keep their low `bits` bits, as `pack_codes` stores them.
+        let mask = _mm256_set1_epi32(i32::from(bits.max_code()));
+        let main = cols / 32 * 32;
+        for (r, (row, out)) in x
+            .chunks_exact(cols)
+            .zip(packed.chunks_exact_mut(row_bytes))
+            .enumerate()
+        {
+            let (rz, ri) = (
+                row_params::<GROUPED>(zs, r, per_row),
+                row_params::<GROUPED>(invs, r, per_row),
+            );
+            let mut worst = _mm256_setzero_si256();
+            let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
+            if GROUPED && gs.is_multiple_of(32) {
+                // Whole blocks of 32 inside each group: one broadcast per group.
+                for (g, (&z, &inv)) in rz.iter().zip(ri).enumerate() {
+                    let (z, inv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
+                    let mut c = g * gs;
+                    while c < (g + 1) * gs {
+                        // SAFETY: `c + 32 <= (g + 1) * gs <= cols` = `row.len()`; unaligned.
+                        let v = unsafe {
+                            [
+                                _mm256_loadu_ps(xp.add(c)),
+                                _mm256_loadu_ps(xp.add(c + 8)),
+                                _mm256_loadu_ps(xp.add(c + 16)),
+                                _mm256_loadu_ps(xp.add(c + 24)),
+                            ]
+                        };
+                        let codes = [
+                            codes8(v[0], z, inv, mask, &mut worst),
+                            codes8(v[1], z, inv, mask, &mut worst),
+                            codes8(v[2], z, inv, mask, &mut worst),
+                            codes8(v[3], z, inv, mask, &mut worst),
+                        ];
+                        // SAFETY: the 32 codes at `c` pack into `4 * B` bytes at byte
+                        // `c * B / 8` of the `cols * B / 8`-byte row.
+                        unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                        c += 32;
+                    }
+                }
+            } else {
+                let mut cur = Cursor::new(gs);
+                let mut c = 0;
+                while c < main {
+                    let mut codes = [_mm256_setzero_si256(); 4];
+                    for (k, code) in codes.iter_mut().enumerate() {
+                        let ck = c + 8 * k;
+                        let (z, inv) = params8::<GROUPED>(rz, ri, ck, &mut cur);
+                        // SAFETY: `ck + 8 <= main <= cols` = `row.len()`; unaligned load.
+                        let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
+                        *code = codes8(v, z, inv, mask, &mut worst);
+                    }
+                    // SAFETY: as above.
+                    unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                    c += 32;
+                }
+            }
+            // Tail (a multiple of 4 values, fewer than 32): codes through a stack buffer.
+            if main < cols {
+                let mut buf = [0u8; 32];
+                let n = cols - main;
+                let mut sbad = 0u32;
+                for (i, o) in buf[..n].iter_mut().enumerate() {
+                    let p = param_index(r, main + i, cols, if GROUPED { gs } else { 0 });
+                    *o = fast_code(row[main + i], zs[p], invs[p], &mut sbad);
+                }
+                let o = bits.packed_len(main);
+                super::pack_codes(&buf[..n], bits, &mut out[o..o + bits.packed_len(n)]);
+                if sbad >> 31 != 0 {
+                    return Some(r);
+                }
+            }
+            if uncertain(worst) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// The `QuantBits` of `B` bits.
+    #[inline(always)]
+    const fn quant_bits<const B: u32>() -> QuantBits {
+        match B {
+            8 => QuantBits::B8,
+            4 => QuantBits::B4,
+            _ => QuantBits::B2,
+        }
+    }
+
+    /// Eight codes (as `i32` lanes) packed at `B` bits from `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `B` bytes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_codes8<const B: u32>(p: *const u8) -> __m256i {
+        if B == 8 {
+            // SAFETY: the caller provides 8 readable bytes; `loadl` reads 8, unaligned.
+            _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p.cast()) })
+        } else {
+            let (w, s, m) = if B == 4 {
+                // SAFETY: the caller provides 4 readable bytes.
+                let w = unsafe { p.cast::<u32>().read_unaligned() };
+                (w, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0xf)
+            } else {
+                // SAFETY: the caller provides 2 readable bytes.
+                let w = u32::from(unsafe { p.cast::<u16>().read_unaligned() });
+                (w, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), 3)
+            };
+            _mm256_and_si256(
+                _mm256_srlv_epi32(_mm256_set1_epi32(w as i32), s),
+                _mm256_set1_epi32(m),
+            )
+        }
+    }
+
+    /// `z + code * s` of eight codes at `p`, stored at `y`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `B` bytes and `y` for writing 8 floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn decode8<const B: u32>(p: *const u8, z: __m256, s: __m256, y: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        let f = _mm256_cvtepi32_ps(unsafe { load_codes8::<B>(p) });
+        // SAFETY: forwarded from the caller; unaligned store.
+        unsafe { _mm256_storeu_ps(y, _mm256_add_ps(z, _mm256_mul_ps(f, s))) };
+    }
+
+    /// AVX2 twin of `decode_scalar`: per-column parameters, or per group (`GROUPED`,
+    /// `gs % 8 == 0`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn decode_avx2<const GROUPED: bool>(
+        bits: QuantBits,
+        packed: &[u8],
+        cols: usize,
+        gs: usize,
+        zs: &[f32],
+        ss: &[f32],
+        out: &mut [f32],
+    ) {
+        match bits {
+            QuantBits::B8 => decode_bits::<8, GROUPED>(packed, cols, gs, zs, ss, out),
+            QuantBits::B4 => decode_bits::<4, GROUPED>(packed, cols, gs, zs, ss, out),
+            QuantBits::B2 => decode_bits::<2, GROUPED>(packed, cols, gs, zs, ss, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn decode_bits<const B: u32, const GROUPED: bool>(
+        packed: &[u8],
+        cols: usize,
+        gs: usize,
+        zs: &[f32],
+        ss: &[f32],
+        out: &mut [f32],
+    ) {
+        let bits = quant_bits::<B>();
+        let row_bytes = bits.packed_len(cols);
+        let rows = out.len() / cols;
+        // Byte offset of code `c` in a row.
+        let at = |c: usize| c * B as usize / 8;
+        let (pp, yp) = (packed.as_ptr(), out.as_mut_ptr());
+        let main = cols / 8 * 8;
+        if GROUPED {
+            // One broadcast per group, `gs / 8` steps inside it.
+            let per_row = cols / gs;
+            for r in 0..rows {
+                let (rz, rs) = (
+                    &zs[r * per_row..(r + 1) * per_row],
+                    &ss[r * per_row..(r + 1) * per_row],
+                );
+                for (g, (&z, &s)) in rz.iter().zip(rs).enumerate() {
+                    let (z, s) = (_mm256_set1_ps(z), _mm256_set1_ps(s));
+                    let mut c = g * gs;
+                    while c < (g + 1) * gs {
+                        // SAFETY: `c + 8 <= cols`, so the codes lie in row `r` of `packed`
+                        // (`rows * row_bytes` bytes) and the outputs in row `r` of `out`.
+                        unsafe {
+                            decode8::<B>(pp.add(r * row_bytes + at(c)), z, s, yp.add(r * cols + c));
+                        }
+                        c += 8;
+                    }
+                }
+            }
+            return;
+        }
+        // Strips of 32 channels whose zero-points and scales stay in registers down the rows.
+        let mut c0 = 0;
+        while c0 + 32 <= cols {
+            let (z4, s4) = (&zs[c0..c0 + 32], &ss[c0..c0 + 32]);
+            // SAFETY: `z4` and `s4` hold 32 floats; unaligned loads.
+            let (z, s) = unsafe {
+                let (zp, sp) = (z4.as_ptr(), s4.as_ptr());
+                (
+                    [
+                        _mm256_loadu_ps(zp),
+                        _mm256_loadu_ps(zp.add(8)),
+                        _mm256_loadu_ps(zp.add(16)),
+                        _mm256_loadu_ps(zp.add(24)),
+                    ],
+                    [
+                        _mm256_loadu_ps(sp),
+                        _mm256_loadu_ps(sp.add(8)),
+                        _mm256_loadu_ps(sp.add(16)),
+                        _mm256_loadu_ps(sp.add(24)),
+                    ],
+                )
+            };
+            for r in 0..rows {
+                let (p, y) = (r * row_bytes + at(c0), r * cols + c0);
+                for k in 0..4 {
+                    // SAFETY: columns `c0 + 8k .. c0 + 8k + 8 <= cols` of row `r < rows`.
+                    unsafe { decode8::<B>(pp.add(p + at(8 * k)), z[k], s[k], yp.add(y + 8 * k)) };
+                }
+            }
+            c0 += 32;
+        }
+        while c0 < main {
+            // SAFETY: `c0 + 8 <= main <= cols`; unaligned loads.
+            let (z, s) = unsafe {
+                (
+                    _mm256_loadu_ps(zs.as_ptr().add(c0)),
+                    _mm256_loadu_ps(ss.as_ptr().add(c0)),
+                )
+            };
+            for r in 0..rows {
+                // SAFETY: columns `c0 .. c0 + 8 <= cols` of row `r < rows`.
+                unsafe {
+                    decode8::<B>(pp.add(r * row_bytes + at(c0)), z, s, yp.add(r * cols + c0));
+                };
+            }
+            c0 += 8;
+        }
+        // Tail of 4 codes (byte-aligned: `main` is a multiple of 8).
+        if main < cols {
+            for (y, cs) in out
+                .chunks_exact_mut(cols)
+                .zip(packed.chunks_exact(row_bytes))
+            {
+                let mut b = [0u8; 4];
+                let o = bits.packed_len(main);
+                super::unpack_codes(&cs[o..], bits, &mut b[..cols - main]);
+                for (c, (yo, &code)) in (main..).zip(y[main..].iter_mut().zip(&b)) {
+                    *yo = zs[c] + f32::from(code) * ss[c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    const ALL_BITS: [QuantBits; 3] = [QuantBits::B2, QuantBits::B4, QuantBits::B8];
+
+    fn avx2() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Isa::Avx2Fma);
+        }
+        None
+    }
+
+    /// Random values with specials sprinkled in: NaN, infinities, signed zeros, repeats.
+    fn data(rng: &mut StdRng, n: usize, specials: bool) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                if specials {
+                    match rng.random_range(0..40) {
+                        0 => return f32::NAN,
+                        1 => return f32::INFINITY,
+                        2 => return f32::NEG_INFINITY,
+                        3 => return -0.0,
+                        4 => return 0.0,
+                        _ => {}
+                    }
+                }
+                rng.random_range(-8.0f32..8.0)
+            })
+            .collect()
+    }
+
+    fn bits_of(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn min_max_twins_are_bit_identical() {
+        let Some(isa) = avx2() else { return };
+        let mut rng = StdRng::seed_from_u64(1);
+        for case in 0..400 {
+            let cols = 4 * rng.random_range(1..80);
+            let rows = rng.random_range(1..40);
+            let x = data(&mut rng, rows * cols, case % 2 == 0);
+            let (mut l1, mut h1, mut l2, mut h2) = (
+                vec![0.0; cols],
+                vec![0.0; cols],
+                vec![0.0; cols],
+                vec![0.0; cols],
+            );
+            column_min_max(isa, &x, cols, &mut l1, &mut h1);
+            column_min_max_scalar(&x, cols, &mut l2, &mut h2);
+            assert_eq!((bits_of(&l1), bits_of(&h1)), (bits_of(&l2), bits_of(&h2)));
+
+            let gs = [4, 8, 12, 16, 32, 64][rng.random_range(0..6)];
+            let n = gs * rng.random_range(1..20);
+            let x = data(&mut rng, n, case % 2 == 0);
+            let g = n / gs;
+            let (mut l1, mut h1, mut l2, mut h2) =
+                (vec![0.0; g], vec![0.0; g], vec![0.0; g], vec![0.0; g]);
+            group_min_max(isa, &x, gs, &mut l1, &mut h1);
+            group_min_max_scalar(&x, gs, &mut l2, &mut h2);
+            assert_eq!((bits_of(&l1), bits_of(&h1)), (bits_of(&l2), bits_of(&h2)));
+        }
+    }
+
+    #[test]
+    fn min_max_follows_its_documented_order() {
+        // A NaN in the first row survives; later NaNs are skipped.
+        let x = [f32::NAN, 1.0, 2.0, 4.0, f32::NAN, 5.0, 3.0, 0.0];
+        let (mut l, mut h) = ([0.0; 4], [0.0; 4]);
+        column_min_max_scalar(&x, 4, &mut l, &mut h);
+        assert!(l[0].is_nan() && h[0].is_nan());
+        assert_eq!(
+            (l[1..].to_vec(), h[1..].to_vec()),
+            (vec![1.0, 2.0, 0.0], vec![5.0, 3.0, 4.0])
+        );
+        let g: Vec<f32> = (0..19).map(|i| ((i * 7) % 19) as f32 - 9.0).collect();
+        assert_eq!(min_max8(&g), (-9.0, 9.0));
+        assert_eq!(min_max8(&[4.0]), (4.0, 4.0));
+    }
+
+    #[test]
+    fn encode_and_decode_twins_are_bit_identical() {
+        let Some(isa) = avx2() else { return };
+        let mut rng = StdRng::seed_from_u64(2);
+        for case in 0..600 {
+            let bits = ALL_BITS[case % 3];
+            let max = f32::from(bits.max_code());
+            let gs = [8, 16, 32, 64][rng.random_range(0..4)];
+            let cols = if case % 4 == 0 {
+                4 * rng.random_range(1..90)
+            } else {
+                gs * rng.random_range(1..6)
+            };
+            let rows = rng.random_range(1..12);
+            let n = rows * cols;
+            // Codes near every half-integer (near-ties), plus specials in some cases.
+            let specials = case % 5 == 0;
+            let x: Vec<f32> = data(&mut rng, n, specials)
+                .iter()
+                .map(|&v| {
+                    if case % 3 == 1 {
+                        (v.abs() * max / 8.0).round() + 0.5
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let per_col = case % 2 == 0 || !cols.is_multiple_of(gs);
+            let groups = if per_col { cols } else { n / gs };
+            let zs: Vec<f32> = (0..groups)
+                .map(|_| rng.random_range(-9.0f32..0.0))
+                .collect();
+            let mut invs: Vec<f32> = (0..groups)
+                .map(|_| max / rng.random_range(0.5f32..20.0))
+                .collect();
+            if specials {
+                invs[0] = f32::NAN;
+            }
+            let pb = rows * bits.packed_len(cols);
+            let (mut p1, mut p2) = (vec![0u8; pb], vec![0u8; pb]);
+            let (r1, r2) = if per_col {
+                (
+                    encode_cols(isa, bits, &x, cols, &zs, &invs, &mut p1),
+                    encode_cols_scalar(bits, &x, cols, &zs, &invs, &mut p2),
+                )
+            } else {
+                (
+                    encode_groups(isa, bits, &x, cols, gs, &zs, &invs, &mut p1),
+                    encode_groups_scalar(bits, &x, cols, gs, &zs, &invs, &mut p2),
+                )
+            };
+            assert_eq!(r1, r2, "case {case}");
+            let done = r1.unwrap_or(rows) * bits.packed_len(cols);
+            assert_eq!(p1[..done], p2[..done], "case {case}");
+
+            let packed: Vec<u8> = (0..pb).map(|_| rng.random()).collect();
+            let (mut y1, mut y2) = (vec![0.0; n], vec![0.0; n]);
+            if per_col {
+                decode_cols(isa, bits, &packed, cols, &zs, &invs, &mut y1);
+                decode_cols_scalar(bits, &packed, cols, &zs, &invs, &mut y2);
+            } else {
+                decode_groups(isa, bits, &packed, cols, gs, &zs, &invs, &mut y1);
+                decode_groups_scalar(bits, &packed, cols, gs, &zs, &invs, &mut y2);
+            }
+            assert_eq!(bits_of(&y1), bits_of(&y2), "case {case}");
+        }
+    }
+
+    #[test]
+    fn fast_codes_are_the_rounded_quotient() {
+        // Certain codes equal round(t); a zero-point above the value or a NaN reciprocal flags
+        // the row.
+        let x = [0.0f32, 1.0, 2.49, 2.51, 3.0, 7.0, 7.4, 7.6];
+        let mut p = [0u8; 8];
+        let r = encode_cols_scalar(QuantBits::B8, &x, 8, &[0.0; 8], &[1.0; 8], &mut p);
+        assert_eq!((r, p), (None, [0, 1, 2, 3, 3, 7, 7, 8]));
+        let r = encode_cols_scalar(
+            QuantBits::B8,
+            &x,
+            4,
+            &[0.0; 4],
+            &[1.0, 1.0, 1.0, f32::NAN],
+            &mut p,
+        );
+        assert_eq!(r, Some(0));
+        let r = encode_cols_scalar(
+            QuantBits::B8,
+            &[0.0, 1.5, 0.0, 0.0],
+            4,
+            &[0.0; 4],
+            &[1.0; 4],
+            &mut p[..4],
+        );
+        assert_eq!(r, Some(0));
+    }
+}
