@@ -24,13 +24,13 @@ mod evict;
 mod kernel;
 
 use ndarray::{ArrayRef2, ArrayRef3};
-use squish_core::quant::{GroupAxis, QuantBits};
+use squish_core::quant::{GroupAxis, GroupedQuantConfig, QuantBits};
 use squish_core::{ConfigError, ShapeError};
 
 pub use evict::{Budget, Eviction, EvictionPolicy};
 
 use crate::{Error, Result};
-use kernel::{Anomaly, Groups, Scratch};
+use kernel::{Anomaly, Groups, Lens};
 
 /// Configuration of a [`KvCompressor`].
 ///
@@ -129,6 +129,23 @@ impl KvCompressorConfig {
     pub const fn quantized_len(&self, n: usize) -> usize {
         n.saturating_sub(self.residual) / self.group_size * self.group_size
     }
+
+    /// squish-core's grouping of the keys.
+    fn key_quant(&self) -> GroupedQuantConfig {
+        match self.key_axis {
+            GroupAxis::AlongColumn => {
+                GroupedQuantConfig::new(self.key_bits, self.group_size, GroupAxis::AlongColumn)
+            }
+            GroupAxis::AlongRow => {
+                GroupedQuantConfig::new(self.key_bits, self.value_group_size, GroupAxis::AlongRow)
+            }
+        }
+    }
+
+    /// squish-core's grouping of the values.
+    fn value_quant(&self) -> GroupedQuantConfig {
+        GroupedQuantConfig::new(self.value_bits, self.value_group_size, GroupAxis::AlongRow)
+    }
 }
 
 /// One head's storage.
@@ -151,6 +168,15 @@ impl HeadStore {
         self.qlen = 0;
         self.k.clear();
         self.v.clear();
+        self.k_res.clear();
+        self.v_res.clear();
+        self.positions.clear();
+    }
+
+    /// Empties the head except for the quantised buffers, which the next fill overwrites in
+    /// place (their lengths are set by [`Groups::write_at`]).
+    fn reset(&mut self) {
+        self.qlen = 0;
         self.k_res.clear();
         self.v_res.clear();
         self.positions.clear();
@@ -318,16 +344,8 @@ impl CompressedKv {
         let q = s.qlen * d;
         let (kq, kr) = keys.split_at_mut(q);
         let (vq, vr) = values.split_at_mut(q);
-        let c = &self.cfg;
-        match c.key_axis {
-            GroupAxis::AlongColumn => {
-                kernel::dequantize_columns(&s.k, d, c.group_size, c.key_bits, kq);
-            }
-            GroupAxis::AlongRow => {
-                kernel::dequantize_rows(&s.k, d, c.value_group_size, c.key_bits, kq);
-            }
-        }
-        kernel::dequantize_rows(&s.v, d, c.value_group_size, c.value_bits, vq);
+        s.k.read(d, &self.cfg.key_quant(), kq);
+        s.v.read(d, &self.cfg.value_quant(), vq);
         kr.copy_from_slice(&s.k_res);
         vr.copy_from_slice(&s.v_res);
     }
@@ -368,7 +386,6 @@ impl CompressedKv {
 #[derive(Debug, Clone)]
 pub struct KvCompressor {
     cfg: KvCompressorConfig,
-    scratch: Scratch,
     gather_k: Vec<f32>,
     gather_v: Vec<f32>,
     kept: Vec<u32>,
@@ -384,7 +401,6 @@ impl KvCompressor {
         cfg.validate()?;
         Ok(Self {
             cfg,
-            scratch: Scratch::default(),
             gather_k: Vec::new(),
             gather_v: Vec::new(),
             kept: Vec::new(),
@@ -455,7 +471,7 @@ impl KvCompressor {
             let (kh, vh) = (&ks[h * per..(h + 1) * per], &vs[h * per..(h + 1) * per]);
             let res = match eviction {
                 None => {
-                    out.heads[h].clear();
+                    out.heads[h].reset();
                     self.fill_head(kh, vh, d, &mut out.heads[h])
                         .map_err(|a| (a, h * per))
                 }
@@ -542,7 +558,8 @@ impl KvCompressor {
             if s.k_res.len() / d == r + g {
                 let m = g * d;
                 let (kr, vr) = (std::mem::take(&mut s.k_res), std::mem::take(&mut s.v_res));
-                let res = self.quantize_into(&kr[..m], &vr[..m], d, s);
+                let at = (s.k.lens(), s.v.lens());
+                let res = self.quantize_into(&kr[..m], &vr[..m], d, s, at);
                 (s.k_res, s.v_res) = (kr, vr);
                 res.map_err(append_anomaly_error)?;
                 s.qlen += g;
@@ -574,9 +591,9 @@ impl KvCompressor {
         Ok(())
     }
 
-    /// Fills an empty head from its `[n, d]` keys and values.
+    /// Fills a reset head from its `[n, d]` keys and values.
     fn fill_head(
-        &mut self,
+        &self,
         kh: &[f32],
         vh: &[f32],
         d: usize,
@@ -584,7 +601,7 @@ impl KvCompressor {
     ) -> Result<(), Anomaly> {
         let n = kh.len() / d;
         let q = self.cfg.quantized_len(n);
-        self.quantize_into(&kh[..q * d], &vh[..q * d], d, s)?;
+        self.quantize_into(&kh[..q * d], &vh[..q * d], d, s, ((0, 0, 0), (0, 0, 0)))?;
         s.qlen = q;
         s.k_res.extend_from_slice(&kh[q * d..]);
         s.v_res.extend_from_slice(&vh[q * d..]);
@@ -658,51 +675,23 @@ impl KvCompressor {
         res
     }
 
-    /// Quantises `[rows, d]` keys and values (rows a multiple of `group_size`) onto a head.
+    /// Quantises `[rows, d]` keys and values (rows a multiple of `group_size`) into a head's
+    /// buffers at lengths `at` (keys, values): see [`Groups::write_at`].
     fn quantize_into(
-        &mut self,
+        &self,
         k: &[f32],
         v: &[f32],
         d: usize,
         s: &mut HeadStore,
+        at: (Lens, Lens),
     ) -> Result<(), Anomaly> {
-        if k.is_empty() {
-            return Ok(());
-        }
-        let c = &self.cfg;
-        match c.key_axis {
-            GroupAxis::AlongColumn => kernel::quantize_columns(
-                k,
-                d,
-                c.group_size,
-                c.key_bits,
-                &mut s.k,
-                &mut self.scratch,
-            )?,
-            GroupAxis::AlongRow => {
-                kernel::quantize_rows(
-                    k,
-                    d,
-                    c.value_group_size,
-                    c.key_bits,
-                    &mut s.k,
-                    &mut self.scratch,
-                )?;
-            }
-        }
+        s.k.write_at(at.0, k, d, &self.cfg.key_quant())?;
         // Values are reported with an offset past the keys' index space.
-        kernel::quantize_rows(
-            v,
-            d,
-            c.value_group_size,
-            c.value_bits,
-            &mut s.v,
-            &mut self.scratch,
-        )
-        .map_err(|a| match a {
-            Anomaly::NonFinite(i) => Anomaly::NonFinite(i + VALUES),
-            Anomaly::Range(i) => Anomaly::Range(i + VALUES),
-        })
+        s.v.write_at(at.1, v, d, &self.cfg.value_quant())
+            .map_err(|a| match a {
+                Anomaly::NonFinite(i) => Anomaly::NonFinite(i + VALUES),
+                Anomaly::Range(i) => Anomaly::Range(i + VALUES),
+            })
     }
 }
 
