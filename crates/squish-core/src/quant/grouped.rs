@@ -455,7 +455,7 @@ pub fn quantize_grouped_into(
 /// code 0; a range so small that `s` underflowed to 0 gives `+inf` for `v > z`, clamped to the
 /// largest code (both reconstruct as `z`, within the range of `v`).
 #[inline(always)]
-fn encode(v: f32, z: f32, s: f32, max_code: f32) -> u8 {
+pub(crate) fn encode(v: f32, z: f32, s: f32, max_code: f32) -> u8 {
     let t = (v - z) / s;
     let t = if t > 0.0 { t } else { 0.0 };
     let t = if t < max_code { t } else { max_code };
@@ -566,11 +566,9 @@ fn range_overflow(
 }
 
 /// Groups whose reciprocal scales are kept on the stack at a time by
-/// [`quantize_grouped_slices`].
-const TILE: usize = 1024;
-
-/// Largest bit pattern of a finite `f32` magnitude.
-const FINITE_BITS: u32 = 0x7f7f_ffff;
+/// [`quantize_grouped_slices`] (per-row groups: 128 groups of 32 values are 16 KiB of input,
+/// read again from L1 by the encoder).
+const TILE: usize = 128;
 
 /// [`quantize_grouped`] into caller-owned slices: the packed codes, scales and zero-points of
 /// a row-major `[x.len() / cols, cols]` matrix, in [`GroupedQuantized`]'s layout and
@@ -656,32 +654,21 @@ pub fn quantize_grouped_slices(
                 for c0 in (0..cols).step_by(TILE) {
                     let w = TILE.min(cols - c0);
                     let (z, s, iv) = (&zs[c0..c0 + w], &mut ss[c0..c0 + w], &mut inv[..w]);
-                    if !finish_scales(z, s, iv, max_code) {
+                    if !grouped_rows::finish_scales(isa, z, s, iv, max_code) {
                         return Err(fail());
                     }
                     let s = &*s;
-                    // One strip per row unless the whole row fits in one tile.
-                    let strip_rows = if w == cols { gs } else { 1 };
-                    let (p0, pw) = (bits.packed_len(c0), bits.packed_len(w));
-                    for r0 in (0..gs).step_by(strip_rows) {
-                        let mut r = r0;
-                        while r < r0 + strip_rows {
-                            let xs = &block[r * cols..(r0 + strip_rows) * cols];
-                            let ps = &mut packed[r * row_bytes..(r0 + strip_rows) * row_bytes];
-                            let bad = if w == cols {
-                                grouped_rows::encode_cols(isa, bits, xs, cols, z, iv, ps)
-                            } else {
-                                let (xs, ps) = (&xs[c0..c0 + w], &mut ps[p0..p0 + pw]);
-                                grouped_rows::encode_cols(isa, bits, xs, w, z, iv, ps)
-                            };
-                            let Some(k) = bad else { break };
-                            r += k;
-                            let xr = &block[r * cols + c0..r * cols + c0 + w];
-                            let pr = &mut packed[r * row_bytes + p0..r * row_bytes + p0 + pw];
-                            if !exact_codes(xr, bits, max_code, |i| (z[i], s[i]), pr) {
-                                return Err(fail());
-                            }
-                            r += 1;
+                    if w == cols {
+                        grouped_rows::encode_cols(isa, bits, block, cols, z, s, iv, packed)
+                            .map_err(|_| fail())?;
+                    } else {
+                        // Rows wider than a tile: one strip of `w` channels per row.
+                        let (p0, pw) = (bits.packed_len(c0), bits.packed_len(w));
+                        for r in 0..gs {
+                            let xs = &block[r * cols + c0..r * cols + c0 + w];
+                            let ps = &mut packed[r * row_bytes + p0..r * row_bytes + p0 + pw];
+                            grouped_rows::encode_cols(isa, bits, xs, w, z, s, iv, ps)
+                                .map_err(|_| fail())?;
                         }
                     }
                 }
@@ -703,105 +690,29 @@ pub fn quantize_grouped_slices(
                     let (g0, ng) = ((r0 * cols + c0) / gs, (r1 - r0) * w / gs);
                     let (zs, ss) = (&mut zeros[g0..g0 + ng], &mut scales[g0..g0 + ng]);
                     let iv = &mut inv[..ng];
-                    let (p0, pw) = (bits.packed_len(c0), bits.packed_len(w));
-                    let tile = |r: usize| -> &[f32] {
-                        if w == cols {
-                            &x[r * cols..r1 * cols]
-                        } else {
-                            &x[r * cols + c0..r * cols + c0 + w]
-                        }
+                    let (xs, ps) = if w == cols {
+                        (
+                            &x[r0 * cols..r1 * cols],
+                            &mut codes[r0 * row_bytes..r1 * row_bytes],
+                        )
+                    } else {
+                        let (p0, pw) = (r0 * row_bytes + bits.packed_len(c0), bits.packed_len(w));
+                        (
+                            &x[r0 * cols + c0..r0 * cols + c0 + w],
+                            &mut codes[p0..p0 + pw],
+                        )
                     };
-                    grouped_rows::group_min_max(isa, tile(r0), gs, zs, ss);
-                    if !finish_scales(zs, ss, iv, max_code) {
+                    grouped_rows::group_min_max(isa, xs, gs, zs, ss);
+                    if !grouped_rows::finish_scales(isa, zs, ss, iv, max_code) {
                         return Err(fail());
                     }
-                    let (zs, ss) = (&*zs, &*ss);
-                    let mut r = r0;
-                    while r < r1 {
-                        let xs = tile(r);
-                        let gr = (r - r0) * w / gs;
-                        let ps = if w == cols {
-                            &mut codes[r * row_bytes..r1 * row_bytes]
-                        } else {
-                            &mut codes[r * row_bytes + p0..r * row_bytes + p0 + pw]
-                        };
-                        let bad = grouped_rows::encode_groups(
-                            isa,
-                            bits,
-                            xs,
-                            w,
-                            gs,
-                            &zs[gr..],
-                            &iv[gr..],
-                            ps,
-                        );
-                        let Some(k) = bad else { break };
-                        r += k;
-                        let gr = (r - r0) * w / gs;
-                        let xr = &x[r * cols + c0..r * cols + c0 + w];
-                        let pr = &mut codes[r * row_bytes + p0..r * row_bytes + p0 + pw];
-                        let (zr, sr) = (&zs[gr..], &ss[gr..]);
-                        if !exact_codes(xr, bits, max_code, |i| (zr[i / gs], sr[i / gs]), pr) {
-                            return Err(fail());
-                        }
-                        r += 1;
-                    }
+                    grouped_rows::encode_groups(isa, bits, xs, w, gs, zs, ss, iv, ps)
+                        .map_err(|_| fail())?;
                 }
             }
         }
     }
     Ok(())
-}
-
-/// Turns group maxima `his` into scales `(hi - lo) / max_code` (as [`quantize_grouped`]) and
-/// writes the fast encoder's reciprocals into `inv` (NaN, forcing the exact path, for a zero
-/// or subnormal scale); `false` if some group's range or largest reconstruction
-/// `lo + max_code * scale` is not finite.
-#[inline]
-fn finish_scales(los: &[f32], his: &mut [f32], inv: &mut [f32], max_code: f32) -> bool {
-    // Sign bit set iff `|x|`'s bit pattern exceeds the largest finite one (NaN included).
-    let over = |x: f32| FINITE_BITS.wrapping_sub(x.to_bits() & 0x7fff_ffff);
-    let mut bad = 0u32;
-    for ((hi, &lo), iv) in his.iter_mut().zip(los).zip(inv.iter_mut()) {
-        let range = *hi - lo;
-        let s = range / max_code;
-        bad |= over(range) | over(lo + max_code * s);
-        *hi = s;
-        *iv = if s >= f32::MIN_POSITIVE {
-            1.0 / s
-        } else {
-            f32::NAN
-        };
-    }
-    bad >> 31 == 0
-}
-
-/// Exact codes of `x` (with `param(i)` the zero-point and scale of element `i`) packed into
-/// `packed`; `false` if `x` holds a NaN or infinity.
-#[cold]
-#[inline(never)]
-fn exact_codes(
-    x: &[f32],
-    bits: QuantBits,
-    max_code: f32,
-    param: impl Fn(usize) -> (f32, f32),
-    packed: &mut [u8],
-) -> bool {
-    if !x.iter().all(|v| v.is_finite()) {
-        return false;
-    }
-    let mut buf = [0u8; CHUNK];
-    for (k, xs) in x.chunks(CHUNK).enumerate() {
-        let c0 = k * CHUNK;
-        let b = &mut buf[..xs.len()];
-        for (i, (c, &v)) in b.iter_mut().zip(xs).enumerate() {
-            let (z, s) = param(c0 + i);
-            *c = encode(v, z, s, max_code);
-        }
-        let p = bits.packed_len(c0);
-        pack_codes(b, bits, &mut packed[p..p + bits.packed_len(xs.len())]);
-    }
-    true
 }
 
 /// [`quantize_grouped`]'s error for `x`, found once the fast path met an anomaly: the first

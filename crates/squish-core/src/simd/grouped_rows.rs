@@ -132,27 +132,81 @@ fn min_max8(x: &[f32]) -> (f32, f32) {
     (l, h)
 }
 
-/// Fast codes of `x` (`[rows, cols]`) against per-column zero-points `zs` and reciprocal
-/// scales `invs`, packed at `bits` into `packed` (`rows * bits.packed_len(cols)` bytes).
-/// Returns the first row holding an uncertain code (rows before it are written; it and later
-/// rows are not meaningful), or `None`.
+/// Largest bit pattern of a finite `f32` magnitude.
+const FINITE_BITS: u32 = 0x7f7f_ffff;
+
+/// Turns group maxima `his` into scales `(hi - lo) / max_code` (as `quantize_grouped`) and
+/// writes the fast encoder's reciprocals into `inv` (NaN, which makes every code of the group
+/// uncertain, for a zero or subnormal scale); `false` if some group's range or largest
+/// reconstruction `lo + max_code * scale` (multiply, then add) is not finite.
+pub(crate) fn finish_scales(
+    isa: Isa,
+    los: &[f32],
+    his: &mut [f32],
+    inv: &mut [f32],
+    max_code: f32,
+) -> bool {
+    assert!(los.len() == his.len() && inv.len() == his.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::finish_scales_avx2(los, his, inv, max_code) },
+        Isa::Scalar => finish_scales_scalar(los, his, inv, max_code),
+    }
+}
+
+/// Scalar twin of [`finish_scales`].
+pub(crate) fn finish_scales_scalar(
+    los: &[f32],
+    his: &mut [f32],
+    inv: &mut [f32],
+    max_code: f32,
+) -> bool {
+    // Sign bit set iff `|x|`'s bit pattern exceeds the largest finite one (NaN included).
+    let over = |x: f32| FINITE_BITS.wrapping_sub(x.to_bits() & 0x7fff_ffff);
+    let mut bad = 0u32;
+    for ((hi, &lo), iv) in his.iter_mut().zip(los).zip(inv.iter_mut()) {
+        let range = *hi - lo;
+        let s = range / max_code;
+        bad |= over(range) | over(lo + max_code * s);
+        *hi = s;
+        *iv = if s >= f32::MIN_POSITIVE {
+            1.0 / s
+        } else {
+            f32::NAN
+        };
+    }
+    bad >> 31 == 0
+}
+
+/// Codes of `x` (`[rows, cols]`) against per-column zero-points `zs`, scales `ss` and fast
+/// reciprocals `invs` (`cols` each), packed at `bits` into `packed`
+/// (`rows * bits.packed_len(cols)` bytes). Each code is **exactly** `encode(v, z, s, max)`
+/// ([`crate::quant::encode_exact`]): rows whose fast codes are all certain keep them, a row
+/// with an uncertain one is encoded again, fast codes where certain and the exact division
+/// elsewhere. `Err(row)` for the first row found to hold a NaN or infinity (rows after it are
+/// not written).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_cols(
     isa: Isa,
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     zs: &[f32],
+    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Option<usize> {
+) -> Result<(), usize> {
     assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
-    assert!(zs.len() == cols && invs.len() == cols);
+    assert!(zs.len() == cols && ss.len() == cols && invs.len() == cols);
     assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
-        Isa::Avx2Fma => unsafe { x86::encode_avx2::<false>(bits, x, cols, 8, zs, invs, packed) },
-        Isa::Scalar => encode_cols_scalar(bits, x, cols, zs, invs, packed),
+        Isa::Avx2Fma => unsafe {
+            x86::encode_avx2::<false>(bits, x, cols, 8, [zs, ss, invs], packed)
+        },
+        Isa::Scalar => encode_cols_scalar(bits, x, cols, zs, ss, invs, packed),
     }
 }
 
@@ -162,14 +216,15 @@ pub(crate) fn encode_cols_scalar(
     x: &[f32],
     cols: usize,
     zs: &[f32],
+    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Option<usize> {
-    encode_scalar(bits, x, cols, 0, zs, invs, packed)
+) -> Result<(), usize> {
+    encode_scalar(bits, x, cols, 0, [zs, ss, invs], packed)
 }
 
-/// As [`encode_cols`] with one zero-point and reciprocal scale per group of `gs` consecutive
-/// values of a row (`zs`, `invs`: `rows * cols / gs` each, `cols % gs == 0`).
+/// As [`encode_cols`] with one zero-point, scale and reciprocal per group of `gs` consecutive
+/// values of a row (`rows * cols / gs` each, `cols % gs == 0`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_groups(
     isa: Isa,
@@ -178,34 +233,37 @@ pub(crate) fn encode_groups(
     cols: usize,
     gs: usize,
     zs: &[f32],
+    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Option<usize> {
+) -> Result<(), usize> {
     assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
     assert!(gs > 0 && cols.is_multiple_of(gs));
-    assert!(zs.len() == x.len() / gs && invs.len() == zs.len());
+    assert!(zs.len() == x.len() / gs && ss.len() == zs.len() && invs.len() == zs.len());
     assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
         Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
-            x86::encode_avx2::<true>(bits, x, cols, gs, zs, invs, packed)
+            x86::encode_avx2::<true>(bits, x, cols, gs, [zs, ss, invs], packed)
         },
-        _ => encode_groups_scalar(bits, x, cols, gs, zs, invs, packed),
+        _ => encode_groups_scalar(bits, x, cols, gs, zs, ss, invs, packed),
     }
 }
 
 /// Scalar twin of [`encode_groups`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_groups_scalar(
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     gs: usize,
     zs: &[f32],
+    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Option<usize> {
-    encode_scalar(bits, x, cols, gs, zs, invs, packed)
+) -> Result<(), usize> {
+    encode_scalar(bits, x, cols, gs, [zs, ss, invs], packed)
 }
 
 /// The parameter index of column `c` of row `r`: per column (`gs == 0`) or per group.
@@ -214,16 +272,34 @@ fn param_index(r: usize, c: usize, cols: usize, gs: usize) -> usize {
     (r * cols + c).checked_div(gs).unwrap_or(c)
 }
 
-/// Both scalar encoders; `gs == 0` selects per-column parameters.
+/// The code of `v` when its fast code is uncertain or `certain` is false: the fast code if
+/// certain, else the exact one; `None` for a non-finite `v`.
+#[inline(always)]
+fn repaired_code(v: f32, z: f32, s: f32, inv: f32, max_code: f32) -> Option<u8> {
+    if !v.is_finite() {
+        return None;
+    }
+    let mut bad = 0u32;
+    let c = fast_code(v, z, inv, &mut bad);
+    Some(if bad >> 31 == 0 {
+        c
+    } else {
+        crate::quant::encode_exact(v, z, s, max_code)
+    })
+}
+
+/// Both scalar encoders; `gs == 0` selects per-column parameters. `p` = zero-points, scales,
+/// reciprocals.
 fn encode_scalar(
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     gs: usize,
-    zs: &[f32],
-    invs: &[f32],
+    p: [&[f32]; 3],
     packed: &mut [u8],
-) -> Option<usize> {
+) -> Result<(), usize> {
+    let [zs, ss, invs] = p;
+    let max_code = f32::from(bits.max_code());
     let row_bytes = bits.packed_len(cols);
     let mut buf = [0u8; CHUNK];
     for (r, (row, out)) in x
@@ -231,22 +307,28 @@ fn encode_scalar(
         .zip(packed.chunks_exact_mut(row_bytes))
         .enumerate()
     {
-        let mut bad = 0u32;
-        for (k, xs) in row.chunks(CHUNK).enumerate() {
-            let c0 = k * CHUNK;
-            let b = &mut buf[..xs.len()];
-            for (i, (o, &v)) in b.iter_mut().zip(xs).enumerate() {
-                let p = param_index(r, c0 + i, cols, gs);
-                *o = fast_code(v, zs[p], invs[p], &mut bad);
+        for repair in [false, true] {
+            let mut bad = 0u32;
+            for (k, xs) in row.chunks(CHUNK).enumerate() {
+                let c0 = k * CHUNK;
+                let b = &mut buf[..xs.len()];
+                for (i, (o, &v)) in b.iter_mut().zip(xs).enumerate() {
+                    let q = param_index(r, c0 + i, cols, gs);
+                    *o = if repair {
+                        repaired_code(v, zs[q], ss[q], invs[q], max_code).ok_or(r)?
+                    } else {
+                        fast_code(v, zs[q], invs[q], &mut bad)
+                    };
+                }
+                let start = bits.packed_len(c0);
+                pack_codes(b, bits, &mut out[start..start + bits.packed_len(xs.len())]);
             }
-            let start = bits.packed_len(c0);
-            pack_codes(b, bits, &mut out[start..start + bits.packed_len(xs.len())]);
-        }
-        if bad >> 31 != 0 {
-            return Some(r);
+            if bad >> 31 == 0 {
+                break;
+            }
         }
     }
-    None
+    Ok(())
 }
 
 /// Decodes `packed` (`rows` packed rows of `cols` codes) into `out` (`[rows, cols]`) as
@@ -367,8 +449,13 @@ mod x86 {
         _mm256_setr_epi32, _mm256_setzero_si256, _mm256_srlv_epi32, _mm256_storeu_ps,
         _mm256_storeu_si256, _mm256_sub_ps,
     };
+    use std::arch::x86_64::{
+        _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_GT_OQ, _CMP_LT_OQ, _mm256_and_ps, _mm256_blendv_ps,
+        _mm256_cmp_ps, _mm256_cmpeq_epi32, _mm256_div_ps, _mm256_or_si256, _mm256_permute2f128_ps,
+        _mm256_setzero_ps, _mm256_shuffle_ps,
+    };
 
-    use super::{LIM_BITS, MAGIC, QuantBits, fast_code, max2, min2, param_index};
+    use super::{LIM_BITS, MAGIC, QuantBits, fast_code, max2, min2, param_index, repaired_code};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn column_min_max_avx2(x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
@@ -432,29 +519,148 @@ mod x86 {
         }
     }
 
+    /// Lane-wise minimum (`MIN`) or maximum of the `gs / 8` chunks of the group at `p`,
+    /// starting from the first chunk (`gs % 8 == 0`, `gs > 0`).
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `gs` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn lanes_min_max(p: *const f32, gs: usize) -> (__m256, __m256) {
+        // SAFETY: `8 <= gs` floats are readable at `p`.
+        let mut lo = unsafe { _mm256_loadu_ps(p) };
+        let mut hi = lo;
+        let mut j = 8;
+        while j < gs {
+            // SAFETY: `j + 8 <= gs`.
+            let v = unsafe { _mm256_loadu_ps(p.add(j)) };
+            lo = _mm256_min_ps(v, lo);
+            hi = _mm256_max_ps(v, hi);
+            j += 8;
+        }
+        (lo, hi)
+    }
+
+    /// `if a < b { a } else { b }` (`>` for `MAX`), lane-wise.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn op<const MAX: bool>(a: __m256, b: __m256) -> __m256 {
+        if MAX {
+            _mm256_max_ps(a, b)
+        } else {
+            _mm256_min_ps(a, b)
+        }
+    }
+
+    /// The twin's reduction of eight lane vectors (one per group) to eight results, in group
+    /// order: `l[k] = op(v[k], v[k + 4])`, then `op(op(l[0], l[2]), op(l[1], l[3]))`, with
+    /// `op(a, b) = if a < b { a } else { b }` (`> ` for the maximum), batched across groups
+    /// with 128-bit-lane shuffles (the same operations in the same order per group).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn reduce8<const MAX: bool>(v: [__m256; 8]) -> __m256 {
+        // [g.lo | g'.lo] against [g.hi | g'.hi]: l4 of groups g and g' in the two lanes.
+        let mut m = [_mm256_setzero_ps(); 4];
+        for (k, mk) in m.iter_mut().enumerate() {
+            let (a, b) = (v[2 * k], v[2 * k + 1]);
+            *mk = op::<MAX>(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            );
+        }
+        // (l0, l2) and (l1, l3) of four groups per register.
+        let n0 = op::<MAX>(
+            _mm256_shuffle_ps::<0x44>(m[0], m[1]),
+            _mm256_shuffle_ps::<0xEE>(m[0], m[1]),
+        );
+        let n1 = op::<MAX>(
+            _mm256_shuffle_ps::<0x44>(m[2], m[3]),
+            _mm256_shuffle_ps::<0xEE>(m[2], m[3]),
+        );
+        let f = op::<MAX>(
+            _mm256_shuffle_ps::<0x88>(n0, n1),
+            _mm256_shuffle_ps::<0xDD>(n0, n1),
+        );
+        // Lanes hold groups [0, 2, 4, 6 | 1, 3, 5, 7].
+        _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(
+            _mm256_castps_si256(f),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        ))
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn group_min_max_avx2(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
-        for (g, (lo_out, hi_out)) in x.chunks_exact(gs).zip(los.iter_mut().zip(his)) {
-            // SAFETY: `gs % 8 == 0` and `gs > 0`, so each 8-value load at `8j < gs` is in the
-            // group; unaligned loads.
-            let mut lo = unsafe { _mm256_loadu_ps(g.as_ptr()) };
-            let mut hi = lo;
-            let mut j = 8;
-            while j < gs {
-                // SAFETY: `j + 8 <= gs`.
-                let v = unsafe { _mm256_loadu_ps(g.as_ptr().add(j)) };
-                lo = _mm256_min_ps(v, lo);
-                hi = _mm256_max_ps(v, hi);
-                j += 8;
+        let groups = x.len() / gs;
+        let xp = x.as_ptr();
+        let mut g = 0;
+        while g + 8 <= groups {
+            let mut lo = [_mm256_setzero_ps(); 8];
+            let mut hi = [_mm256_setzero_ps(); 8];
+            for k in 0..8 {
+                // SAFETY: group `g + k < groups` spans `gs` floats inside `x`.
+                (lo[k], hi[k]) = unsafe { lanes_min_max(xp.add((g + k) * gs), gs) };
             }
+            let (l8, h8) = (&mut los[g..g + 8], &mut his[g..g + 8]);
+            // SAFETY: `l8` and `h8` are 8 floats long; unaligned stores.
+            unsafe {
+                _mm256_storeu_ps(l8.as_mut_ptr(), reduce8::<false>(lo));
+                _mm256_storeu_ps(h8.as_mut_ptr(), reduce8::<true>(hi));
+            }
+            g += 8;
+        }
+        for g in g..groups {
+            // SAFETY: group `g < groups` spans `gs` floats inside `x`.
+            let (lo, hi) = unsafe { lanes_min_max(xp.add(g * gs), gs) };
             // min(lo[k], lo[k + 4]), then min(min(l0, l2), min(l1, l3)): the twin's order.
             let l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
             let h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
             let l2 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
             let h2 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-            *lo_out = _mm_cvtss_f32(_mm_min_ss(l2, _mm_shuffle_ps::<0b01>(l2, l2)));
-            *hi_out = _mm_cvtss_f32(_mm_max_ss(h2, _mm_shuffle_ps::<0b01>(h2, h2)));
+            los[g] = _mm_cvtss_f32(_mm_min_ss(l2, _mm_shuffle_ps::<0b01>(l2, l2)));
+            his[g] = _mm_cvtss_f32(_mm_max_ss(h2, _mm_shuffle_ps::<0b01>(h2, h2)));
         }
+    }
+
+    /// AVX2 twin of `finish_scales_scalar` (division, multiply then add: the same roundings).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn finish_scales_avx2(
+        los: &[f32],
+        his: &mut [f32],
+        inv: &mut [f32],
+        max_code: f32,
+    ) -> bool {
+        let n = his.len();
+        let main = n / 8 * 8;
+        let max = _mm256_set1_ps(max_code);
+        let one = _mm256_set1_ps(1.0);
+        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
+        let nan = _mm256_set1_ps(f32::NAN);
+        let abs = _mm256_set1_epi32(0x7fff_ffff);
+        let finite = _mm256_set1_epi32(super::FINITE_BITS as i32);
+        let mut bad = _mm256_setzero_si256();
+        let mut i = 0;
+        while i < main {
+            let (l8, h8, i8) = (&los[i..i + 8], &mut his[i..i + 8], &mut inv[i..i + 8]);
+            // SAFETY: the three slices are 8 floats long; unaligned loads and stores.
+            unsafe {
+                let lo = _mm256_loadu_ps(l8.as_ptr());
+                let range = _mm256_sub_ps(_mm256_loadu_ps(h8.as_ptr()), lo);
+                let s = _mm256_div_ps(range, max);
+                let recon = _mm256_add_ps(lo, _mm256_mul_ps(max, s));
+                for y in [range, recon] {
+                    let m = _mm256_and_si256(_mm256_castps_si256(y), abs);
+                    bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(m, finite));
+                }
+                let r = _mm256_div_ps(one, s);
+                let ok = _mm256_cmp_ps::<_CMP_GE_OQ>(s, tiny);
+                _mm256_storeu_ps(h8.as_mut_ptr(), s);
+                _mm256_storeu_ps(i8.as_mut_ptr(), _mm256_blendv_ps(nan, r, ok));
+            }
+            i += 8;
+        }
+        let tail =
+            super::finish_scales_scalar(&los[main..], &mut his[main..], &mut inv[main..], max_code);
+        tail && _mm256_movemask_ps(_mm256_castsi256_ps(bad)) == 0
     }
 
     /// Eight fast codes (one per `i32` lane, masked to `mask`, the largest code); folds the
@@ -470,6 +676,44 @@ mod x86 {
         let abs = _mm256_and_si256(d, _mm256_set1_epi32(0x7fff_ffff));
         *worst = _mm256_max_epu32(*worst, abs);
         _mm256_and_si256(_mm256_castps_si256(r), mask)
+    }
+
+    /// As [`codes8`] for a row being repaired: uncertain lanes get the exact code
+    /// (`encode_exact`: `(v - z) / s` clamped to `[0, max]`, rounded half away from zero);
+    /// ORs non-finite `v` lanes into `nonfinite`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn codes8_repaired(
+        v: __m256,
+        [z, s, inv]: [__m256; 3],
+        mask: __m256i,
+        nonfinite: &mut __m256i,
+    ) -> __m256i {
+        let mut worst = _mm256_setzero_si256();
+        let fast = codes8(v, z, inv, mask, &mut worst);
+        let magic = _mm256_set1_ps(MAGIC);
+        // Per lane, `worst` is this lane's distance pattern.
+        let lim = _mm256_set1_epi32(LIM_BITS as i32);
+        let bad = _mm256_castsi256_ps(_mm256_cmpgt_epi32(worst, lim));
+        let exp = _mm256_set1_epi32(0x7f80_0000);
+        let vb = _mm256_castps_si256(v);
+        *nonfinite = _mm256_or_si256(
+            *nonfinite,
+            _mm256_cmpeq_epi32(_mm256_and_si256(vb, exp), exp),
+        );
+        let max = _mm256_cvtepi32_ps(mask);
+        let t = _mm256_div_ps(_mm256_sub_ps(v, z), s);
+        let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_GT_OQ>(t, _mm256_setzero_ps()));
+        let t = _mm256_blendv_ps(max, t, _mm256_cmp_ps::<_CMP_LT_OQ>(t, max));
+        let n = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+        let tie = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(t, n), _mm256_set1_ps(0.5));
+        let n = _mm256_add_ps(n, _mm256_and_ps(tie, _mm256_set1_ps(1.0)));
+        let exact = _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(n, magic)), mask);
+        _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(fast),
+            _mm256_castsi256_ps(exact),
+            bad,
+        ))
     }
 
     /// Whether some lane of `worst` lies farther than the certainty limit from its code.
@@ -540,25 +784,36 @@ mod x86 {
         }
     }
 
-    /// Zero-point and reciprocal (or scale) registers of the 8 values at column `c` of a row:
-    /// loaded per column, or broadcast from the cursor's group (`GROUPED`). `a` and `b` are the
-    /// row's parameters.
+    /// Parameter registers (one per array of `p`) of the 8 values at column `c` of a row:
+    /// loaded per column, or broadcast from the cursor's group (`GROUPED`). `p` holds the row's
+    /// parameters.
+    ///
+    /// # Safety
+    /// Per column, every array must hold `c + 8` values; per group, every array must hold the
+    /// cursor's next group (the row's parameters cover its `cols / gs` groups).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn params8<const GROUPED: bool>(
-        a: &[f32],
-        b: &[f32],
+    unsafe fn params8<const GROUPED: bool, const N: usize>(
+        p: [&[f32]; N],
         c: usize,
         cur: &mut Cursor,
-    ) -> (__m256, __m256) {
+    ) -> [__m256; N] {
+        let mut out = [_mm256_setzero_ps(); N];
         if GROUPED {
             let g = cur.next8();
-            (_mm256_set1_ps(a[g]), _mm256_set1_ps(b[g]))
+            for (o, a) in out.iter_mut().zip(p) {
+                debug_assert!(g < a.len());
+                // SAFETY: the caller guarantees `g < a.len()`.
+                *o = _mm256_set1_ps(unsafe { *a.as_ptr().add(g) });
+            }
         } else {
-            let (a8, b8) = (&a[c..c + 8], &b[c..c + 8]);
-            // SAFETY: both slices are 8 floats long; unaligned loads.
-            unsafe { (_mm256_loadu_ps(a8.as_ptr()), _mm256_loadu_ps(b8.as_ptr())) }
+            for (o, a) in out.iter_mut().zip(p) {
+                debug_assert!(c + 8 <= a.len());
+                // SAFETY: the caller guarantees `c + 8 <= a.len()`; unaligned load.
+                *o = unsafe { _mm256_loadu_ps(a.as_ptr().add(c)) };
+            }
         }
+        out
     }
 
     /// The parameters of row `r`: all `cols` of them per column, its groups if `GROUPED`.
@@ -572,21 +827,20 @@ mod x86 {
     }
 
     /// AVX2 twin of `encode_scalar`: per-column parameters, or per group (`GROUPED`,
-    /// `gs % 8 == 0`).
+    /// `gs % 8 == 0`). `p` = zero-points, scales, reciprocals.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn encode_avx2<const GROUPED: bool>(
         bits: QuantBits,
         x: &[f32],
         cols: usize,
         gs: usize,
-        zs: &[f32],
-        invs: &[f32],
+        p: [&[f32]; 3],
         packed: &mut [u8],
-    ) -> Option<usize> {
+    ) -> Result<(), usize> {
         match bits {
-            QuantBits::B8 => encode_bits::<8, GROUPED>(x, cols, gs, zs, invs, packed),
-            QuantBits::B4 => encode_bits::<4, GROUPED>(x, cols, gs, zs, invs, packed),
-            QuantBits::B2 => encode_bits::<2, GROUPED>(x, cols, gs, zs, invs, packed),
+            QuantBits::B8 => encode_bits::<8, GROUPED>(x, cols, gs, p, packed),
+            QuantBits::B4 => encode_bits::<4, GROUPED>(x, cols, gs, p, packed),
+            QuantBits::B2 => encode_bits::<2, GROUPED>(x, cols, gs, p, packed),
         }
     }
 
@@ -595,91 +849,246 @@ mod x86 {
         x: &[f32],
         cols: usize,
         gs: usize,
-        zs: &[f32],
-        invs: &[f32],
+        p: [&[f32]; 3],
         packed: &mut [u8],
-    ) -> Option<usize> {
+    ) -> Result<(), usize> {
+        if GROUPED && gs.is_multiple_of(32) {
+            return encode_flat_groups::<B>(x, cols, gs, p, packed);
+        }
         let bits = quant_bits::<B>();
         let row_bytes = bits.packed_len(cols);
         let per_row = cols / gs;
-        // Codes keep their low `bits` bits, as `pack_codes` stores them.
-        let mask = _mm256_set1_epi32(i32::from(bits.max_code()));
-        let main = cols / 32 * 32;
         for (r, (row, out)) in x
             .chunks_exact(cols)
             .zip(packed.chunks_exact_mut(row_bytes))
             .enumerate()
         {
-            let (rz, ri) = (
-                row_params::<GROUPED>(zs, r, per_row),
-                row_params::<GROUPED>(invs, r, per_row),
-            );
-            let mut worst = _mm256_setzero_si256();
-            let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
-            if GROUPED && gs.is_multiple_of(32) {
-                // Whole blocks of 32 inside each group: one broadcast per group.
-                for (g, (&z, &inv)) in rz.iter().zip(ri).enumerate() {
-                    let (z, inv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
-                    let mut c = g * gs;
-                    while c < (g + 1) * gs {
-                        // SAFETY: `c + 32 <= (g + 1) * gs <= cols` = `row.len()`; unaligned.
-                        let v = unsafe {
-                            [
-                                _mm256_loadu_ps(xp.add(c)),
-                                _mm256_loadu_ps(xp.add(c + 8)),
-                                _mm256_loadu_ps(xp.add(c + 16)),
-                                _mm256_loadu_ps(xp.add(c + 24)),
-                            ]
-                        };
-                        let codes = [
-                            codes8(v[0], z, inv, mask, &mut worst),
-                            codes8(v[1], z, inv, mask, &mut worst),
-                            codes8(v[2], z, inv, mask, &mut worst),
-                            codes8(v[3], z, inv, mask, &mut worst),
-                        ];
-                        // SAFETY: the 32 codes at `c` pack into `4 * B` bytes at byte
-                        // `c * B / 8` of the `cols * B / 8`-byte row.
-                        unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
-                        c += 32;
-                    }
+            let rp = [
+                row_params::<GROUPED>(p[0], r, per_row),
+                row_params::<GROUPED>(p[1], r, per_row),
+                row_params::<GROUPED>(p[2], r, per_row),
+            ];
+            let worst = encode_row::<B, GROUPED>(row, gs, [rp[0], rp[2]], out);
+            let tail = !cols.is_multiple_of(32);
+            let tail_bad = tail && encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, false)?;
+            if uncertain(worst) || tail_bad {
+                // Rare (about 1.5 % of 64-wide rows on random data): encode the row again,
+                // repairing its uncertain codes.
+                if repair_row::<B, GROUPED>(row, gs, rp, out) {
+                    return Err(r);
                 }
-            } else {
-                let mut cur = Cursor::new(gs);
-                let mut c = 0;
-                while c < main {
+                if tail {
+                    encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-row groups of a multiple of 32 values: the groups of consecutive rows are
+    /// consecutive in `x` and in `packed`, so they are encoded as one flat sequence, each group
+    /// checked and, if needed, repaired on its own. `Err` names the row of the first group found
+    /// to hold a NaN or infinity.
+    #[target_feature(enable = "avx2,fma")]
+    fn encode_flat_groups<const B: u32>(
+        x: &[f32],
+        cols: usize,
+        gs: usize,
+        [zs, ss, invs]: [&[f32]; 3],
+        packed: &mut [u8],
+    ) -> Result<(), usize> {
+        let groups = x.len() / gs;
+        assert!(zs.len() == groups && ss.len() == groups && invs.len() == groups);
+        assert_eq!(packed.len(), x.len() * B as usize / 8);
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let (xp, op) = (x.as_ptr(), packed.as_mut_ptr());
+        for (g, (&z, &inv)) in zs.iter().zip(invs).enumerate() {
+            let (zv, iv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
+            let mut worst = _mm256_setzero_si256();
+            let base = g * gs;
+            let mut c = base;
+            while c < base + gs {
+                // SAFETY: `c + 32 <= (g + 1) * gs <= x.len()`; unaligned loads.
+                let v = unsafe {
+                    [
+                        _mm256_loadu_ps(xp.add(c)),
+                        _mm256_loadu_ps(xp.add(c + 8)),
+                        _mm256_loadu_ps(xp.add(c + 16)),
+                        _mm256_loadu_ps(xp.add(c + 24)),
+                    ]
+                };
+                let codes = [
+                    codes8(v[0], zv, iv, mask, &mut worst),
+                    codes8(v[1], zv, iv, mask, &mut worst),
+                    codes8(v[2], zv, iv, mask, &mut worst),
+                    codes8(v[3], zv, iv, mask, &mut worst),
+                ];
+                // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
+                // `packed` (`x.len() * B / 8` bytes).
+                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                c += 32;
+            }
+            if uncertain(worst) {
+                let q = [zv, _mm256_set1_ps(ss[g]), iv];
+                let mut nonfinite = _mm256_setzero_si256();
+                let mut c = base;
+                while c < base + gs {
                     let mut codes = [_mm256_setzero_si256(); 4];
                     for (k, code) in codes.iter_mut().enumerate() {
-                        let ck = c + 8 * k;
-                        let (z, inv) = params8::<GROUPED>(rz, ri, ck, &mut cur);
-                        // SAFETY: `ck + 8 <= main <= cols` = `row.len()`; unaligned load.
-                        let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
-                        *code = codes8(v, z, inv, mask, &mut worst);
+                        // SAFETY: `c + 8k + 8 <= (g + 1) * gs <= x.len()`; unaligned load.
+                        let v = unsafe { _mm256_loadu_ps(xp.add(c + 8 * k)) };
+                        *code = codes8_repaired(v, q, mask, &mut nonfinite);
                     }
                     // SAFETY: as above.
                     unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
                     c += 32;
                 }
-            }
-            // Tail (a multiple of 4 values, fewer than 32): codes through a stack buffer.
-            if main < cols {
-                let mut buf = [0u8; 32];
-                let n = cols - main;
-                let mut sbad = 0u32;
-                for (i, o) in buf[..n].iter_mut().enumerate() {
-                    let p = param_index(r, main + i, cols, if GROUPED { gs } else { 0 });
-                    *o = fast_code(row[main + i], zs[p], invs[p], &mut sbad);
+                if _mm256_movemask_ps(_mm256_castsi256_ps(nonfinite)) != 0 {
+                    return Err(base / cols);
                 }
-                let o = bits.packed_len(main);
-                super::pack_codes(&buf[..n], bits, &mut out[o..o + bits.packed_len(n)]);
-                if sbad >> 31 != 0 {
-                    return Some(r);
-                }
-            }
-            if uncertain(worst) {
-                return Some(r);
             }
         }
-        None
+        Ok(())
+    }
+
+    /// Fast codes of the whole blocks of 32 of a row; returns the distances' maximum pattern.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn encode_row<const B: u32, const GROUPED: bool>(
+        row: &[f32],
+        gs: usize,
+        rp: [&[f32]; 2],
+        out: &mut [u8],
+    ) -> __m256i {
+        let main = row.len() / 32 * 32;
+        assert!(out.len() >= main * B as usize / 8);
+        let need = if GROUPED { row.len() / gs } else { row.len() };
+        assert!(rp.iter().all(|a| a.len() >= need));
+        // Codes keep their low `B` bits, as `pack_codes` stores them.
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let mut worst = _mm256_setzero_si256();
+        let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
+        if GROUPED && gs.is_multiple_of(32) {
+            // Whole blocks of 32 inside each group: one broadcast per group.
+            for (g, (&z, &inv)) in rp[0].iter().zip(rp[1]).enumerate() {
+                let (z, inv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
+                let mut c = g * gs;
+                while c < (g + 1) * gs {
+                    // SAFETY: `c + 32 <= (g + 1) * gs <= row.len()`; unaligned loads.
+                    let v = unsafe {
+                        [
+                            _mm256_loadu_ps(xp.add(c)),
+                            _mm256_loadu_ps(xp.add(c + 8)),
+                            _mm256_loadu_ps(xp.add(c + 16)),
+                            _mm256_loadu_ps(xp.add(c + 24)),
+                        ]
+                    };
+                    let codes = [
+                        codes8(v[0], z, inv, mask, &mut worst),
+                        codes8(v[1], z, inv, mask, &mut worst),
+                        codes8(v[2], z, inv, mask, &mut worst),
+                        codes8(v[3], z, inv, mask, &mut worst),
+                    ];
+                    // SAFETY: the 32 codes at `c` pack into `4 * B` bytes at byte `c * B / 8`,
+                    // inside `out` (checked above).
+                    unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                    c += 32;
+                }
+            }
+        } else {
+            let mut cur = Cursor::new(gs);
+            let mut c = 0;
+            while c < main {
+                let mut codes = [_mm256_setzero_si256(); 4];
+                for (k, code) in codes.iter_mut().enumerate() {
+                    let ck = c + 8 * k;
+                    // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
+                    // `cols / gs` groups.
+                    let [z, inv] = unsafe { params8::<GROUPED, 2>(rp, ck, &mut cur) };
+                    // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
+                    let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
+                    *code = codes8(v, z, inv, mask, &mut worst);
+                }
+                // SAFETY: as above.
+                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                c += 32;
+            }
+        }
+        worst
+    }
+
+    /// Encodes the whole blocks of 32 of a row again, repairing uncertain codes; `true` if the
+    /// row holds a non-finite value.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn repair_row<const B: u32, const GROUPED: bool>(
+        row: &[f32],
+        gs: usize,
+        rp: [&[f32]; 3],
+        out: &mut [u8],
+    ) -> bool {
+        let main = row.len() / 32 * 32;
+        assert!(out.len() >= main * B as usize / 8);
+        let need = if GROUPED { row.len() / gs } else { row.len() };
+        assert!(rp.iter().all(|a| a.len() >= need));
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let mut nonfinite = _mm256_setzero_si256();
+        let mut cur = Cursor::new(gs);
+        let mut c = 0;
+        while c < main {
+            let mut codes = [_mm256_setzero_si256(); 4];
+            for (k, code) in codes.iter_mut().enumerate() {
+                let ck = c + 8 * k;
+                // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
+                // `cols / gs` groups.
+                let q = unsafe { params8::<GROUPED, 3>(rp, ck, &mut cur) };
+                // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
+                let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(ck)) };
+                *code = codes8_repaired(v, q, mask, &mut nonfinite);
+            }
+            // SAFETY: the 32 codes at `c` pack into `4 * B` bytes inside `out` (checked above).
+            unsafe { store32::<B>(codes, out.as_mut_ptr().add(c * B as usize / 8)) };
+            c += 32;
+        }
+        _mm256_movemask_ps(_mm256_castsi256_ps(nonfinite)) != 0
+    }
+
+    /// The last `cols % 32` values of row `r` (a multiple of 4), through a stack buffer, as the
+    /// scalar twin: `Ok(true)` if a fast code is uncertain (`repair == false`), `Err(r)` for a
+    /// non-finite value met while repairing.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn encode_tail<const B: u32, const GROUPED: bool>(
+        row: &[f32],
+        r: usize,
+        cols: usize,
+        gs: usize,
+        [zs, ss, invs]: [&[f32]; 3],
+        out: &mut [u8],
+        repair: bool,
+    ) -> Result<bool, usize> {
+        let main = cols / 32 * 32;
+        if main == cols {
+            return Ok(false);
+        }
+        let bits = quant_bits::<B>();
+        let max_code = f32::from(bits.max_code());
+        let mut buf = [0u8; 32];
+        let n = cols - main;
+        let mut bad = 0u32;
+        let gs = if GROUPED { gs } else { 0 };
+        for (i, o) in buf[..n].iter_mut().enumerate() {
+            let q = param_index(r, main + i, cols, gs);
+            let v = row[main + i];
+            *o = if repair {
+                repaired_code(v, zs[q], ss[q], invs[q], max_code).ok_or(r)?
+            } else {
+                fast_code(v, zs[q], invs[q], &mut bad)
+            };
+        }
+        let o = bits.packed_len(main);
+        super::pack_codes(&buf[..n], bits, &mut out[o..o + bits.packed_len(n)]);
+        Ok(bad >> 31 != 0)
     }
 
     /// The `QuantBits` of `B` bits.
@@ -760,36 +1169,40 @@ mod x86 {
         ss: &[f32],
         out: &mut [f32],
     ) {
-        let bits = quant_bits::<B>();
-        let row_bytes = bits.packed_len(cols);
-        let rows = out.len() / cols;
         // Byte offset of code `c` in a row.
         let at = |c: usize| c * B as usize / 8;
         let (pp, yp) = (packed.as_ptr(), out.as_mut_ptr());
         let main = cols / 8 * 8;
         if GROUPED {
-            // One broadcast per group, `gs / 8` steps inside it.
-            let per_row = cols / gs;
-            for r in 0..rows {
-                let (rz, rs) = (
-                    &zs[r * per_row..(r + 1) * per_row],
-                    &ss[r * per_row..(r + 1) * per_row],
-                );
-                for (g, (&z, &s)) in rz.iter().zip(rs).enumerate() {
-                    let (z, s) = (_mm256_set1_ps(z), _mm256_set1_ps(s));
-                    let mut c = g * gs;
-                    while c < (g + 1) * gs {
-                        // SAFETY: `c + 8 <= cols`, so the codes lie in row `r` of `packed`
-                        // (`rows * row_bytes` bytes) and the outputs in row `r` of `out`.
-                        unsafe {
-                            decode8::<B>(pp.add(r * row_bytes + at(c)), z, s, yp.add(r * cols + c));
-                        }
-                        c += 8;
+            // The groups of consecutive rows are consecutive in `packed` and `out`: one flat
+            // sequence, one broadcast per group, `gs / 8` steps inside it (by four when
+            // `gs % 32 == 0`).
+            let groups = out.len() / gs;
+            assert!(zs.len() == groups && ss.len() == groups);
+            assert_eq!(packed.len(), out.len() * B as usize / 8);
+            for (g, (&z, &s)) in zs.iter().zip(ss).enumerate() {
+                let (z, s) = (_mm256_set1_ps(z), _mm256_set1_ps(s));
+                let mut c = g * gs;
+                let end = c + gs;
+                while c + 32 <= end {
+                    for k in 0..4 {
+                        let ck = c + 8 * k;
+                        // SAFETY: `ck + 8 <= end <= out.len()`; its codes lie in `packed`.
+                        unsafe { decode8::<B>(pp.add(at(ck)), z, s, yp.add(ck)) };
                     }
+                    c += 32;
+                }
+                while c < end {
+                    // SAFETY: `c + 8 <= end <= out.len()` (`gs % 8 == 0`).
+                    unsafe { decode8::<B>(pp.add(at(c)), z, s, yp.add(c)) };
+                    c += 8;
                 }
             }
             return;
         }
+        let bits = quant_bits::<B>();
+        let row_bytes = bits.packed_len(cols);
+        let rows = out.len() / cols;
         // Strips of 32 channels whose zero-points and scales stay in registers down the rows.
         let mut c0 = 0;
         while c0 + 32 <= cols {
@@ -943,7 +1356,7 @@ mod tests {
     fn encode_and_decode_twins_are_bit_identical() {
         let Some(isa) = avx2() else { return };
         let mut rng = StdRng::seed_from_u64(2);
-        for case in 0..600 {
+        for case in 0..800 {
             let bits = ALL_BITS[case % 3];
             let max = f32::from(bits.max_code());
             let gs = [8, 16, 32, 64][rng.random_range(0..4)];
@@ -954,84 +1367,135 @@ mod tests {
             };
             let rows = rng.random_range(1..12);
             let n = rows * cols;
-            // Codes near every half-integer (near-ties), plus specials in some cases.
+            // Values on and near half steps (ties, near-ties), plus specials in some cases.
             let specials = case % 5 == 0;
             let x: Vec<f32> = data(&mut rng, n, specials)
                 .iter()
-                .map(|&v| {
-                    if case % 3 == 1 {
-                        (v.abs() * max / 8.0).round() + 0.5
-                    } else {
-                        v
-                    }
+                .map(|&v| match case % 3 {
+                    1 => (v.abs() * max / 8.0).round() + 0.5,
+                    2 => f32::from_bits(((v.abs() * max / 8.0).round() + 0.5).to_bits() + 1),
+                    _ => v,
                 })
                 .collect();
             let per_col = case % 2 == 0 || !cols.is_multiple_of(gs);
             let groups = if per_col { cols } else { n / gs };
             let zs: Vec<f32> = (0..groups)
-                .map(|_| rng.random_range(-9.0f32..0.0))
+                .map(|_| {
+                    if case % 3 == 0 {
+                        rng.random_range(-9.0f32..0.0)
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
-            let mut invs: Vec<f32> = (0..groups)
-                .map(|_| max / rng.random_range(0.5f32..20.0))
+            let mut ss: Vec<f32> = (0..groups)
+                .map(|_| {
+                    if case % 3 == 0 {
+                        rng.random_range(0.05f32..2.0)
+                    } else {
+                        1.0
+                    }
+                })
                 .collect();
+            let mut invs: Vec<f32> = ss.iter().map(|s| 1.0 / s).collect();
             if specials {
                 invs[0] = f32::NAN;
+                ss[0] = 0.0;
             }
             let pb = rows * bits.packed_len(cols);
             let (mut p1, mut p2) = (vec![0u8; pb], vec![0u8; pb]);
             let (r1, r2) = if per_col {
                 (
-                    encode_cols(isa, bits, &x, cols, &zs, &invs, &mut p1),
-                    encode_cols_scalar(bits, &x, cols, &zs, &invs, &mut p2),
+                    encode_cols(isa, bits, &x, cols, &zs, &ss, &invs, &mut p1),
+                    encode_cols_scalar(bits, &x, cols, &zs, &ss, &invs, &mut p2),
                 )
             } else {
                 (
-                    encode_groups(isa, bits, &x, cols, gs, &zs, &invs, &mut p1),
-                    encode_groups_scalar(bits, &x, cols, gs, &zs, &invs, &mut p2),
+                    encode_groups(isa, bits, &x, cols, gs, &zs, &ss, &invs, &mut p1),
+                    encode_groups_scalar(bits, &x, cols, gs, &zs, &ss, &invs, &mut p2),
                 )
             };
             assert_eq!(r1, r2, "case {case}");
-            let done = r1.unwrap_or(rows) * bits.packed_len(cols);
+            let done = r1.err().unwrap_or(rows) * bits.packed_len(cols);
             assert_eq!(p1[..done], p2[..done], "case {case}");
 
             let packed: Vec<u8> = (0..pb).map(|_| rng.random()).collect();
             let (mut y1, mut y2) = (vec![0.0; n], vec![0.0; n]);
             if per_col {
-                decode_cols(isa, bits, &packed, cols, &zs, &invs, &mut y1);
-                decode_cols_scalar(bits, &packed, cols, &zs, &invs, &mut y2);
+                decode_cols(isa, bits, &packed, cols, &zs, &ss, &mut y1);
+                decode_cols_scalar(bits, &packed, cols, &zs, &ss, &mut y2);
             } else {
-                decode_groups(isa, bits, &packed, cols, gs, &zs, &invs, &mut y1);
-                decode_groups_scalar(bits, &packed, cols, gs, &zs, &invs, &mut y2);
+                decode_groups(isa, bits, &packed, cols, gs, &zs, &ss, &mut y1);
+                decode_groups_scalar(bits, &packed, cols, gs, &zs, &ss, &mut y2);
             }
             assert_eq!(bits_of(&y1), bits_of(&y2), "case {case}");
         }
     }
 
     #[test]
-    fn fast_codes_are_the_rounded_quotient() {
-        // Certain codes equal round(t); a zero-point above the value or a NaN reciprocal flags
-        // the row.
-        let x = [0.0f32, 1.0, 2.49, 2.51, 3.0, 7.0, 7.4, 7.6];
+    fn codes_are_exact_on_ties_and_degenerate_scales() {
+        // Fast codes where certain; ties (which the fast path rounds to even) and a NaN
+        // reciprocal (a zero scale) are repaired with the exact division.
+        let x = [0.0f32, 1.0, 2.49, 2.5, 3.0, 7.0, 7.4, 7.6];
         let mut p = [0u8; 8];
-        let r = encode_cols_scalar(QuantBits::B8, &x, 8, &[0.0; 8], &[1.0; 8], &mut p);
-        assert_eq!((r, p), (None, [0, 1, 2, 3, 3, 7, 7, 8]));
         let r = encode_cols_scalar(
             QuantBits::B8,
             &x,
-            4,
-            &[0.0; 4],
-            &[1.0, 1.0, 1.0, f32::NAN],
+            8,
+            &[0.0; 8],
+            &[1.0; 8],
+            &[1.0; 8],
             &mut p,
         );
-        assert_eq!(r, Some(0));
+        assert_eq!((r, p), (Ok(()), [0, 1, 2, 3, 3, 7, 7, 8]));
+        let (z, s, inv) = ([0.0; 4], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, f32::NAN]);
+        let r = encode_cols_scalar(QuantBits::B8, &x, 4, &z, &s, &inv, &mut p);
+        assert_eq!((r, p), (Ok(()), [0, 1, 2, 255, 3, 7, 7, 255]));
         let r = encode_cols_scalar(
             QuantBits::B8,
-            &[0.0, 1.5, 0.0, 0.0],
+            &[0.0, f32::NAN, 0.0, 0.0],
             4,
-            &[0.0; 4],
-            &[1.0; 4],
+            &z,
+            &s,
+            &inv,
             &mut p[..4],
         );
-        assert_eq!(r, Some(0));
+        assert_eq!(r, Err(0));
+    }
+
+    #[test]
+    fn finish_scales_twins_are_bit_identical() {
+        let Some(isa) = avx2() else { return };
+        let mut rng = StdRng::seed_from_u64(3);
+        for case in 0..300 {
+            let n = rng.random_range(0..40);
+            let max_code = [3.0, 15.0, 255.0][case % 3];
+            let mut los = data(&mut rng, n, case % 3 == 0);
+            let mut his: Vec<f32> = los
+                .iter()
+                .map(|&l| l + rng.random_range(0.0f32..4.0))
+                .collect();
+            if case % 4 == 1 && n > 0 {
+                // Constant, subnormal-range and overflowing groups.
+                let i = rng.random_range(0..n);
+                his[i] = los[i];
+                let j = rng.random_range(0..n);
+                his[j] = los[j] + 1e-40;
+                if case % 8 == 1 {
+                    los[i] = -3e38;
+                    his[i] = 3e38;
+                }
+            }
+            let (mut h1, mut h2) = (his.clone(), his);
+            let (mut i1, mut i2) = (vec![0.0; n], vec![0.0; n]);
+            let r1 = finish_scales(isa, &los, &mut h1, &mut i1, max_code);
+            let r2 = finish_scales_scalar(&los, &mut h2, &mut i2, max_code);
+            assert_eq!(r1, r2, "case {case}");
+            assert_eq!(
+                (bits_of(&h1), bits_of(&i1)),
+                (bits_of(&h2), bits_of(&i2)),
+                "case {case}"
+            );
+        }
     }
 }
