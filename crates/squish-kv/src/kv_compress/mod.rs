@@ -629,24 +629,31 @@ impl KvCompressor {
             EvictionPolicy::H2o { scores, .. } => &scores[h * n..(h + 1) * n],
             _ => &[],
         };
-        // Evicted tokens are never quantised: check every input token here, so a NaN is an
-        // error whether or not its token is kept (key norms would be meaningless anyway).
-        if let Some(i) = first_non_finite(kh) {
-            return Err((Anomaly::NonFinite(i), h * n * d));
-        }
-        if let Some(i) = first_non_finite(vh) {
-            return Err((Anomaly::NonFinite(VALUES + i), h * n * d));
-        }
         let mut kept = std::mem::take(&mut self.kept);
+        // `select` orders NaN norms or scores totally; a NaN anywhere fails the head below.
         evict::select(&e.policy, kh, d, scores, keep, &mut kept, &mut self.work);
         self.gather_k.clear();
         self.gather_v.clear();
-        for &t in &kept {
-            let t = t as usize;
-            self.gather_k.extend_from_slice(&kh[t * d..(t + 1) * d]);
-            self.gather_v.extend_from_slice(&vh[t * d..(t + 1) * d]);
+        // Kept tokens are ascending: copy runs of consecutive tokens at once, and scan the
+        // evicted tokens between them for NaN / infinity (the quantiser and the residual scan
+        // check the kept ones), so a NaN is an error whether or not its token is kept.
+        let mut evicted_finite = true;
+        let (mut i, mut next) = (0, 0);
+        while i < kept.len() {
+            let start = kept[i] as usize;
+            let mut end = start + 1;
+            i += 1;
+            while i < kept.len() && kept[i] as usize == end {
+                end += 1;
+                i += 1;
+            }
+            evicted_finite &= all_finite(&kh[next * d..start * d], &vh[next * d..start * d]);
+            self.gather_k.extend_from_slice(&kh[start * d..end * d]);
+            self.gather_v.extend_from_slice(&vh[start * d..end * d]);
+            next = end;
         }
-        s.clear();
+        evicted_finite &= all_finite(&kh[next * d..], &vh[next * d..]);
+        s.reset();
         let (gk, gv) = (
             std::mem::take(&mut self.gather_k),
             std::mem::take(&mut self.gather_v),
@@ -655,6 +662,17 @@ impl KvCompressor {
         s.positions.extend_from_slice(&kept);
         self.gather_k = gk;
         self.gather_v = gv;
+        if !evicted_finite || res.is_err() {
+            // The head's first NaN or infinity, keys before values, wins over a range error.
+            if let Some(i) = first_non_finite(kh) {
+                self.kept = kept;
+                return Err((Anomaly::NonFinite(i), h * n * d));
+            }
+            if let Some(i) = first_non_finite(vh) {
+                self.kept = kept;
+                return Err((Anomaly::NonFinite(VALUES + i), h * n * d));
+            }
+        }
         let res = res.map_err(|a| {
             // Map a gathered index back to the input.
             let remap = |i: usize| {
@@ -768,6 +786,11 @@ fn first_non_finite(x: &[f32]) -> Option<usize> {
     } else {
         x.iter().position(|v| !v.is_finite())
     }
+}
+
+/// Whether `k` and `v` hold no NaN or infinity.
+fn all_finite(k: &[f32], v: &[f32]) -> bool {
+    first_non_finite(k).is_none() && first_non_finite(v).is_none()
 }
 
 /// Anomaly indices at or above this refer to the values.
