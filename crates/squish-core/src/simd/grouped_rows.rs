@@ -855,6 +855,9 @@ mod x86 {
         if GROUPED && gs.is_multiple_of(32) {
             return encode_flat_groups::<B>(x, cols, gs, p, packed);
         }
+        if !GROUPED && cols.is_multiple_of(32) {
+            return encode_rows_by_32::<B>(x, cols, p, packed);
+        }
         let bits = quant_bits::<B>();
         let row_bytes = bits.packed_len(cols);
         let per_row = cols / gs;
@@ -880,6 +883,55 @@ mod x86 {
                 if tail {
                     encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, true)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-column parameters on rows of a multiple of 32 values: one tight loop per row, the
+    /// parameters loaded next to the values, one certainty check per row.
+    #[target_feature(enable = "avx2,fma")]
+    fn encode_rows_by_32<const B: u32>(
+        x: &[f32],
+        cols: usize,
+        p: [&[f32]; 3],
+        packed: &mut [u8],
+    ) -> Result<(), usize> {
+        let [zs, _, invs] = p;
+        assert!(zs.len() == cols && invs.len() == cols && p[1].len() == cols);
+        assert_eq!(packed.len(), x.len() * B as usize / 8);
+        let row_bytes = cols * B as usize / 8;
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let (zp, ip) = (zs.as_ptr(), invs.as_ptr());
+        for (r, (row, out)) in x
+            .chunks_exact(cols)
+            .zip(packed.chunks_exact_mut(row_bytes))
+            .enumerate()
+        {
+            let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
+            let mut worst = _mm256_setzero_si256();
+            let mut c = 0;
+            while c < cols {
+                let mut codes = [_mm256_setzero_si256(); 4];
+                for (k, code) in codes.iter_mut().enumerate() {
+                    let ck = c + 8 * k;
+                    // SAFETY: `ck + 8 <= cols`, the length of the row, `zs` and `invs`.
+                    let (v, z, inv) = unsafe {
+                        (
+                            _mm256_loadu_ps(xp.add(ck)),
+                            _mm256_loadu_ps(zp.add(ck)),
+                            _mm256_loadu_ps(ip.add(ck)),
+                        )
+                    };
+                    *code = codes8(v, z, inv, mask, &mut worst);
+                }
+                // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
+                // the row's `cols * B / 8` bytes.
+                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                c += 32;
+            }
+            if uncertain(worst) && repair_row::<B, false>(row, 8, p, out) {
+                return Err(r);
             }
         }
         Ok(())
