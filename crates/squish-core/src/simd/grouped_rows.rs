@@ -1,19 +1,25 @@
 //! Kernels of grouped asymmetric (KIVI) quantisation on byte-aligned rows: group minimum and
-//! maximum, the fast encoder (multiply by the reciprocal scale, magic-number rounding, a
-//! certainty check per row) with bit packing, and decode with unpacking. Used by
+//! maximum, scales and reciprocals, the encoder (multiply by the reciprocal scale,
+//! magic-number rounding, a certainty check, exact repair of uncertain lanes) with bit
+//! packing, and decode with unpacking. Used by
 //! [`crate::quant::quantize_grouped_slices`] and [`crate::quant::dequantize_grouped_slices`].
 //!
 //! Every kernel has a scalar twin (`*_scalar`) doing the same `f32` operations element by
 //! element in the same order (minimum / maximum reductions included), so the AVX2 versions are
 //! **bit-identical** to them, NaN propagation included; the tests check this on random data
-//! with NaN, infinities, signed zeros and near-ties.
+//! with NaN, infinities, signed zeros, ties and near-ties. (The twins may check certainty per
+//! row where the AVX2 encoder checks per group; both then output the exact codes.)
 //!
 //! # The fast code
 //! `t = (v - z) * inv` (separate multiply and subtract, no FMA), `r = t + 1.5 * 2^23`; the code
 //! is the low byte of `r`'s bits (`round_ties_even(t)`), and the element is *certain* when
-//! `|t - (r - 1.5 * 2^23)| <= 0.5 - 2^-13` (compared as bit patterns, so NaN is uncertain). The
-//! encoders report the first row holding an uncertain element; the caller re-encodes that row
-//! with the exact expression (see `quant::grouped`).
+//! `|t - (r - 1.5 * 2^23)| <= 0.5 - 2^-13` (compared as bit patterns, so NaN is uncertain).
+//! For `v` in its group's range, a certain fast code equals the exact code
+//! `encode_exact(v, z, s, max)` = `clamp(round_half_away((v - z) / s), 0, max)`: `t` and
+//! `(v - z) / s` differ by at most `3 * 2^-24 * 255 < 4.6e-5`, far less than `2^-13`. A row (per
+//! column) or group (per-row groups of a multiple of 32) holding an uncertain code is encoded
+//! again, taking the exact code in the uncertain lanes; a NaN or infinity met there is reported
+//! as `Err(row)`.
 //!
 //! # Layout
 //! `x` is `[rows, cols]` row-major with `cols % 4 == 0`; packed rows are
@@ -272,8 +278,8 @@ fn param_index(r: usize, c: usize, cols: usize, gs: usize) -> usize {
     (r * cols + c).checked_div(gs).unwrap_or(c)
 }
 
-/// The code of `v` when its fast code is uncertain or `certain` is false: the fast code if
-/// certain, else the exact one; `None` for a non-finite `v`.
+/// The code of `v` in a row being repaired: the fast code if certain, else the exact one;
+/// `None` for a non-finite `v`.
 #[inline(always)]
 fn repaired_code(v: f32, z: f32, s: f32, inv: f32, max_code: f32) -> Option<u8> {
     if !v.is_finite() {
@@ -1003,7 +1009,9 @@ mod x86 {
         Ok(())
     }
 
-    /// Fast codes of the whole blocks of 32 of a row; returns the distances' maximum pattern.
+    /// Fast codes of the whole blocks of 32 of a row (per column, or per group with
+    /// `gs % 8 == 0`; groups of a multiple of 32 take [`encode_flat_groups`]); returns the
+    /// distances' maximum pattern.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn encode_row<const B: u32, const GROUPED: bool>(
@@ -1020,51 +1028,23 @@ mod x86 {
         let mask = _mm256_set1_epi32((1 << B) - 1);
         let mut worst = _mm256_setzero_si256();
         let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
-        if GROUPED && gs.is_multiple_of(32) {
-            // Whole blocks of 32 inside each group: one broadcast per group.
-            for (g, (&z, &inv)) in rp[0].iter().zip(rp[1]).enumerate() {
-                let (z, inv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
-                let mut c = g * gs;
-                while c < (g + 1) * gs {
-                    // SAFETY: `c + 32 <= (g + 1) * gs <= row.len()`; unaligned loads.
-                    let v = unsafe {
-                        [
-                            _mm256_loadu_ps(xp.add(c)),
-                            _mm256_loadu_ps(xp.add(c + 8)),
-                            _mm256_loadu_ps(xp.add(c + 16)),
-                            _mm256_loadu_ps(xp.add(c + 24)),
-                        ]
-                    };
-                    let codes = [
-                        codes8(v[0], z, inv, mask, &mut worst),
-                        codes8(v[1], z, inv, mask, &mut worst),
-                        codes8(v[2], z, inv, mask, &mut worst),
-                        codes8(v[3], z, inv, mask, &mut worst),
-                    ];
-                    // SAFETY: the 32 codes at `c` pack into `4 * B` bytes at byte `c * B / 8`,
-                    // inside `out` (checked above).
-                    unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
-                    c += 32;
-                }
+        let mut cur = Cursor::new(gs);
+        let mut c = 0;
+        while c < main {
+            let mut codes = [_mm256_setzero_si256(); 4];
+            for (k, code) in codes.iter_mut().enumerate() {
+                let ck = c + 8 * k;
+                // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
+                // `cols / gs` groups.
+                let [z, inv] = unsafe { params8::<GROUPED, 2>(rp, ck, &mut cur) };
+                // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
+                let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
+                *code = codes8(v, z, inv, mask, &mut worst);
             }
-        } else {
-            let mut cur = Cursor::new(gs);
-            let mut c = 0;
-            while c < main {
-                let mut codes = [_mm256_setzero_si256(); 4];
-                for (k, code) in codes.iter_mut().enumerate() {
-                    let ck = c + 8 * k;
-                    // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
-                    // `cols / gs` groups.
-                    let [z, inv] = unsafe { params8::<GROUPED, 2>(rp, ck, &mut cur) };
-                    // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
-                    let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
-                    *code = codes8(v, z, inv, mask, &mut worst);
-                }
-                // SAFETY: as above.
-                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
-                c += 32;
-            }
+            // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside `out`
+            // (checked above).
+            unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+            c += 32;
         }
         worst
     }
