@@ -565,10 +565,13 @@ fn range_overflow(
     }
 }
 
-/// Groups whose reciprocal scales are kept on the stack at a time by
-/// [`quantize_grouped_slices`] (per-row groups: 128 groups of 32 values are 16 KiB of input,
-/// read again from L1 by the encoder).
+/// Per-row groups quantised per tile by [`quantize_grouped_slices`]: 128 groups of 32 values
+/// are 16 KiB of input, read again from L1 by the encoder.
 const TILE: usize = 128;
+
+/// Columns per strip of per-column groups (their reciprocal scales live on the stack): head
+/// dimensions up to 512 are encoded a whole block of rows per kernel call.
+const COL_TILE: usize = 512;
 
 /// [`quantize_grouped`] into caller-owned slices: the packed codes, scales and zero-points of
 /// a row-major `[x.len() / cols, cols]` matrix, in [`GroupedQuantized`]'s layout and
@@ -646,7 +649,7 @@ pub fn quantize_grouped_slices(
     let isa = crate::simd::isa();
     let max_code = f32::from(bits.max_code());
     let row_bytes = bits.packed_len(cols);
-    let mut inv = [0.0f32; TILE];
+    let mut inv = [0.0f32; COL_TILE];
     let fail = || slices_error(x, rows, cols, cfg);
     match cfg.axis {
         GroupAxis::AlongColumn => {
@@ -657,8 +660,8 @@ pub fn quantize_grouped_slices(
                 );
                 grouped_rows::column_min_max(isa, block, cols, zs, ss);
                 let packed = &mut codes[b * gs * row_bytes..(b + 1) * gs * row_bytes];
-                for c0 in (0..cols).step_by(TILE) {
-                    let w = TILE.min(cols - c0);
+                for c0 in (0..cols).step_by(COL_TILE) {
+                    let w = COL_TILE.min(cols - c0);
                     let (z, s, iv) = (&zs[c0..c0 + w], &mut ss[c0..c0 + w], &mut inv[..w]);
                     if !grouped_rows::finish_scales(isa, z, s, iv, max_code) {
                         return Err(fail());
