@@ -66,9 +66,11 @@ pub use ggml::{
     dequantize_row_q4_0, dequantize_row_q8_0, quantize_q4_0, quantize_q8_0, quantize_row_q4_0,
     quantize_row_q8_0, try_cast_blocks,
 };
+pub(crate) use grouped::encode as encode_exact;
 pub use grouped::{
     GroupAxis, GroupedQuantConfig, GroupedQuantized, quantize_grouped, quantize_grouped_into,
 };
+pub use grouped::{dequantize_grouped_slices, quantize_grouped_slices};
 pub use pack::{QuantBits, pack_codes, unpack_codes};
 
 pub(crate) use ggml::{

@@ -144,6 +144,20 @@ fn smallest_first(work: &mut [(f32, u32)], k: usize, kept: &mut Vec<u32>) {
     if k < work.len() {
         work.select_nth_unstable_by(k - 1, by_value_then_index);
     }
+    if 2 * k > work.len() {
+        // Most tokens are kept (`work` holds the indices `0..work.len()`): sort the few evicted
+        // ones and keep the complement.
+        let n = work.len() as u32;
+        let evicted = &mut work[k..];
+        evicted.sort_unstable_by_key(|&(_, i)| i);
+        let mut e = evicted.iter().map(|&(_, i)| i).peekable();
+        for i in 0..n {
+            if e.next_if_eq(&i).is_none() {
+                kept.push(i);
+            }
+        }
+        return;
+    }
     let start = kept.len();
     kept.extend(work[..k].iter().map(|&(_, i)| i));
     kept[start..].sort_unstable();

@@ -1,0 +1,1533 @@
+//! Kernels of grouped asymmetric (KIVI) quantisation on byte-aligned rows: group minimum and
+//! maximum, scales and reciprocals, the encoder (multiply by the reciprocal scale,
+//! magic-number rounding, a certainty check, exact repair of uncertain lanes) with bit
+//! packing, and decode with unpacking. Used by
+//! [`crate::quant::quantize_grouped_slices`] and [`crate::quant::dequantize_grouped_slices`].
+//!
+//! Every kernel has a scalar twin (`*_scalar`) doing the same `f32` operations element by
+//! element in the same order (minimum / maximum reductions included), so the AVX2 versions are
+//! **bit-identical** to them, NaN propagation included; the tests check this on random data
+//! with NaN, infinities, signed zeros, ties and near-ties. (The twins may check certainty per
+//! row where the AVX2 encoder checks per group; both then output the exact codes.)
+//!
+//! # The fast code
+//! `t = (v - z) * inv` (separate multiply and subtract, no FMA), `r = t + 1.5 * 2^23`; the code
+//! is the low byte of `r`'s bits (`round_ties_even(t)`), and the element is *certain* when
+//! `|t - (r - 1.5 * 2^23)| <= 0.5 - 2^-13` (compared as bit patterns, so NaN is uncertain).
+//! For `v` in its group's range, a certain fast code equals the exact code
+//! `encode_exact(v, z, s, max)` = `clamp(round_half_away((v - z) / s), 0, max)`: `t` and
+//! `(v - z) / s` differ by at most `3 * 2^-24 * 255 < 4.6e-5`, far less than `2^-13`. A row (per
+//! column) or group (per-row groups of a multiple of 32) holding an uncertain code is encoded
+//! again, taking the exact code in the uncertain lanes; a NaN or infinity met there is reported
+//! as `Err(row)`.
+//!
+//! # Layout
+//! `x` is `[rows, cols]` row-major with `cols % 4 == 0`; packed rows are
+//! `bits.packed_len(cols)` bytes each (rows start on a byte since `cols` is a multiple of every
+//! `codes_per_byte`), codes packed as by [`crate::quant::pack_codes`]. Per-column parameters
+//! (`*_cols`) are `cols` long; per-group parameters (`*_groups`) hold `cols / gs` groups per row.
+
+use super::Isa;
+use crate::quant::{QuantBits, pack_codes, unpack_codes};
+
+/// `1.5 * 2^23`: adding it to a float in `[0, 2^22)` rounds it to an integer (ties to even)
+/// held in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+/// Bit pattern of `0.5 - 2^-13`, the largest accepted distance of a fast code from `t`.
+const LIM_BITS: u32 = (0.5f32 - 1.0 / 8192.0).to_bits();
+/// Elements per stack buffer of the scalar twins.
+const CHUNK: usize = 256;
+
+/// The fast code of `v` (low byte of the rounded value); ORs into `bad` a word whose sign bit
+/// is set if the code is uncertain.
+#[inline(always)]
+fn fast_code(v: f32, z: f32, inv: f32, bad: &mut u32) -> u8 {
+    let t = (v - z) * inv;
+    let r = t + MAGIC;
+    *bad |= LIM_BITS.wrapping_sub((t - (r - MAGIC)).to_bits() & 0x7fff_ffff);
+    r.to_bits() as u8
+}
+
+#[inline(always)]
+fn min2(a: f32, b: f32) -> f32 {
+    if a < b { a } else { b }
+}
+
+#[inline(always)]
+fn max2(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+/// Per-column minimum and maximum of `x` (`[rows, cols]`, `rows >= 1`) into `los` / `his`
+/// (`cols` each), row by row: `lo = if v < lo { v } else { lo }` (a NaN survives only in the
+/// first row).
+pub(crate) fn column_min_max(isa: Isa, x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+    assert!(cols > 0 && x.len() >= cols && x.len().is_multiple_of(cols));
+    assert!(los.len() == cols && his.len() == cols);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::column_min_max_avx2(x, cols, los, his) },
+        Isa::Scalar => column_min_max_scalar(x, cols, los, his),
+    }
+}
+
+/// Scalar twin of [`column_min_max`].
+pub(crate) fn column_min_max_scalar(x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+    los.copy_from_slice(&x[..cols]);
+    his.copy_from_slice(&x[..cols]);
+    for row in x.chunks_exact(cols).skip(1) {
+        for ((lo, hi), &v) in los.iter_mut().zip(his.iter_mut()).zip(row) {
+            *lo = min2(v, *lo);
+            *hi = max2(v, *hi);
+        }
+    }
+}
+
+/// Minimum and maximum of each group of `gs` consecutive values of `x` into `los` / `his`
+/// (`x.len() / gs` each). Per group: eight lanes (`lo[k] = min(v, lo[k])` over chunks of 8,
+/// starting from the first chunk), reduced as `min(min(l[0], l[2]), min(l[1], l[3]))` with
+/// `l[k] = min(lo[k], lo[k + 4])`, then the `gs % 8` remaining values in order; groups shorter
+/// than 8 fold from their first value.
+pub(crate) fn group_min_max(isa: Isa, x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+    assert!(gs > 0 && x.len().is_multiple_of(gs));
+    assert!(los.len() == x.len() / gs && his.len() == los.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
+            x86::group_min_max_avx2(x, gs, los, his);
+        },
+        _ => group_min_max_scalar(x, gs, los, his),
+    }
+}
+
+/// Scalar twin of [`group_min_max`].
+pub(crate) fn group_min_max_scalar(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+    for ((g, lo), hi) in x.chunks_exact(gs).zip(los).zip(his) {
+        (*lo, *hi) = min_max8(g);
+    }
+}
+
+/// Minimum and maximum of one non-empty group (the reduction of [`group_min_max`]).
+#[inline(always)]
+fn min_max8(x: &[f32]) -> (f32, f32) {
+    let (chunks, rest) = x.as_chunks::<8>();
+    let Some((first, chunks)) = chunks.split_first() else {
+        return x
+            .iter()
+            .fold((x[0], x[0]), |(l, h), &v| (min2(v, l), max2(v, h)));
+    };
+    let (mut lo, mut hi) = (*first, *first);
+    for c in chunks {
+        for k in 0..8 {
+            lo[k] = min2(c[k], lo[k]);
+        }
+        for k in 0..8 {
+            hi[k] = max2(c[k], hi[k]);
+        }
+    }
+    let l4: [f32; 4] = std::array::from_fn(|k| min2(lo[k], lo[k + 4]));
+    let h4: [f32; 4] = std::array::from_fn(|k| max2(hi[k], hi[k + 4]));
+    let mut l = min2(min2(l4[0], l4[2]), min2(l4[1], l4[3]));
+    let mut h = max2(max2(h4[0], h4[2]), max2(h4[1], h4[3]));
+    for &v in rest {
+        l = min2(v, l);
+        h = max2(v, h);
+    }
+    (l, h)
+}
+
+/// Largest bit pattern of a finite `f32` magnitude.
+const FINITE_BITS: u32 = 0x7f7f_ffff;
+
+/// Turns group maxima `his` into scales `(hi - lo) / max_code` (as `quantize_grouped`) and
+/// writes the fast encoder's reciprocals into `inv` (NaN, which makes every code of the group
+/// uncertain, for a zero or subnormal scale); `false` if some group's range or largest
+/// reconstruction `lo + max_code * scale` (multiply, then add) is not finite.
+pub(crate) fn finish_scales(
+    isa: Isa,
+    los: &[f32],
+    his: &mut [f32],
+    inv: &mut [f32],
+    max_code: f32,
+) -> bool {
+    assert!(los.len() == his.len() && inv.len() == his.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::finish_scales_avx2(los, his, inv, max_code) },
+        Isa::Scalar => finish_scales_scalar(los, his, inv, max_code),
+    }
+}
+
+/// Scalar twin of [`finish_scales`].
+pub(crate) fn finish_scales_scalar(
+    los: &[f32],
+    his: &mut [f32],
+    inv: &mut [f32],
+    max_code: f32,
+) -> bool {
+    // Sign bit set iff `|x|`'s bit pattern exceeds the largest finite one (NaN included).
+    let over = |x: f32| FINITE_BITS.wrapping_sub(x.to_bits() & 0x7fff_ffff);
+    let mut bad = 0u32;
+    for ((hi, &lo), iv) in his.iter_mut().zip(los).zip(inv.iter_mut()) {
+        let range = *hi - lo;
+        let s = range / max_code;
+        bad |= over(range) | over(lo + max_code * s);
+        *hi = s;
+        *iv = if s >= f32::MIN_POSITIVE {
+            1.0 / s
+        } else {
+            f32::NAN
+        };
+    }
+    bad >> 31 == 0
+}
+
+/// Codes of `x` (`[rows, cols]`) against per-column zero-points `zs`, scales `ss` and fast
+/// reciprocals `invs` (`cols` each), packed at `bits` into `packed`
+/// (`rows * bits.packed_len(cols)` bytes). Each code is **exactly** `encode(v, z, s, max)`
+/// ([`crate::quant::encode_exact`]): rows whose fast codes are all certain keep them, a row
+/// with an uncertain one is encoded again, fast codes where certain and the exact division
+/// elsewhere. `Err(row)` for the first row found to hold a NaN or infinity (rows after it are
+/// not written).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_cols(
+    isa: Isa,
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    zs: &[f32],
+    ss: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Result<(), usize> {
+    assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
+    assert!(zs.len() == cols && ss.len() == cols && invs.len() == cols);
+    assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe {
+            x86::encode_avx2::<false>(bits, x, cols, 8, [zs, ss, invs], packed)
+        },
+        Isa::Scalar => encode_cols_scalar(bits, x, cols, zs, ss, invs, packed),
+    }
+}
+
+/// Scalar twin of [`encode_cols`].
+pub(crate) fn encode_cols_scalar(
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    zs: &[f32],
+    ss: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Result<(), usize> {
+    encode_scalar(bits, x, cols, 0, [zs, ss, invs], packed)
+}
+
+/// As [`encode_cols`] with one zero-point, scale and reciprocal per group of `gs` consecutive
+/// values of a row (`rows * cols / gs` each, `cols % gs == 0`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_groups(
+    isa: Isa,
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Result<(), usize> {
+    assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
+    assert!(gs > 0 && cols.is_multiple_of(gs));
+    assert!(zs.len() == x.len() / gs && ss.len() == zs.len() && invs.len() == zs.len());
+    assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
+            x86::encode_avx2::<true>(bits, x, cols, gs, [zs, ss, invs], packed)
+        },
+        _ => encode_groups_scalar(bits, x, cols, gs, zs, ss, invs, packed),
+    }
+}
+
+/// Scalar twin of [`encode_groups`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_groups_scalar(
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    invs: &[f32],
+    packed: &mut [u8],
+) -> Result<(), usize> {
+    encode_scalar(bits, x, cols, gs, [zs, ss, invs], packed)
+}
+
+/// The parameter index of column `c` of row `r`: per column (`gs == 0`) or per group.
+#[inline(always)]
+fn param_index(r: usize, c: usize, cols: usize, gs: usize) -> usize {
+    (r * cols + c).checked_div(gs).unwrap_or(c)
+}
+
+/// The code of `v` in a row being repaired: the fast code if certain, else the exact one;
+/// `None` for a non-finite `v`.
+#[inline(always)]
+fn repaired_code(v: f32, z: f32, s: f32, inv: f32, max_code: f32) -> Option<u8> {
+    if !v.is_finite() {
+        return None;
+    }
+    let mut bad = 0u32;
+    let c = fast_code(v, z, inv, &mut bad);
+    Some(if bad >> 31 == 0 {
+        c
+    } else {
+        crate::quant::encode_exact(v, z, s, max_code)
+    })
+}
+
+/// Both scalar encoders; `gs == 0` selects per-column parameters. `p` = zero-points, scales,
+/// reciprocals.
+fn encode_scalar(
+    bits: QuantBits,
+    x: &[f32],
+    cols: usize,
+    gs: usize,
+    p: [&[f32]; 3],
+    packed: &mut [u8],
+) -> Result<(), usize> {
+    let [zs, ss, invs] = p;
+    let max_code = f32::from(bits.max_code());
+    let row_bytes = bits.packed_len(cols);
+    let mut buf = [0u8; CHUNK];
+    for (r, (row, out)) in x
+        .chunks_exact(cols)
+        .zip(packed.chunks_exact_mut(row_bytes))
+        .enumerate()
+    {
+        for repair in [false, true] {
+            let mut bad = 0u32;
+            for (k, xs) in row.chunks(CHUNK).enumerate() {
+                let c0 = k * CHUNK;
+                let b = &mut buf[..xs.len()];
+                for (i, (o, &v)) in b.iter_mut().zip(xs).enumerate() {
+                    let q = param_index(r, c0 + i, cols, gs);
+                    *o = if repair {
+                        repaired_code(v, zs[q], ss[q], invs[q], max_code).ok_or(r)?
+                    } else {
+                        fast_code(v, zs[q], invs[q], &mut bad)
+                    };
+                }
+                let start = bits.packed_len(c0);
+                pack_codes(b, bits, &mut out[start..start + bits.packed_len(xs.len())]);
+            }
+            if bad >> 31 == 0 {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `packed` (`rows` packed rows of `cols` codes) into `out` (`[rows, cols]`) as
+/// `z + code * s` (multiply then add, no FMA) with per-column `zs` / `ss` (`cols` each).
+pub(crate) fn decode_cols(
+    isa: Isa,
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    assert!(cols > 0 && cols.is_multiple_of(4) && out.len().is_multiple_of(cols));
+    assert!(zs.len() == cols && ss.len() == cols);
+    assert_eq!(packed.len(), out.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma => unsafe { x86::decode_avx2::<false>(bits, packed, cols, 8, zs, ss, out) },
+        Isa::Scalar => decode_cols_scalar(bits, packed, cols, zs, ss, out),
+    }
+}
+
+/// Scalar twin of [`decode_cols`].
+pub(crate) fn decode_cols_scalar(
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    decode_scalar(bits, packed, cols, 0, zs, ss, out);
+}
+
+/// As [`decode_cols`] with one zero-point and scale per group of `gs` consecutive values of a
+/// row (`rows * cols / gs` each, `cols % gs == 0`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_groups(
+    isa: Isa,
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    assert!(cols > 0 && cols.is_multiple_of(4) && out.len().is_multiple_of(cols));
+    assert!(gs > 0 && cols.is_multiple_of(gs));
+    assert!(zs.len() == out.len() / gs && ss.len() == zs.len());
+    assert_eq!(packed.len(), out.len() / cols * bits.packed_len(cols));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
+        Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
+            x86::decode_avx2::<true>(bits, packed, cols, gs, zs, ss, out);
+        },
+        _ => decode_groups_scalar(bits, packed, cols, gs, zs, ss, out),
+    }
+}
+
+/// Scalar twin of [`decode_groups`].
+pub(crate) fn decode_groups_scalar(
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    decode_scalar(bits, packed, cols, gs, zs, ss, out);
+}
+
+/// Both scalar decoders; `gs == 0` selects per-column parameters.
+fn decode_scalar(
+    bits: QuantBits,
+    packed: &[u8],
+    cols: usize,
+    gs: usize,
+    zs: &[f32],
+    ss: &[f32],
+    out: &mut [f32],
+) {
+    let row_bytes = bits.packed_len(cols);
+    let mut buf = [0u8; CHUNK];
+    for (r, (y, cs)) in out
+        .chunks_exact_mut(cols)
+        .zip(packed.chunks_exact(row_bytes))
+        .enumerate()
+    {
+        for (k, yk) in y.chunks_mut(CHUNK).enumerate() {
+            let c0 = k * CHUNK;
+            let b = &mut buf[..yk.len()];
+            let p = bits.packed_len(c0);
+            unpack_codes(&cs[p..p + bits.packed_len(yk.len())], bits, b);
+            for (i, (o, &c)) in yk.iter_mut().zip(&*b).enumerate() {
+                let g = param_index(r, c0 + i, cols, gs);
+                *o = zs[g] + f32::from(c) * ss[g];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m256, __m256i, _mm_cvtss_f32, _mm_loadl_epi64, _mm_max_ps, _mm_max_ss, _mm_min_ps,
+        _mm_min_ss, _mm_movehl_ps, _mm_packus_epi16, _mm_packus_epi32, _mm_shuffle_ps,
+        _mm_storel_epi64, _mm_storeu_si128, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256,
+        _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmpgt_epi32,
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256,
+        _mm256_loadu_ps, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_epu32, _mm256_max_ps,
+        _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_packus_epi16, _mm256_packus_epi32,
+        _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_si256, _mm256_srlv_epi32, _mm256_storeu_ps,
+        _mm256_storeu_si256, _mm256_sub_ps,
+    };
+    use std::arch::x86_64::{
+        _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_GT_OQ, _CMP_LT_OQ, _mm256_and_ps, _mm256_blendv_ps,
+        _mm256_cmp_ps, _mm256_cmpeq_epi32, _mm256_div_ps, _mm256_or_si256, _mm256_permute2f128_ps,
+        _mm256_setzero_ps, _mm256_shuffle_ps,
+    };
+
+    use super::{LIM_BITS, MAGIC, QuantBits, fast_code, max2, min2, param_index, repaired_code};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn column_min_max_avx2(x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
+        let rows = x.len() / cols;
+        let mut c0 = 0;
+        // Strips of 32 channels held in registers down the rows.
+        while c0 + 32 <= cols {
+            // SAFETY: row 0 holds `cols >= c0 + 32` values from `x`'s start; unaligned loads.
+            let mut lo = unsafe {
+                [
+                    _mm256_loadu_ps(x.as_ptr().add(c0)),
+                    _mm256_loadu_ps(x.as_ptr().add(c0 + 8)),
+                    _mm256_loadu_ps(x.as_ptr().add(c0 + 16)),
+                    _mm256_loadu_ps(x.as_ptr().add(c0 + 24)),
+                ]
+            };
+            let mut hi = lo;
+            for r in 1..rows {
+                for k in 0..4 {
+                    // SAFETY: `r < rows` and `c0 + 8k + 8 <= cols`, so in bounds.
+                    let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(r * cols + c0 + 8 * k)) };
+                    lo[k] = _mm256_min_ps(v, lo[k]);
+                    hi[k] = _mm256_max_ps(v, hi[k]);
+                }
+            }
+            for k in 0..4 {
+                // SAFETY: `c0 + 8k + 8 <= cols` = the slices' lengths; unaligned stores.
+                unsafe {
+                    _mm256_storeu_ps(los.as_mut_ptr().add(c0 + 8 * k), lo[k]);
+                    _mm256_storeu_ps(his.as_mut_ptr().add(c0 + 8 * k), hi[k]);
+                }
+            }
+            c0 += 32;
+        }
+        while c0 + 8 <= cols {
+            // SAFETY: as above with one register.
+            let mut lo = unsafe { _mm256_loadu_ps(x.as_ptr().add(c0)) };
+            let mut hi = lo;
+            for r in 1..rows {
+                // SAFETY: `r < rows`, `c0 + 8 <= cols`.
+                let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(r * cols + c0)) };
+                lo = _mm256_min_ps(v, lo);
+                hi = _mm256_max_ps(v, hi);
+            }
+            // SAFETY: `c0 + 8 <= cols`.
+            unsafe {
+                _mm256_storeu_ps(los.as_mut_ptr().add(c0), lo);
+                _mm256_storeu_ps(his.as_mut_ptr().add(c0), hi);
+            }
+            c0 += 8;
+        }
+        for c in c0..cols {
+            let (mut lo, mut hi) = (x[c], x[c]);
+            for r in 1..rows {
+                let v = x[r * cols + c];
+                lo = min2(v, lo);
+                hi = max2(v, hi);
+            }
+            los[c] = lo;
+            his[c] = hi;
+        }
+    }
+
+    /// Lane-wise minimum (`MIN`) or maximum of the `gs / 8` chunks of the group at `p`,
+    /// starting from the first chunk (`gs % 8 == 0`, `gs > 0`).
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `gs` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn lanes_min_max(p: *const f32, gs: usize) -> (__m256, __m256) {
+        // SAFETY: `8 <= gs` floats are readable at `p`.
+        let mut lo = unsafe { _mm256_loadu_ps(p) };
+        let mut hi = lo;
+        let mut j = 8;
+        while j < gs {
+            // SAFETY: `j + 8 <= gs`.
+            let v = unsafe { _mm256_loadu_ps(p.add(j)) };
+            lo = _mm256_min_ps(v, lo);
+            hi = _mm256_max_ps(v, hi);
+            j += 8;
+        }
+        (lo, hi)
+    }
+
+    /// `if a < b { a } else { b }` (`>` for `MAX`), lane-wise.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn op<const MAX: bool>(a: __m256, b: __m256) -> __m256 {
+        if MAX {
+            _mm256_max_ps(a, b)
+        } else {
+            _mm256_min_ps(a, b)
+        }
+    }
+
+    /// The twin's reduction of eight lane vectors (one per group) to eight results, in group
+    /// order: `l[k] = op(v[k], v[k + 4])`, then `op(op(l[0], l[2]), op(l[1], l[3]))`, with
+    /// `op(a, b) = if a < b { a } else { b }` (`> ` for the maximum), batched across groups
+    /// with 128-bit-lane shuffles (the same operations in the same order per group).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn reduce8<const MAX: bool>(v: [__m256; 8]) -> __m256 {
+        // [g.lo | g'.lo] against [g.hi | g'.hi]: l4 of groups g and g' in the two lanes.
+        let mut m = [_mm256_setzero_ps(); 4];
+        for (k, mk) in m.iter_mut().enumerate() {
+            let (a, b) = (v[2 * k], v[2 * k + 1]);
+            *mk = op::<MAX>(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            );
+        }
+        // (l0, l2) and (l1, l3) of four groups per register.
+        let n0 = op::<MAX>(
+            _mm256_shuffle_ps::<0x44>(m[0], m[1]),
+            _mm256_shuffle_ps::<0xEE>(m[0], m[1]),
+        );
+        let n1 = op::<MAX>(
+            _mm256_shuffle_ps::<0x44>(m[2], m[3]),
+            _mm256_shuffle_ps::<0xEE>(m[2], m[3]),
+        );
+        let f = op::<MAX>(
+            _mm256_shuffle_ps::<0x88>(n0, n1),
+            _mm256_shuffle_ps::<0xDD>(n0, n1),
+        );
+        // Lanes hold groups [0, 2, 4, 6 | 1, 3, 5, 7].
+        _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(
+            _mm256_castps_si256(f),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        ))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn group_min_max_avx2(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+        let groups = x.len() / gs;
+        let xp = x.as_ptr();
+        let mut g = 0;
+        while g + 8 <= groups {
+            let mut lo = [_mm256_setzero_ps(); 8];
+            let mut hi = [_mm256_setzero_ps(); 8];
+            for k in 0..8 {
+                // SAFETY: group `g + k < groups` spans `gs` floats inside `x`.
+                (lo[k], hi[k]) = unsafe { lanes_min_max(xp.add((g + k) * gs), gs) };
+            }
+            let (l8, h8) = (&mut los[g..g + 8], &mut his[g..g + 8]);
+            // SAFETY: `l8` and `h8` are 8 floats long; unaligned stores.
+            unsafe {
+                _mm256_storeu_ps(l8.as_mut_ptr(), reduce8::<false>(lo));
+                _mm256_storeu_ps(h8.as_mut_ptr(), reduce8::<true>(hi));
+            }
+            g += 8;
+        }
+        for g in g..groups {
+            // SAFETY: group `g < groups` spans `gs` floats inside `x`.
+            let (lo, hi) = unsafe { lanes_min_max(xp.add(g * gs), gs) };
+            // min(lo[k], lo[k + 4]), then min(min(l0, l2), min(l1, l3)): the twin's order.
+            let l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+            let h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+            let l2 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+            let h2 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+            los[g] = _mm_cvtss_f32(_mm_min_ss(l2, _mm_shuffle_ps::<0b01>(l2, l2)));
+            his[g] = _mm_cvtss_f32(_mm_max_ss(h2, _mm_shuffle_ps::<0b01>(h2, h2)));
+        }
+    }
+
+    /// AVX2 twin of `finish_scales_scalar` (division, multiply then add: the same roundings).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn finish_scales_avx2(
+        los: &[f32],
+        his: &mut [f32],
+        inv: &mut [f32],
+        max_code: f32,
+    ) -> bool {
+        let n = his.len();
+        let main = n / 8 * 8;
+        let max = _mm256_set1_ps(max_code);
+        let one = _mm256_set1_ps(1.0);
+        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
+        let nan = _mm256_set1_ps(f32::NAN);
+        let abs = _mm256_set1_epi32(0x7fff_ffff);
+        let finite = _mm256_set1_epi32(super::FINITE_BITS as i32);
+        let mut bad = _mm256_setzero_si256();
+        let mut i = 0;
+        while i < main {
+            let (l8, h8, i8) = (&los[i..i + 8], &mut his[i..i + 8], &mut inv[i..i + 8]);
+            // SAFETY: the three slices are 8 floats long; unaligned loads and stores.
+            unsafe {
+                let lo = _mm256_loadu_ps(l8.as_ptr());
+                let range = _mm256_sub_ps(_mm256_loadu_ps(h8.as_ptr()), lo);
+                let s = _mm256_div_ps(range, max);
+                let recon = _mm256_add_ps(lo, _mm256_mul_ps(max, s));
+                for y in [range, recon] {
+                    let m = _mm256_and_si256(_mm256_castps_si256(y), abs);
+                    bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(m, finite));
+                }
+                let r = _mm256_div_ps(one, s);
+                let ok = _mm256_cmp_ps::<_CMP_GE_OQ>(s, tiny);
+                _mm256_storeu_ps(h8.as_mut_ptr(), s);
+                _mm256_storeu_ps(i8.as_mut_ptr(), _mm256_blendv_ps(nan, r, ok));
+            }
+            i += 8;
+        }
+        let tail =
+            super::finish_scales_scalar(&los[main..], &mut his[main..], &mut inv[main..], max_code);
+        tail && _mm256_movemask_ps(_mm256_castsi256_ps(bad)) == 0
+    }
+
+    /// Eight fast codes (one per `i32` lane, masked to `mask`, the largest code); folds the
+    /// bit patterns of their distances `|t - round(t)|` into `worst` (unsigned maximum, so a
+    /// NaN, whose pattern exceeds every finite one, is kept).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn codes8(v: __m256, z: __m256, inv: __m256, mask: __m256i, worst: &mut __m256i) -> __m256i {
+        let magic = _mm256_set1_ps(MAGIC);
+        let t = _mm256_mul_ps(_mm256_sub_ps(v, z), inv);
+        let r = _mm256_add_ps(t, magic);
+        let d = _mm256_castps_si256(_mm256_sub_ps(t, _mm256_sub_ps(r, magic)));
+        let abs = _mm256_and_si256(d, _mm256_set1_epi32(0x7fff_ffff));
+        *worst = _mm256_max_epu32(*worst, abs);
+        _mm256_and_si256(_mm256_castps_si256(r), mask)
+    }
+
+    /// As [`codes8`] for a row being repaired: uncertain lanes get the exact code
+    /// (`encode_exact`: `(v - z) / s` clamped to `[0, max]`, rounded half away from zero);
+    /// ORs non-finite `v` lanes into `nonfinite`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn codes8_repaired(
+        v: __m256,
+        [z, s, inv]: [__m256; 3],
+        mask: __m256i,
+        nonfinite: &mut __m256i,
+    ) -> __m256i {
+        let mut worst = _mm256_setzero_si256();
+        let fast = codes8(v, z, inv, mask, &mut worst);
+        let magic = _mm256_set1_ps(MAGIC);
+        // Per lane, `worst` is this lane's distance pattern.
+        let lim = _mm256_set1_epi32(LIM_BITS as i32);
+        let bad = _mm256_castsi256_ps(_mm256_cmpgt_epi32(worst, lim));
+        let exp = _mm256_set1_epi32(0x7f80_0000);
+        let vb = _mm256_castps_si256(v);
+        *nonfinite = _mm256_or_si256(
+            *nonfinite,
+            _mm256_cmpeq_epi32(_mm256_and_si256(vb, exp), exp),
+        );
+        let max = _mm256_cvtepi32_ps(mask);
+        let t = _mm256_div_ps(_mm256_sub_ps(v, z), s);
+        let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_GT_OQ>(t, _mm256_setzero_ps()));
+        let t = _mm256_blendv_ps(max, t, _mm256_cmp_ps::<_CMP_LT_OQ>(t, max));
+        let n = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+        let tie = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(t, n), _mm256_set1_ps(0.5));
+        let n = _mm256_add_ps(n, _mm256_and_ps(tie, _mm256_set1_ps(1.0)));
+        let exact = _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(n, magic)), mask);
+        _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(fast),
+            _mm256_castsi256_ps(exact),
+            bad,
+        ))
+    }
+
+    /// Whether some lane of `worst` lies farther than the certainty limit from its code.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn uncertain(worst: __m256i) -> bool {
+        let over = _mm256_cmpgt_epi32(worst, _mm256_set1_epi32(LIM_BITS as i32));
+        _mm256_movemask_ps(_mm256_castsi256_ps(over)) != 0
+    }
+
+    /// Packs 32 codes (four registers of `i32` codes in `0..=max_code`, in order) at `B` bits
+    /// into `out` (`4 * B` bytes).
+    ///
+    /// # Safety
+    /// `out` must be valid for writing `4 * B` bytes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store32<const B: u32>(c: [__m256i; 4], out: *mut u8) {
+        // i32 -> u16 -> u8 packs interleave 128-bit lanes; the permutation restores order.
+        let p01 = _mm256_packus_epi32(c[0], c[1]);
+        let p23 = _mm256_packus_epi32(c[2], c[3]);
+        let b = _mm256_packus_epi16(p01, p23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        if B == 8 {
+            // SAFETY: the caller provides 32 writable bytes; unaligned store.
+            unsafe { _mm256_storeu_si256(out.cast(), b) };
+        } else if B == 4 {
+            // b0 + 16 * b1 per byte pair.
+            let w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));
+            let lo = _mm256_castsi256_si128(w);
+            let hi = _mm256_extracti128_si256::<1>(w);
+            // SAFETY: the caller provides 16 writable bytes; unaligned store.
+            unsafe { _mm_storeu_si128(out.cast(), _mm_packus_epi16(lo, hi)) };
+        } else {
+            // (b0 + 4 b1) + 16 (b2 + 4 b3) per byte quadruple.
+            let w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x0401));
+            let d = _mm256_madd_epi16(w, _mm256_set1_epi32(0x0010_0001));
+            let lo = _mm256_castsi256_si128(d);
+            let hi = _mm256_extracti128_si256::<1>(d);
+            let h = _mm_packus_epi32(lo, hi);
+            // SAFETY: the caller provides 8 writable bytes; the low 8 bytes are stored.
+            unsafe { _mm_storel_epi64(out.cast(), _mm_packus_epi16(h, h)) };
+        }
+    }
+
+    /// Walks the groups of a row eight values at a time (`gs % 8 == 0`).
+    struct Cursor {
+        g: usize,
+        rem: usize,
+        gs: usize,
+    }
+
+    impl Cursor {
+        #[inline(always)]
+        fn new(gs: usize) -> Self {
+            Self { g: 0, rem: 0, gs }
+        }
+
+        /// Group of the next eight values.
+        #[inline(always)]
+        fn next8(&mut self) -> usize {
+            if self.rem == self.gs {
+                self.g += 1;
+                self.rem = 0;
+            }
+            self.rem += 8;
+            self.g
+        }
+    }
+
+    /// Parameter registers (one per array of `p`) of the 8 values at column `c` of a row:
+    /// loaded per column, or broadcast from the cursor's group (`GROUPED`). `p` holds the row's
+    /// parameters.
+    ///
+    /// # Safety
+    /// Per column, every array must hold `c + 8` values; per group, every array must hold the
+    /// cursor's next group (the row's parameters cover its `cols / gs` groups).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn params8<const GROUPED: bool, const N: usize>(
+        p: [&[f32]; N],
+        c: usize,
+        cur: &mut Cursor,
+    ) -> [__m256; N] {
+        let mut out = [_mm256_setzero_ps(); N];
+        if GROUPED {
+            let g = cur.next8();
+            for (o, a) in out.iter_mut().zip(p) {
+                debug_assert!(g < a.len());
+                // SAFETY: the caller guarantees `g < a.len()`.
+                *o = _mm256_set1_ps(unsafe { *a.as_ptr().add(g) });
+            }
+        } else {
+            for (o, a) in out.iter_mut().zip(p) {
+                debug_assert!(c + 8 <= a.len());
+                // SAFETY: the caller guarantees `c + 8 <= a.len()`; unaligned load.
+                *o = unsafe { _mm256_loadu_ps(a.as_ptr().add(c)) };
+            }
+        }
+        out
+    }
+
+    /// The parameters of row `r`: all `cols` of them per column, its groups if `GROUPED`.
+    #[inline(always)]
+    fn row_params<const GROUPED: bool>(p: &[f32], r: usize, per_row: usize) -> &[f32] {
+        if GROUPED {
+            &p[r * per_row..(r + 1) * per_row]
+        } else {
+            p
+        }
+    }
+
+    /// AVX2 twin of `encode_scalar`: per-column parameters, or per group (`GROUPED`,
+    /// `gs % 8 == 0`). `p` = zero-points, scales, reciprocals.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn encode_avx2<const GROUPED: bool>(
+        bits: QuantBits,
+        x: &[f32],
+        cols: usize,
+        gs: usize,
+        p: [&[f32]; 3],
+        packed: &mut [u8],
+    ) -> Result<(), usize> {
+        match bits {
+            QuantBits::B8 => encode_bits::<8, GROUPED>(x, cols, gs, p, packed),
+            QuantBits::B4 => encode_bits::<4, GROUPED>(x, cols, gs, p, packed),
+            QuantBits::B2 => encode_bits::<2, GROUPED>(x, cols, gs, p, packed),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn encode_bits<const B: u32, const GROUPED: bool>(
+        x: &[f32],
+        cols: usize,
+        gs: usize,
+        p: [&[f32]; 3],
+        packed: &mut [u8],
+    ) -> Result<(), usize> {
+        if GROUPED && gs.is_multiple_of(32) {
+            return encode_flat_groups::<B>(x, cols, gs, p, packed);
+        }
+        if !GROUPED && cols.is_multiple_of(32) {
+            return encode_rows_by_32::<B>(x, cols, p, packed);
+        }
+        let bits = quant_bits::<B>();
+        let row_bytes = bits.packed_len(cols);
+        let per_row = cols / gs;
+        for (r, (row, out)) in x
+            .chunks_exact(cols)
+            .zip(packed.chunks_exact_mut(row_bytes))
+            .enumerate()
+        {
+            let rp = [
+                row_params::<GROUPED>(p[0], r, per_row),
+                row_params::<GROUPED>(p[1], r, per_row),
+                row_params::<GROUPED>(p[2], r, per_row),
+            ];
+            let worst = encode_row::<B, GROUPED>(row, gs, [rp[0], rp[2]], out);
+            let tail = !cols.is_multiple_of(32);
+            let tail_bad = tail && encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, false)?;
+            if uncertain(worst) || tail_bad {
+                // Rare (about 1.5 % of 64-wide rows on random data): encode the row again,
+                // repairing its uncertain codes.
+                if repair_row::<B, GROUPED>(row, gs, rp, out) {
+                    return Err(r);
+                }
+                if tail {
+                    encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-column parameters on rows of a multiple of 32 values: one tight loop per row, the
+    /// parameters loaded next to the values, one certainty check per row.
+    #[target_feature(enable = "avx2,fma")]
+    fn encode_rows_by_32<const B: u32>(
+        x: &[f32],
+        cols: usize,
+        p: [&[f32]; 3],
+        packed: &mut [u8],
+    ) -> Result<(), usize> {
+        let [zs, _, invs] = p;
+        assert!(zs.len() == cols && invs.len() == cols && p[1].len() == cols);
+        assert_eq!(packed.len(), x.len() * B as usize / 8);
+        let row_bytes = cols * B as usize / 8;
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let (zp, ip) = (zs.as_ptr(), invs.as_ptr());
+        for (r, (row, out)) in x
+            .chunks_exact(cols)
+            .zip(packed.chunks_exact_mut(row_bytes))
+            .enumerate()
+        {
+            let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
+            let mut worst = _mm256_setzero_si256();
+            let mut c = 0;
+            while c < cols {
+                let mut codes = [_mm256_setzero_si256(); 4];
+                for (k, code) in codes.iter_mut().enumerate() {
+                    let ck = c + 8 * k;
+                    // SAFETY: `ck + 8 <= cols`, the length of the row, `zs` and `invs`.
+                    let (v, z, inv) = unsafe {
+                        (
+                            _mm256_loadu_ps(xp.add(ck)),
+                            _mm256_loadu_ps(zp.add(ck)),
+                            _mm256_loadu_ps(ip.add(ck)),
+                        )
+                    };
+                    *code = codes8(v, z, inv, mask, &mut worst);
+                }
+                // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
+                // the row's `cols * B / 8` bytes.
+                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                c += 32;
+            }
+            if uncertain(worst) && repair_row::<B, false>(row, 8, p, out) {
+                return Err(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-row groups of a multiple of 32 values: the groups of consecutive rows are
+    /// consecutive in `x` and in `packed`, so they are encoded as one flat sequence, each group
+    /// checked and, if needed, repaired on its own. `Err` names the row of the first group found
+    /// to hold a NaN or infinity.
+    #[target_feature(enable = "avx2,fma")]
+    fn encode_flat_groups<const B: u32>(
+        x: &[f32],
+        cols: usize,
+        gs: usize,
+        [zs, ss, invs]: [&[f32]; 3],
+        packed: &mut [u8],
+    ) -> Result<(), usize> {
+        let groups = x.len() / gs;
+        assert!(zs.len() == groups && ss.len() == groups && invs.len() == groups);
+        assert_eq!(packed.len(), x.len() * B as usize / 8);
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let (xp, op) = (x.as_ptr(), packed.as_mut_ptr());
+        for (g, (&z, &inv)) in zs.iter().zip(invs).enumerate() {
+            let (zv, iv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
+            let mut worst = _mm256_setzero_si256();
+            let base = g * gs;
+            let mut c = base;
+            while c < base + gs {
+                // SAFETY: `c + 32 <= (g + 1) * gs <= x.len()`; unaligned loads.
+                let v = unsafe {
+                    [
+                        _mm256_loadu_ps(xp.add(c)),
+                        _mm256_loadu_ps(xp.add(c + 8)),
+                        _mm256_loadu_ps(xp.add(c + 16)),
+                        _mm256_loadu_ps(xp.add(c + 24)),
+                    ]
+                };
+                let codes = [
+                    codes8(v[0], zv, iv, mask, &mut worst),
+                    codes8(v[1], zv, iv, mask, &mut worst),
+                    codes8(v[2], zv, iv, mask, &mut worst),
+                    codes8(v[3], zv, iv, mask, &mut worst),
+                ];
+                // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
+                // `packed` (`x.len() * B / 8` bytes).
+                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                c += 32;
+            }
+            if uncertain(worst) {
+                let q = [zv, _mm256_set1_ps(ss[g]), iv];
+                let mut nonfinite = _mm256_setzero_si256();
+                let mut c = base;
+                while c < base + gs {
+                    let mut codes = [_mm256_setzero_si256(); 4];
+                    for (k, code) in codes.iter_mut().enumerate() {
+                        // SAFETY: `c + 8k + 8 <= (g + 1) * gs <= x.len()`; unaligned load.
+                        let v = unsafe { _mm256_loadu_ps(xp.add(c + 8 * k)) };
+                        *code = codes8_repaired(v, q, mask, &mut nonfinite);
+                    }
+                    // SAFETY: as above.
+                    unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+                    c += 32;
+                }
+                if _mm256_movemask_ps(_mm256_castsi256_ps(nonfinite)) != 0 {
+                    return Err(base / cols);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fast codes of the whole blocks of 32 of a row (per column, or per group with
+    /// `gs % 8 == 0`; groups of a multiple of 32 take [`encode_flat_groups`]); returns the
+    /// distances' maximum pattern.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn encode_row<const B: u32, const GROUPED: bool>(
+        row: &[f32],
+        gs: usize,
+        rp: [&[f32]; 2],
+        out: &mut [u8],
+    ) -> __m256i {
+        let main = row.len() / 32 * 32;
+        assert!(out.len() >= main * B as usize / 8);
+        let need = if GROUPED { row.len() / gs } else { row.len() };
+        assert!(rp.iter().all(|a| a.len() >= need));
+        // Codes keep their low `B` bits, as `pack_codes` stores them.
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let mut worst = _mm256_setzero_si256();
+        let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
+        let mut cur = Cursor::new(gs);
+        let mut c = 0;
+        while c < main {
+            let mut codes = [_mm256_setzero_si256(); 4];
+            for (k, code) in codes.iter_mut().enumerate() {
+                let ck = c + 8 * k;
+                // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
+                // `cols / gs` groups.
+                let [z, inv] = unsafe { params8::<GROUPED, 2>(rp, ck, &mut cur) };
+                // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
+                let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
+                *code = codes8(v, z, inv, mask, &mut worst);
+            }
+            // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside `out`
+            // (checked above).
+            unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
+            c += 32;
+        }
+        worst
+    }
+
+    /// Encodes the whole blocks of 32 of a row again, repairing uncertain codes; `true` if the
+    /// row holds a non-finite value.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn repair_row<const B: u32, const GROUPED: bool>(
+        row: &[f32],
+        gs: usize,
+        rp: [&[f32]; 3],
+        out: &mut [u8],
+    ) -> bool {
+        let main = row.len() / 32 * 32;
+        assert!(out.len() >= main * B as usize / 8);
+        let need = if GROUPED { row.len() / gs } else { row.len() };
+        assert!(rp.iter().all(|a| a.len() >= need));
+        let mask = _mm256_set1_epi32((1 << B) - 1);
+        let mut nonfinite = _mm256_setzero_si256();
+        let mut cur = Cursor::new(gs);
+        let mut c = 0;
+        while c < main {
+            let mut codes = [_mm256_setzero_si256(); 4];
+            for (k, code) in codes.iter_mut().enumerate() {
+                let ck = c + 8 * k;
+                // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
+                // `cols / gs` groups.
+                let q = unsafe { params8::<GROUPED, 3>(rp, ck, &mut cur) };
+                // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
+                let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(ck)) };
+                *code = codes8_repaired(v, q, mask, &mut nonfinite);
+            }
+            // SAFETY: the 32 codes at `c` pack into `4 * B` bytes inside `out` (checked above).
+            unsafe { store32::<B>(codes, out.as_mut_ptr().add(c * B as usize / 8)) };
+            c += 32;
+        }
+        _mm256_movemask_ps(_mm256_castsi256_ps(nonfinite)) != 0
+    }
+
+    /// The last `cols % 32` values of row `r` (a multiple of 4), through a stack buffer, as the
+    /// scalar twin: `Ok(true)` if a fast code is uncertain (`repair == false`), `Err(r)` for a
+    /// non-finite value met while repairing.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn encode_tail<const B: u32, const GROUPED: bool>(
+        row: &[f32],
+        r: usize,
+        cols: usize,
+        gs: usize,
+        [zs, ss, invs]: [&[f32]; 3],
+        out: &mut [u8],
+        repair: bool,
+    ) -> Result<bool, usize> {
+        let main = cols / 32 * 32;
+        if main == cols {
+            return Ok(false);
+        }
+        let bits = quant_bits::<B>();
+        let max_code = f32::from(bits.max_code());
+        let mut buf = [0u8; 32];
+        let n = cols - main;
+        let mut bad = 0u32;
+        let gs = if GROUPED { gs } else { 0 };
+        for (i, o) in buf[..n].iter_mut().enumerate() {
+            let q = param_index(r, main + i, cols, gs);
+            let v = row[main + i];
+            *o = if repair {
+                repaired_code(v, zs[q], ss[q], invs[q], max_code).ok_or(r)?
+            } else {
+                fast_code(v, zs[q], invs[q], &mut bad)
+            };
+        }
+        let o = bits.packed_len(main);
+        super::pack_codes(&buf[..n], bits, &mut out[o..o + bits.packed_len(n)]);
+        Ok(bad >> 31 != 0)
+    }
+
+    /// The `QuantBits` of `B` bits.
+    #[inline(always)]
+    const fn quant_bits<const B: u32>() -> QuantBits {
+        match B {
+            8 => QuantBits::B8,
+            4 => QuantBits::B4,
+            _ => QuantBits::B2,
+        }
+    }
+
+    /// Eight codes (as `i32` lanes) packed at `B` bits from `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `B` bytes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_codes8<const B: u32>(p: *const u8) -> __m256i {
+        if B == 8 {
+            // SAFETY: the caller provides 8 readable bytes; `loadl` reads 8, unaligned.
+            _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p.cast()) })
+        } else {
+            let (w, s, m) = if B == 4 {
+                // SAFETY: the caller provides 4 readable bytes.
+                let w = unsafe { p.cast::<u32>().read_unaligned() };
+                (w, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0xf)
+            } else {
+                // SAFETY: the caller provides 2 readable bytes.
+                let w = u32::from(unsafe { p.cast::<u16>().read_unaligned() });
+                (w, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), 3)
+            };
+            _mm256_and_si256(
+                _mm256_srlv_epi32(_mm256_set1_epi32(w as i32), s),
+                _mm256_set1_epi32(m),
+            )
+        }
+    }
+
+    /// `z + code * s` of eight codes at `p`, stored at `y`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `B` bytes and `y` for writing 8 floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn decode8<const B: u32>(p: *const u8, z: __m256, s: __m256, y: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        let f = _mm256_cvtepi32_ps(unsafe { load_codes8::<B>(p) });
+        // SAFETY: forwarded from the caller; unaligned store.
+        unsafe { _mm256_storeu_ps(y, _mm256_add_ps(z, _mm256_mul_ps(f, s))) };
+    }
+
+    /// AVX2 twin of `decode_scalar`: per-column parameters, or per group (`GROUPED`,
+    /// `gs % 8 == 0`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn decode_avx2<const GROUPED: bool>(
+        bits: QuantBits,
+        packed: &[u8],
+        cols: usize,
+        gs: usize,
+        zs: &[f32],
+        ss: &[f32],
+        out: &mut [f32],
+    ) {
+        match bits {
+            QuantBits::B8 => decode_bits::<8, GROUPED>(packed, cols, gs, zs, ss, out),
+            QuantBits::B4 => decode_bits::<4, GROUPED>(packed, cols, gs, zs, ss, out),
+            QuantBits::B2 => decode_bits::<2, GROUPED>(packed, cols, gs, zs, ss, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn decode_bits<const B: u32, const GROUPED: bool>(
+        packed: &[u8],
+        cols: usize,
+        gs: usize,
+        zs: &[f32],
+        ss: &[f32],
+        out: &mut [f32],
+    ) {
+        // Byte offset of code `c` in a row.
+        let at = |c: usize| c * B as usize / 8;
+        let (pp, yp) = (packed.as_ptr(), out.as_mut_ptr());
+        let main = cols / 8 * 8;
+        if GROUPED {
+            // The groups of consecutive rows are consecutive in `packed` and `out`: one flat
+            // sequence, one broadcast per group, `gs / 8` steps inside it (by four when
+            // `gs % 32 == 0`).
+            let groups = out.len() / gs;
+            assert!(zs.len() == groups && ss.len() == groups);
+            assert_eq!(packed.len(), out.len() * B as usize / 8);
+            for (g, (&z, &s)) in zs.iter().zip(ss).enumerate() {
+                let (z, s) = (_mm256_set1_ps(z), _mm256_set1_ps(s));
+                let mut c = g * gs;
+                let end = c + gs;
+                while c + 32 <= end {
+                    for k in 0..4 {
+                        let ck = c + 8 * k;
+                        // SAFETY: `ck + 8 <= end <= out.len()`; its codes lie in `packed`.
+                        unsafe { decode8::<B>(pp.add(at(ck)), z, s, yp.add(ck)) };
+                    }
+                    c += 32;
+                }
+                while c < end {
+                    // SAFETY: `c + 8 <= end <= out.len()` (`gs % 8 == 0`).
+                    unsafe { decode8::<B>(pp.add(at(c)), z, s, yp.add(c)) };
+                    c += 8;
+                }
+            }
+            return;
+        }
+        let bits = quant_bits::<B>();
+        let row_bytes = bits.packed_len(cols);
+        let rows = out.len() / cols;
+        // Strips of 32 channels whose zero-points and scales stay in registers down the rows.
+        let mut c0 = 0;
+        while c0 + 32 <= cols {
+            let (z4, s4) = (&zs[c0..c0 + 32], &ss[c0..c0 + 32]);
+            // SAFETY: `z4` and `s4` hold 32 floats; unaligned loads.
+            let (z, s) = unsafe {
+                let (zp, sp) = (z4.as_ptr(), s4.as_ptr());
+                (
+                    [
+                        _mm256_loadu_ps(zp),
+                        _mm256_loadu_ps(zp.add(8)),
+                        _mm256_loadu_ps(zp.add(16)),
+                        _mm256_loadu_ps(zp.add(24)),
+                    ],
+                    [
+                        _mm256_loadu_ps(sp),
+                        _mm256_loadu_ps(sp.add(8)),
+                        _mm256_loadu_ps(sp.add(16)),
+                        _mm256_loadu_ps(sp.add(24)),
+                    ],
+                )
+            };
+            for r in 0..rows {
+                let (p, y) = (r * row_bytes + at(c0), r * cols + c0);
+                for k in 0..4 {
+                    // SAFETY: columns `c0 + 8k .. c0 + 8k + 8 <= cols` of row `r < rows`.
+                    unsafe { decode8::<B>(pp.add(p + at(8 * k)), z[k], s[k], yp.add(y + 8 * k)) };
+                }
+            }
+            c0 += 32;
+        }
+        while c0 < main {
+            // SAFETY: `c0 + 8 <= main <= cols`; unaligned loads.
+            let (z, s) = unsafe {
+                (
+                    _mm256_loadu_ps(zs.as_ptr().add(c0)),
+                    _mm256_loadu_ps(ss.as_ptr().add(c0)),
+                )
+            };
+            for r in 0..rows {
+                // SAFETY: columns `c0 .. c0 + 8 <= cols` of row `r < rows`.
+                unsafe {
+                    decode8::<B>(pp.add(r * row_bytes + at(c0)), z, s, yp.add(r * cols + c0));
+                };
+            }
+            c0 += 8;
+        }
+        // Tail of 4 codes (byte-aligned: `main` is a multiple of 8).
+        if main < cols {
+            for (y, cs) in out
+                .chunks_exact_mut(cols)
+                .zip(packed.chunks_exact(row_bytes))
+            {
+                let mut b = [0u8; 4];
+                let o = bits.packed_len(main);
+                super::unpack_codes(&cs[o..], bits, &mut b[..cols - main]);
+                for (c, (yo, &code)) in (main..).zip(y[main..].iter_mut().zip(&b)) {
+                    *yo = zs[c] + f32::from(code) * ss[c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    const ALL_BITS: [QuantBits; 3] = [QuantBits::B2, QuantBits::B4, QuantBits::B8];
+
+    fn avx2() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Isa::Avx2Fma);
+        }
+        None
+    }
+
+    /// Random values with specials sprinkled in: NaN, infinities, signed zeros, repeats.
+    fn data(rng: &mut StdRng, n: usize, specials: bool) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                if specials {
+                    match rng.random_range(0..40) {
+                        0 => return f32::NAN,
+                        1 => return f32::INFINITY,
+                        2 => return f32::NEG_INFINITY,
+                        3 => return -0.0,
+                        4 => return 0.0,
+                        _ => {}
+                    }
+                }
+                rng.random_range(-8.0f32..8.0)
+            })
+            .collect()
+    }
+
+    fn bits_of(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn min_max_twins_are_bit_identical() {
+        let Some(isa) = avx2() else { return };
+        let mut rng = StdRng::seed_from_u64(1);
+        for case in 0..400 {
+            let cols = 4 * rng.random_range(1..80);
+            let rows = rng.random_range(1..40);
+            let x = data(&mut rng, rows * cols, case % 2 == 0);
+            let (mut l1, mut h1, mut l2, mut h2) = (
+                vec![0.0; cols],
+                vec![0.0; cols],
+                vec![0.0; cols],
+                vec![0.0; cols],
+            );
+            column_min_max(isa, &x, cols, &mut l1, &mut h1);
+            column_min_max_scalar(&x, cols, &mut l2, &mut h2);
+            assert_eq!((bits_of(&l1), bits_of(&h1)), (bits_of(&l2), bits_of(&h2)));
+
+            let gs = [4, 8, 12, 16, 32, 64][rng.random_range(0..6)];
+            let n = gs * rng.random_range(1..20);
+            let x = data(&mut rng, n, case % 2 == 0);
+            let g = n / gs;
+            let (mut l1, mut h1, mut l2, mut h2) =
+                (vec![0.0; g], vec![0.0; g], vec![0.0; g], vec![0.0; g]);
+            group_min_max(isa, &x, gs, &mut l1, &mut h1);
+            group_min_max_scalar(&x, gs, &mut l2, &mut h2);
+            assert_eq!((bits_of(&l1), bits_of(&h1)), (bits_of(&l2), bits_of(&h2)));
+        }
+    }
+
+    #[test]
+    fn min_max_follows_its_documented_order() {
+        // A NaN in the first row survives; later NaNs are skipped.
+        let x = [f32::NAN, 1.0, 2.0, 4.0, f32::NAN, 5.0, 3.0, 0.0];
+        let (mut l, mut h) = ([0.0; 4], [0.0; 4]);
+        column_min_max_scalar(&x, 4, &mut l, &mut h);
+        assert!(l[0].is_nan() && h[0].is_nan());
+        assert_eq!(
+            (l[1..].to_vec(), h[1..].to_vec()),
+            (vec![1.0, 2.0, 0.0], vec![5.0, 3.0, 4.0])
+        );
+        let g: Vec<f32> = (0..19).map(|i| ((i * 7) % 19) as f32 - 9.0).collect();
+        assert_eq!(min_max8(&g), (-9.0, 9.0));
+        assert_eq!(min_max8(&[4.0]), (4.0, 4.0));
+    }
+
+    #[test]
+    fn encode_and_decode_twins_are_bit_identical() {
+        let Some(isa) = avx2() else { return };
+        let mut rng = StdRng::seed_from_u64(2);
+        for case in 0..800 {
+            let bits = ALL_BITS[case % 3];
+            let max = f32::from(bits.max_code());
+            let gs = [8, 16, 32, 64][rng.random_range(0..4)];
+            let cols = if case % 4 == 0 {
+                4 * rng.random_range(1..90)
+            } else {
+                gs * rng.random_range(1..6)
+            };
+            let rows = rng.random_range(1..12);
+            let n = rows * cols;
+            // Values on and near half steps (ties, near-ties), plus specials in some cases.
+            let specials = case % 5 == 0;
+            let x: Vec<f32> = data(&mut rng, n, specials)
+                .iter()
+                .map(|&v| match case % 3 {
+                    1 => (v.abs() * max / 8.0).round() + 0.5,
+                    2 => f32::from_bits(((v.abs() * max / 8.0).round() + 0.5).to_bits() + 1),
+                    _ => v,
+                })
+                .collect();
+            let per_col = case % 2 == 0 || !cols.is_multiple_of(gs);
+            let groups = if per_col { cols } else { n / gs };
+            let zs: Vec<f32> = (0..groups)
+                .map(|_| {
+                    if case % 3 == 0 {
+                        rng.random_range(-9.0f32..0.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mut ss: Vec<f32> = (0..groups)
+                .map(|_| {
+                    if case % 3 == 0 {
+                        rng.random_range(0.05f32..2.0)
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let mut invs: Vec<f32> = ss.iter().map(|s| 1.0 / s).collect();
+            if specials {
+                invs[0] = f32::NAN;
+                ss[0] = 0.0;
+            }
+            let pb = rows * bits.packed_len(cols);
+            let (mut p1, mut p2) = (vec![0u8; pb], vec![0u8; pb]);
+            let (r1, r2) = if per_col {
+                (
+                    encode_cols(isa, bits, &x, cols, &zs, &ss, &invs, &mut p1),
+                    encode_cols_scalar(bits, &x, cols, &zs, &ss, &invs, &mut p2),
+                )
+            } else {
+                (
+                    encode_groups(isa, bits, &x, cols, gs, &zs, &ss, &invs, &mut p1),
+                    encode_groups_scalar(bits, &x, cols, gs, &zs, &ss, &invs, &mut p2),
+                )
+            };
+            assert_eq!(r1, r2, "case {case}");
+            let done = r1.err().unwrap_or(rows) * bits.packed_len(cols);
+            assert_eq!(p1[..done], p2[..done], "case {case}");
+
+            let packed: Vec<u8> = (0..pb).map(|_| rng.random()).collect();
+            let (mut y1, mut y2) = (vec![0.0; n], vec![0.0; n]);
+            if per_col {
+                decode_cols(isa, bits, &packed, cols, &zs, &ss, &mut y1);
+                decode_cols_scalar(bits, &packed, cols, &zs, &ss, &mut y2);
+            } else {
+                decode_groups(isa, bits, &packed, cols, gs, &zs, &ss, &mut y1);
+                decode_groups_scalar(bits, &packed, cols, gs, &zs, &ss, &mut y2);
+            }
+            assert_eq!(bits_of(&y1), bits_of(&y2), "case {case}");
+        }
+    }
+
+    #[test]
+    fn codes_are_exact_on_ties_and_degenerate_scales() {
+        // Fast codes where certain; ties (which the fast path rounds to even) and a NaN
+        // reciprocal (a zero scale) are repaired with the exact division.
+        let x = [0.0f32, 1.0, 2.49, 2.5, 3.0, 7.0, 7.4, 7.6];
+        let mut p = [0u8; 8];
+        let r = encode_cols_scalar(
+            QuantBits::B8,
+            &x,
+            8,
+            &[0.0; 8],
+            &[1.0; 8],
+            &[1.0; 8],
+            &mut p,
+        );
+        assert_eq!((r, p), (Ok(()), [0, 1, 2, 3, 3, 7, 7, 8]));
+        let (z, s, inv) = ([0.0; 4], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, f32::NAN]);
+        let r = encode_cols_scalar(QuantBits::B8, &x, 4, &z, &s, &inv, &mut p);
+        assert_eq!((r, p), (Ok(()), [0, 1, 2, 255, 3, 7, 7, 255]));
+        let r = encode_cols_scalar(
+            QuantBits::B8,
+            &[0.0, f32::NAN, 0.0, 0.0],
+            4,
+            &z,
+            &s,
+            &inv,
+            &mut p[..4],
+        );
+        assert_eq!(r, Err(0));
+    }
+
+    #[test]
+    fn finish_scales_twins_are_bit_identical() {
+        let Some(isa) = avx2() else { return };
+        let mut rng = StdRng::seed_from_u64(3);
+        for case in 0..300 {
+            let n = rng.random_range(0..40);
+            let max_code = [3.0, 15.0, 255.0][case % 3];
+            let mut los = data(&mut rng, n, case % 3 == 0);
+            let mut his: Vec<f32> = los
+                .iter()
+                .map(|&l| l + rng.random_range(0.0f32..4.0))
+                .collect();
+            if case % 4 == 1 && n > 0 {
+                // Constant, subnormal-range and overflowing groups.
+                let i = rng.random_range(0..n);
+                his[i] = los[i];
+                let j = rng.random_range(0..n);
+                his[j] = los[j] + 1e-40;
+                if case % 8 == 1 {
+                    los[i] = -3e38;
+                    his[i] = 3e38;
+                }
+            }
+            let (mut h1, mut h2) = (his.clone(), his);
+            let (mut i1, mut i2) = (vec![0.0; n], vec![0.0; n]);
+            let r1 = finish_scales(isa, &los, &mut h1, &mut i1, max_code);
+            let r2 = finish_scales_scalar(&los, &mut h2, &mut i2, max_code);
+            assert_eq!(r1, r2, "case {case}");
+            assert_eq!(
+                (bits_of(&h1), bits_of(&i1)),
+                (bits_of(&h2), bits_of(&i2)),
+                "case {case}"
+            );
+        }
+    }
+}
