@@ -25,6 +25,8 @@
 
 use half::slice::HalfFloatSliceExt;
 
+use crate::{Error, Result};
+
 pub use half::{bf16, f16};
 
 /// Converts `src` to `f16` into `dst` (round to nearest even; overflow to ±infinity).
@@ -34,6 +36,61 @@ pub use half::{bf16, f16};
 pub fn f32_to_f16_into(src: &[f32], dst: &mut [f16]) {
     check_len("f32_to_f16_into", src.len(), dst.len());
     crate::simd::f32_to_f16(src, dst);
+}
+
+/// Converts `src` to `f16` into `dst` (round to nearest even), refusing values that `f16`
+/// cannot hold.
+///
+/// # Errors
+/// [`Error::NonFinite`] for the first NaN or infinity, [`Error::OutOfRange`] for the first
+/// finite value with `|x| > f16::MAX` (65504; values up to 65520 would round to it, larger ones
+/// to infinity), whichever comes first; `context` names the argument in the error. `dst` is
+/// then fully written, with the offending values converted as [`f32_to_f16_into`] does.
+///
+/// # Panics
+/// If `src.len() != dst.len()`.
+///
+/// # Performance
+/// One pass: the F16C conversion loop also keeps the largest 16-bit magnitude it produced
+/// (NaN, infinity and anything that rounds to infinity are at or above `0x7c00`; `f16::MAX`
+/// itself is `0x7bff`, and so is anything in `(65504, 65520)`); only when that reaches
+/// `f16::MAX` is the input inspected again for the precise error.
+///
+/// # Example
+/// ```
+/// use squish_core::Error;
+/// use squish_core::convert::{f16, f32_to_f16_checked_into};
+/// let mut h = [f16::ZERO; 3];
+/// f32_to_f16_checked_into("x", &[1.0, -65504.0, 0.1], &mut h)?;
+/// assert_eq!(h[1], f16::MIN);
+/// let e = f32_to_f16_checked_into("x", &[1.0, 7e4, f32::NAN], &mut h).unwrap_err();
+/// assert!(matches!(e, Error::OutOfRange { index: 1, .. }));
+/// # Ok::<(), Error>(())
+/// ```
+pub fn f32_to_f16_checked_into(context: &'static str, src: &[f32], dst: &mut [f16]) -> Result<()> {
+    check_len("f32_to_f16_checked_into", src.len(), dst.len());
+    const MAX_BITS: u16 = 0x7bff; // f16::MAX
+    if crate::simd::ggml_rows::f32_to_f16_top(src, dst) < MAX_BITS {
+        return Ok(());
+    }
+    let max = f32::from(f16::MAX);
+    for (index, &value) in src.iter().enumerate() {
+        if !value.is_finite() {
+            return Err(Error::NonFinite {
+                context,
+                index,
+                value,
+            });
+        }
+        if value.abs() > max {
+            return Err(Error::OutOfRange {
+                context,
+                index,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Converts `src` from `f16` to `f32` into `dst` (exact).
