@@ -354,7 +354,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
 /// If `out.len() != blocks.len() * 32`.
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q8_0", out.len(), blocks.len(), QK8_0);
-    simd::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
+    simd::ggml_rows::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
 }
 
 /// Portable twin of the AVX2 `Q8_0` dequantiser: `y[j] = qs[j] * d` (exact in `f32`).
@@ -444,7 +444,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<BlockQ4_0>> {
 /// If `out.len() != blocks.len() * 32`.
 pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q4_0", out.len(), blocks.len(), QK4_0);
-    simd::dequantize_q4_0(blocks, out.as_chunks_mut::<QK4_0>().0);
+    simd::ggml_rows::dequantize_q4_0(blocks, out.as_chunks_mut::<QK4_0>().0);
 }
 
 /// Portable twin of the AVX2 `Q4_0` dequantiser: `y[j] = (code[j] - 8) * d` (exact in `f32`).
