@@ -157,14 +157,15 @@ mod x86 {
         _mm256_castps_si256, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmp_ps,
         _mm256_cmpgt_epi32, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32,
         _mm256_cvtps_ph, _mm256_cvttps_epi32, _mm256_div_ps, _mm256_extracti128_si256,
-        _mm256_loadu_ps, _mm256_max_epi32, _mm256_max_ps, _mm256_min_ps, _mm256_movemask_epi8,
-        _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16,
-        _mm256_packs_epi32, _mm256_packus_epi16, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
-        _mm256_permutevar8x32_epi32, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32,
-        _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32, _mm256_srli_epi32,
-        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_unpackhi_epi32,
-        _mm256_unpackhi_epi64, _mm256_unpackhi_pd, _mm256_unpackhi_ps, _mm256_unpacklo_epi32,
-        _mm256_unpacklo_epi64, _mm256_unpacklo_pd, _mm256_unpacklo_ps, _mm256_xor_ps,
+        _mm256_loadu_ps, _mm256_max_epi32, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps,
+        _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256,
+        _mm256_packs_epi16, _mm256_packs_epi32, _mm256_packus_epi16, _mm256_permute2f128_ps,
+        _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi8,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_slli_epi16, _mm256_srli_epi32, _mm256_storeu_ps,
+        _mm256_storeu_si256, _mm256_sub_epi32, _mm256_unpackhi_epi32, _mm256_unpackhi_epi64,
+        _mm256_unpackhi_pd, _mm256_unpackhi_ps, _mm256_unpacklo_epi32, _mm256_unpacklo_epi64,
+        _mm256_unpacklo_pd, _mm256_unpacklo_ps, _mm256_xor_ps,
     };
 
     use crate::quant::{BlockQ4_0, BlockQ8_0};
@@ -511,31 +512,37 @@ mod x86 {
 
     /// Pass 2 of two `Q4_0` blocks: block `a`'s 16 code bytes in the low half, `b`'s in the
     /// high half.
+    ///
+    /// Each block's codes `trunc(x * id + 8.5)` (in `[0, 16]`: no clamp at 0 is needed, as
+    /// `x * id >= -8.000002` gives `t >= 0.49`, see the module docs) are packed to bytes first
+    /// and clamped to 15 there, 32 at once (`min(floor(t), 15) = floor(min(t, 15))`); the
+    /// nibbles of both blocks are then combined with one shift and one or.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q4_0_codes2(xa: &[f32; 32], xb: &[f32; 32], ida: f32, idb: f32) -> __m256i {
-        let (off, top) = (_mm256_set1_ps(8.5), _mm256_set1_ps(15.0));
-        let mut halves = [_mm256_setzero_si256(); 2];
-        for (half, (x, id)) in halves.iter_mut().zip([(xa, ida), (xb, idb)]) {
+        let (off, top) = (_mm256_set1_ps(8.5), _mm256_set1_epi8(15));
+        let mut bytes = [_mm256_setzero_si256(); 2];
+        for (bytes, (x, id)) in bytes.iter_mut().zip([(xa, ida), (xb, idb)]) {
             let vid = _mm256_set1_ps(id);
             let v = load4(x);
             let mut c = [_mm256_setzero_si256(); 4];
             for (c, &v) in c.iter_mut().zip(&v) {
-                // No clamp at 0: x * id >= -8.000002 (module docs), so t >= 0.49; clamped to
-                // at most 15, truncation is the floor.
-                let t = _mm256_add_ps(_mm256_mul_ps(v, vid), off);
-                *c = _mm256_cvttps_epi32(_mm256_min_ps(t, top));
+                *c = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, vid), off));
             }
-            let a = _mm256_or_si256(c[0], _mm256_slli_epi32::<4>(c[2])); // bytes 0..8
-            let b = _mm256_or_si256(c[1], _mm256_slli_epi32::<4>(c[3])); // bytes 8..16
-            // [a 0..4, b 0..4 | a 4..8, b 4..8] as i16.
-            *half = _mm256_packs_epi32(a, b);
+            // Dwords of 4 codes: [c0 0..4, c1 0..4, c2 0..4, c3 0..4 | c0 4..8, c1, c2, c3
+            // 4..8]: low nibbles (elements 0..16, c0 and c1) in dwords 0, 1, 4, 5, high
+            // nibbles (elements 16..32) in dwords 2, 3, 6, 7.
+            let p = _mm256_packus_epi16(
+                _mm256_packs_epi32(c[0], c[1]),
+                _mm256_packs_epi32(c[2], c[3]),
+            );
+            *bytes = _mm256_min_epu8(p, top);
         }
-        // Bytes, as dwords: [a0 0..4, b0, a1, b1 | a0 4..8, b0, a1, b1]; the permutation puts
-        // block a's 16 bytes in the low half and block b's in the high half.
-        _mm256_permutevar8x32_epi32(
-            _mm256_packus_epi16(halves[0], halves[1]),
-            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
-        )
+        // [a lo 0..4, a lo 8..12, b lo 0..4, b lo 8..12 | a lo 4..8, a lo 12..16, b, b] and
+        // the same for the high nibbles, or-ed together.
+        let lo = _mm256_unpacklo_epi64(bytes[0], bytes[1]);
+        let hi = _mm256_unpackhi_epi64(bytes[0], bytes[1]);
+        let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+        _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 
     /// AVX2 `Q8_0` dequantiser: the scale through F16C (the per-block `half` call it replaces
