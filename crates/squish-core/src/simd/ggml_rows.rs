@@ -2,24 +2,28 @@
 //! range-checked `f32` → `f16` conversion.
 //!
 //! # GGML rows
-//! [`quantize_row_q8_0`] and [`quantize_row_q4_0`] quantise a row eight blocks (256 values, 1 KiB)
-//! at a time in two passes over that chunk, which stays in L1:
+//! [`quantize_row_q8_0`] and [`quantize_row_q4_0`] work on groups of 64 blocks (2048 values,
+//! 8 KiB, which stay in L1 between the two passes):
 //!
-//! 1. load the eight blocks, check that every value is finite (the largest `|x|` bit pattern of
-//!    each block, an integer maximum, is below `+inf`'s: this catches NaN and infinity), and
-//!    reduce each block to its maximum (`Q4_0`: also its signed maximum and minimum); the eight
-//!    maxima are transposed into one vector, so the eight scales `d`, their `f16` (F16C, round to
-//!    nearest even, the rounding of `half::f16::from_f32`) and `id = 1 / d` are computed
-//!    together;
-//! 2. reload each block and write its codes.
+//! 1. eight blocks at a time: load them and reduce each to its largest `|x|` (`Q8_0`: an integer
+//!    maximum of the magnitude bit patterns, which also catches NaN and infinity, whose
+//!    patterns are above `f32::MAX`'s) or to its signed maximum and minimum (`Q4_0`); a
+//!    transposing reduction puts the eight blocks' results in one vector, so the eight scales
+//!    `d`, their `f16` (F16C, round to nearest even: the rounding of `half::f16::from_f32`) and
+//!    `id = 1 / d` are computed together. The eight-block steps of a group are independent, so
+//!    their latency chains (reduction, two divisions, the conversion) overlap;
+//! 2. reload each block and write its codes (`Q4_0`: two blocks per packing, and the NaN check,
+//!    see below).
 //!
 //! They return `false`, leaving `out` partly written, when the caller must take the
 //! block-by-block path (`quant::quantize_row_q8_0_blocks` / `quantize_row_q4_0_blocks`): on a
-//! CPU without AVX2 + FMA + F16C (or with `SQUISH_SIMD=off`), and when a chunk holds a
+//! CPU without AVX2 + FMA + F16C (or with `SQUISH_SIMD=off`), and when a group holds a
 //! non-finite value or a block whose `f16` scale overflows. That path then produces the
 //! documented error (first non-finite index of the whole row, or the overflowing block's largest
-//! element) with the very same value.
-//!
+//! element) with the very same value. `Q4_0` finds a NaN in pass 2: its `x * id + 8.5` is NaN
+//! (`id` is always finite), the conversion gives `i32::MIN` and the signed packing the byte
+//! `-128`, while real codes are `0..=16`; an infinity makes the scale infinite in pass 1.
+
 //! Agreement with the block-by-block path, **bit-identical**, lane by lane:
 //! - maxima are exact whatever the order;
 //! - `Q4_0`'s scale source, the first value of largest magnitude keeping its sign, is the signed
@@ -28,16 +32,17 @@
 //!   portable `quant::first_max_abs`;
 //! - `d`, `id = 1 / d` (0 when that is not finite, as `recip_or_zero`) are the same `f32`
 //!   divisions; `x * id` and, for `Q4_0`, `+ 8.5` are separate roundings (never fused);
-//! - `Q8_0`'s `roundf` (ties away from zero) of the clamped `v = clamp(x * id, ±127)` is
+//! - `Q8_0`'s `roundf` (ties away from zero) of `v = x * id` (clamped to `±127` on the block
+//!   path, a clamp that never binds: see below) is
 //!   computed as `trunc(v + copysign(0.5 - 2⁻²⁵, v))`. This equals `roundf(v)` for every
 //!   `|v| <= 127`: for `|v| < 0.5` the sum stays below 1 (at most `1 - 2⁻²⁴`, exact); for
 //!   `0.5 <= |v| < 1` the exact sum is at least `1 - 2⁻²⁵`, a tie between `1 - 2⁻²⁴` (odd) and
 //!   `1`, so it rounds to 1; above 1 a fraction below one half leaves the exact sum at least
 //!   `2⁻²⁵` below the next integer `n + 1`, whose lower neighbour in `f32` is only an ulp
 //!   (`>= 2⁻²³`) below it, and a fraction of at least one half puts it within `2⁻²⁵` of `n + 1`,
-//!   which it rounds to. The tests check it on every `f32` near each half-integer up to 127.5
-//!   and on random values; this saves five operations per eight values over the
-//!   `trunc` + compare + add of the per-block kernel;
+//!   which it rounds to. Checked off-line on every `f32` of magnitude at most 127, and by the
+//!   tests on every `f32` near each half-integer up to 127.5 and on random rows; this saves
+//!   five operations per eight values over the `trunc` + compare + add of the per-block kernel;
 //! - the clamps of the block path that can never bind are left out. Over **every** finite
 //!   `f32` `amax` whose scale does not overflow, `amax * id` is at most 127.00003 for `Q8_0`
 //!   (`d = amax / 127`) and at most 8.000002 for `Q4_0` (`d = amax / -8`; checked exhaustively
@@ -45,7 +50,8 @@
 //!   `|x * id|` of the block is within that bound: `Q8_0`'s clamp to `±127` never changes
 //!   `roundf`'s result (127 either way), and `Q4_0`'s `t = x * id + 8.5 >= 0.49`, so its clamp
 //!   at 0 never binds; the clamp at 15 does (the code of `-max` would be 16) and stays;
-//! - `Q4_0`'s `floor(min(t, 15))` is a truncating conversion: the value is non-negative.
+//! - `Q4_0`'s `floor(min(t, 15))` is a truncating conversion of `t` (non-negative) followed by
+//!   a byte minimum with 15 (`min(floor t, 15) = floor(min(t, 15))`).
 //!
 //! # f16 rows
 //! [`f32_to_f16_top`] converts like `simd::f32_to_f16` and returns the largest magnitude bit
@@ -149,23 +155,23 @@ pub(crate) fn f32_to_f16_top_scalar(src: &[f32], dst: &mut [half::f16]) -> u16 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _CMP_UNORD_Q,
-        _MM_FROUND_TO_NEAREST_INT, _mm_and_si128, _mm_cmpeq_epi16, _mm_cvtph_ps, _mm_cvtsi32_si128,
-        _mm_loadl_epi64, _mm_max_epu16, _mm_movemask_epi8, _mm_set1_epi16, _mm_setzero_si128,
-        _mm_storeu_si128, _mm256_add_ps, _mm256_and_ps, _mm256_and_si256, _mm256_andnot_ps,
-        _mm256_blendv_ps, _mm256_broadcastss_ps, _mm256_castpd_ps, _mm256_castps_pd,
-        _mm256_castps_si256, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmp_ps,
-        _mm256_cmpgt_epi32, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32,
-        _mm256_cvtps_ph, _mm256_cvttps_epi32, _mm256_div_ps, _mm256_extracti128_si256,
-        _mm256_loadu_ps, _mm256_max_epi32, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps,
-        _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256,
-        _mm256_packs_epi16, _mm256_packs_epi32, _mm256_packus_epi16, _mm256_permute2f128_ps,
-        _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi8,
-        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
-        _mm256_setzero_si256, _mm256_slli_epi16, _mm256_srli_epi32, _mm256_storeu_ps,
-        _mm256_storeu_si256, _mm256_sub_epi32, _mm256_unpackhi_epi32, _mm256_unpackhi_epi64,
-        _mm256_unpackhi_pd, _mm256_unpackhi_ps, _mm256_unpacklo_epi32, _mm256_unpacklo_epi64,
-        _mm256_unpacklo_pd, _mm256_unpacklo_ps, _mm256_xor_ps,
+        __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _MM_FROUND_TO_NEAREST_INT,
+        _mm_and_si128, _mm_cmpeq_epi16, _mm_cvtph_ps, _mm_cvtsi32_si128, _mm_loadl_epi64,
+        _mm_max_epu16, _mm_movemask_epi8, _mm_set1_epi16, _mm_setzero_si128, _mm_storeu_si128,
+        _mm256_add_ps, _mm256_and_ps, _mm256_and_si256, _mm256_andnot_ps, _mm256_blendv_ps,
+        _mm256_broadcastss_ps, _mm256_castpd_ps, _mm256_castps_pd, _mm256_castps_si256,
+        _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmp_ps, _mm256_cmpgt_epi32,
+        _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtps_ph,
+        _mm256_cvttps_epi32, _mm256_div_ps, _mm256_extracti128_si256, _mm256_loadu_ps,
+        _mm256_max_epi32, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps, _mm256_movemask_epi8,
+        _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16,
+        _mm256_packs_epi32, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
+        _mm256_permutevar8x32_epi32, _mm256_set1_epi8, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi16,
+        _mm256_srli_epi32, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
+        _mm256_unpackhi_epi32, _mm256_unpackhi_epi64, _mm256_unpackhi_pd, _mm256_unpackhi_ps,
+        _mm256_unpacklo_epi32, _mm256_unpacklo_epi64, _mm256_unpacklo_pd, _mm256_unpacklo_ps,
+        _mm256_xor_ps,
     };
 
     use crate::quant::{BlockQ4_0, BlockQ8_0};
@@ -370,8 +376,9 @@ mod x86 {
             let (xp, xt) = xg.as_chunks::<2>();
             let (op, ot) = og.as_chunks_mut::<2>();
             let (ip, _) = ids.as_chunks::<2>();
+            let mut nan = _mm256_setzero_si256();
             for ((xp, op), ip) in xp.iter().zip(op).zip(ip) {
-                let p = q4_0_codes2(&xp[0], &xp[1], ip[0], ip[1]);
+                let p = q4_0_codes2(&xp[0], &xp[1], ip[0], ip[1], &mut nan);
                 // SAFETY: each `qs` is 16 bytes, one unaligned 128-bit store each.
                 unsafe {
                     _mm_storeu_si128(
@@ -386,7 +393,7 @@ mod x86 {
             }
             if let (Some(xb), Some(ob)) = (xt.first(), ot.first_mut()) {
                 let id = ids[xg.len() - 1];
-                let p = q4_0_codes2(xb, xb, id, id);
+                let p = q4_0_codes2(xb, xb, id, id, &mut nan);
                 // SAFETY: `qs` is 16 bytes, one unaligned 128-bit store.
                 unsafe {
                     _mm_storeu_si128(
@@ -394,6 +401,9 @@ mod x86 {
                         _mm256_castsi256_si128(p),
                     );
                 }
+            }
+            if _mm256_movemask_epi8(nan) != 0 {
+                return false;
             }
             for (ob, &h) in og.iter_mut().zip(&hs) {
                 ob.d = half::f16::from_bits(h);
@@ -447,15 +457,14 @@ mod x86 {
         unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast::<__m256i>(), p) };
     }
 
-    /// Pass 1 of eight `Q4_0` blocks: their `id`s and `f16` scales; `false` on a non-finite
-    /// value or an overflowing scale.
+    /// Pass 1 of eight `Q4_0` blocks: their `id`s and `f16` scales; `false` on an infinite
+    /// value or an overflowing scale (a NaN is caught in pass 2).
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q4_0_scales(xs: &[[f32; 32]; CHUNK], ids: &mut [f32; CHUNK], hs: &mut [u16; CHUNK]) -> bool {
-        // Per-block signed maximum and minimum, and whether any value is NaN (the maximum and
-        // minimum of finite and infinite values are exact).
+        // Per-block signed maximum and minimum (exact for finite and infinite values; a NaN is
+        // caught in pass 2, whatever scale it produced here).
         let mut pmx = [_mm256_setzero_ps(); 4];
         let mut pmn = [_mm256_setzero_ps(); 4];
-        let mut nan = _mm256_setzero_ps();
         for ((pmx, pmn), xp) in pmx.iter_mut().zip(&mut pmn).zip(xs.as_chunks::<2>().0) {
             let mut mx = [_mm256_setzero_ps(); 2];
             let mut mn = [_mm256_setzero_ps(); 2];
@@ -463,11 +472,6 @@ mod x86 {
                 let v = load4(xb);
                 *mx = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
                 *mn = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
-                let u = _mm256_or_ps(
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(v[0], v[1]),
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(v[2], v[3]),
-                );
-                nan = _mm256_or_ps(nan, u);
             }
             *pmx = reduce_pair::<true>(mx[0], mx[1]);
             *pmn = reduce_pair::<false>(mn[0], mn[1]);
@@ -475,10 +479,9 @@ mod x86 {
         let (mx, mn) = (reduce_pairs::<true>(&pmx), reduce_pairs::<false>(&pmn));
         let neg_mn = _mm256_xor_ps(mn, _mm256_set1_ps(-0.0));
         let amax = _mm256_max_ps(mx, neg_mn);
-        // One test after the reductions (an early NaN exit lets the compiler move the maxima
-        // behind it and spill the loaded blocks).
+        // An infinity would also show as an infinite scale below; tested here for clarity.
         let inf = _mm256_cmp_ps::<_CMP_EQ_OQ>(amax, _mm256_set1_ps(f32::INFINITY));
-        if _mm256_movemask_ps(_mm256_or_ps(nan, inf)) != 0 {
+        if _mm256_movemask_ps(inf) != 0 {
             return false;
         }
         // The first value of largest magnitude: the maximum when it beats minus the minimum,
@@ -516,9 +519,18 @@ mod x86 {
     /// Each block's codes `trunc(x * id + 8.5)` (in `[0, 16]`: no clamp at 0 is needed, as
     /// `x * id >= -8.000002` gives `t >= 0.49`, see the module docs) are packed to bytes first
     /// and clamped to 15 there, 32 at once (`min(floor(t), 15) = floor(min(t, 15))`); the
-    /// nibbles of both blocks are then combined with one shift and one or.
+    /// nibbles of both blocks are then combined with one shift and one or. Non-finite input is
+    /// detected here rather than in pass 1: `x * id + 8.5` is NaN for a NaN `x` (`id` is
+    /// finite), its code byte saturates to -128 and is or-ed into `nan` (finite codes are
+    /// 0..=16, so their top bit is clear); infinities already made the scale defer.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn q4_0_codes2(xa: &[f32; 32], xb: &[f32; 32], ida: f32, idb: f32) -> __m256i {
+    fn q4_0_codes2(
+        xa: &[f32; 32],
+        xb: &[f32; 32],
+        ida: f32,
+        idb: f32,
+        nan: &mut __m256i,
+    ) -> __m256i {
         let (off, top) = (_mm256_set1_ps(8.5), _mm256_set1_epi8(15));
         let mut bytes = [_mm256_setzero_si256(); 2];
         for (bytes, (x, id)) in bytes.iter_mut().zip([(xa, ida), (xb, idb)]) {
@@ -531,10 +543,13 @@ mod x86 {
             // Dwords of 4 codes: [c0 0..4, c1 0..4, c2 0..4, c3 0..4 | c0 4..8, c1, c2, c3
             // 4..8]: low nibbles (elements 0..16, c0 and c1) in dwords 0, 1, 4, 5, high
             // nibbles (elements 16..32) in dwords 2, 3, 6, 7.
-            let p = _mm256_packus_epi16(
+            // Signed saturation: a NaN's code (the conversion gives i32::MIN) becomes the byte
+            // -128, the only byte with its top bit set; `nan` collects it for the caller.
+            let p = _mm256_packs_epi16(
                 _mm256_packs_epi32(c[0], c[1]),
                 _mm256_packs_epi32(c[2], c[3]),
             );
+            *nan = _mm256_or_si256(*nan, p);
             *bytes = _mm256_min_epu8(p, top);
         }
         // [a lo 0..4, a lo 8..12, b lo 0..4, b lo 8..12 | a lo 4..8, a lo 12..16, b, b] and
