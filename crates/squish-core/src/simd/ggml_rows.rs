@@ -157,21 +157,21 @@ mod x86 {
     use std::arch::x86_64::{
         __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _MM_FROUND_TO_NEAREST_INT,
         _mm_and_si128, _mm_cmpeq_epi16, _mm_cvtph_ps, _mm_cvtsi32_si128, _mm_loadl_epi64,
-        _mm_max_epu16, _mm_movemask_epi8, _mm_set1_epi16, _mm_setzero_si128, _mm_storeu_si128,
-        _mm256_add_ps, _mm256_and_ps, _mm256_and_si256, _mm256_andnot_ps, _mm256_blendv_ps,
-        _mm256_broadcastss_ps, _mm256_castpd_ps, _mm256_castps_pd, _mm256_castps_si256,
-        _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmp_ps, _mm256_cmpgt_epi32,
-        _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtps_ph,
-        _mm256_cvttps_epi32, _mm256_div_ps, _mm256_extracti128_si256, _mm256_loadu_ps,
-        _mm256_max_epi32, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps, _mm256_movemask_epi8,
+        _mm_max_epu16, _mm_movemask_epi8, _mm_set1_epi16, _mm_storeu_si128, _mm256_add_ps,
+        _mm256_and_ps, _mm256_and_si256, _mm256_andnot_ps, _mm256_blendv_ps, _mm256_broadcastss_ps,
+        _mm256_castpd_ps, _mm256_castps_pd, _mm256_castps_si256, _mm256_castsi256_ps,
+        _mm256_castsi256_si128, _mm256_cmp_ps, _mm256_cmpgt_epi32, _mm256_cvtepi8_epi32,
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtps_ph, _mm256_cvttps_epi32,
+        _mm256_div_ps, _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_max_epi32,
+        _mm256_max_epu16, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps, _mm256_movemask_epi8,
         _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16,
         _mm256_packs_epi32, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
-        _mm256_permutevar8x32_epi32, _mm256_set1_epi8, _mm256_set1_epi32, _mm256_set1_ps,
-        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi16,
-        _mm256_srli_epi32, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
-        _mm256_unpackhi_epi32, _mm256_unpackhi_epi64, _mm256_unpackhi_pd, _mm256_unpackhi_ps,
-        _mm256_unpacklo_epi32, _mm256_unpacklo_epi64, _mm256_unpacklo_pd, _mm256_unpacklo_ps,
-        _mm256_xor_ps,
+        _mm256_permutevar8x32_epi32, _mm256_set_m128i, _mm256_set1_epi8, _mm256_set1_epi16,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_slli_epi16, _mm256_srli_epi32, _mm256_storeu_ps,
+        _mm256_storeu_si256, _mm256_sub_epi32, _mm256_unpackhi_epi32, _mm256_unpackhi_epi64,
+        _mm256_unpackhi_pd, _mm256_unpackhi_ps, _mm256_unpacklo_epi32, _mm256_unpacklo_epi64,
+        _mm256_unpacklo_pd, _mm256_unpacklo_ps, _mm256_xor_ps,
     };
 
     use crate::quant::{BlockQ4_0, BlockQ8_0};
@@ -611,30 +611,44 @@ mod x86 {
         }
     }
 
-    /// F16C `f32` → `f16` bits, 16 per iteration, folding the largest `bits & 0x7fff` into the
-    /// loop; the tail through `half` (same rounding).
+    /// F16C `f32` → `f16` bits, 32 per iteration, folding the largest `bits & 0x7fff` into the
+    /// loop; the tail through `half` (same rounding). Each pair of 8-value conversions is
+    /// joined into one 256-bit vector before it is stored and masked: stored separately,
+    /// LLVM folds each store into a second, memory-form conversion (two `vcvtps2ph` per
+    /// eight values).
     #[target_feature(enable = "avx2,f16c")]
     pub(super) fn f32_to_f16_top_f16c(src: &[f32], dst: &mut [u16]) -> u16 {
-        let mag = _mm_set1_epi16(0x7fff);
-        let (mut t0, mut t1) = (_mm_setzero_si128(), _mm_setzero_si128());
-        let (cs, cd) = (src.as_chunks::<16>(), dst.as_chunks_mut::<16>());
+        let mag = _mm256_set1_epi16(0x7fff);
+        let (mut t0, mut t1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let (cs, cd) = (src.as_chunks::<32>(), dst.as_chunks_mut::<32>());
         for (s, d) in cs.0.iter().zip(cd.0.iter_mut()) {
-            // SAFETY: `s` is 16 floats and `d` 16 u16 (32 bytes); unaligned loads / stores.
-            unsafe {
-                let h0 = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr()));
-                let h1 = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(
-                    s.as_ptr().add(8),
-                ));
-                _mm_storeu_si128(d.as_mut_ptr().cast::<__m128i>(), h0);
-                _mm_storeu_si128(d.as_mut_ptr().add(8).cast::<__m128i>(), h1);
-                t0 = _mm_max_epu16(t0, _mm_and_si128(h0, mag));
-                t1 = _mm_max_epu16(t1, _mm_and_si128(h1, mag));
+            let mut h = [_mm256_setzero_si256(); 2];
+            for (k, h) in h.iter_mut().enumerate() {
+                // SAFETY: `s` is 32 floats, so the 8 at 16 * k and 16 * k + 8 (k < 2) are in
+                // bounds; unaligned loads.
+                let (a, b) = unsafe {
+                    (
+                        _mm256_loadu_ps(s.as_ptr().add(16 * k)),
+                        _mm256_loadu_ps(s.as_ptr().add(16 * k + 8)),
+                    )
+                };
+                *h = _mm256_set_m128i(
+                    _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(b),
+                    _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a),
+                );
+                // SAFETY: `d` is 32 u16 (64 bytes), so the 16 at 16 * k are in bounds;
+                // unaligned store.
+                unsafe { _mm256_storeu_si256(d.as_mut_ptr().add(16 * k).cast::<__m256i>(), *h) };
             }
+            t0 = _mm256_max_epu16(t0, _mm256_and_si256(h[0], mag));
+            t1 = _mm256_max_epu16(t1, _mm256_and_si256(h[1], mag));
         }
-        let mut t = [0u16; 8];
-        // SAFETY: `t` is 8 u16 (16 bytes); unaligned store.
-        unsafe { _mm_storeu_si128(t.as_mut_ptr().cast::<__m128i>(), _mm_max_epu16(t0, t1)) };
-        let mut top = t.iter().copied().fold(0, u16::max);
+        let t = _mm256_max_epu16(t0, t1);
+        let t = _mm_max_epu16(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+        let mut t_lanes = [0u16; 8];
+        // SAFETY: `t_lanes` is 8 u16 (16 bytes); unaligned store.
+        unsafe { _mm_storeu_si128(t_lanes.as_mut_ptr().cast::<__m128i>(), t) };
+        let mut top = t_lanes.iter().copied().fold(0, u16::max);
         for (d, &x) in cd.1.iter_mut().zip(cs.1) {
             *d = half::f16::from_f32(x).to_bits();
             top = top.max(*d & 0x7fff);
