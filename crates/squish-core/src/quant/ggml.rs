@@ -297,7 +297,13 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
 /// If `x.len() != out.len() * 32`.
 ///
 /// # Performance
-/// One validation pass, then per block a vectorisable max-abs and a branch-free encode loop.
+/// With AVX2 + FMA + F16C (detected at run time), one fused pass per 64 blocks: eight blocks'
+/// maxima, finiteness checks, scales (`f16` by F16C) and reciprocals at a time, then the codes
+/// from L1 (see `simd::ggml_rows`); about 0.14 ns per value (4.6 µs for 32 768 values, 4.3x
+/// the block-by-block path, on the 2-core Zen 4 VM of the seed benches). Bad input (NaN,
+/// infinity, an overflowing scale) falls back to the block-by-block path, which also serves
+/// CPUs without those features and `SQUISH_SIMD=off`: one validation pass, then per block a
+/// vectorised max-abs, a software `f16` rounding and the codes.
 pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> Result<()> {
     assert_row_len("quantize_row_q8_0", x.len(), out.len(), QK8_0);
     if simd::ggml_rows::quantize_row_q8_0(x.as_chunks::<QK8_0>().0, out) {
@@ -352,6 +358,10 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
 ///
 /// # Panics
 /// If `out.len() != blocks.len() * 32`.
+///
+/// # Performance
+/// AVX2 with the scale converted by F16C (when detected): about 0.3 µs for 4096 values (in
+/// L1) on the 2-core Zen 4 VM of the seed benches, against 0.68 µs with a software scale.
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q8_0", out.len(), blocks.len(), QK8_0);
     simd::ggml_rows::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
@@ -388,6 +398,13 @@ pub(crate) fn dequantize_q8_0_scalar(blocks: &[BlockQ8_0], out: &mut [[f32; QK8_
 ///
 /// # Panics
 /// If `x.len() != out.len() * 32`.
+///
+/// # Performance
+/// As [`quantize_row_q8_0`]: with AVX2 + FMA + F16C one fused pass per 64 blocks (the scale
+/// source from each block's signed maximum and minimum; a block holding both `+amax` and
+/// `-amax` is resolved by a scalar search for the first), about 0.15 ns per value (5.0 µs for
+/// 32 768 values, 3.9x the block-by-block path); bad input falls back to the block-by-block
+/// path, which produces the error.
 pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<()> {
     assert_row_len("quantize_row_q4_0", x.len(), out.len(), QK4_0);
     if simd::ggml_rows::quantize_row_q4_0(x.as_chunks::<QK4_0>().0, out) {
@@ -442,6 +459,11 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<BlockQ4_0>> {
 ///
 /// # Panics
 /// If `out.len() != blocks.len() * 32`.
+///
+/// # Performance
+/// AVX2 with the scale converted by F16C (when detected), 25 instructions per block: about
+/// 0.07 ns per value into L1, 0.08 ns (2.6 µs for 32 768 values) when the 128 KiB of output
+/// go to L2, where a bare AVX2 fill of the same buffer already takes about 1.3 µs.
 pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q4_0", out.len(), blocks.len(), QK4_0);
     simd::ggml_rows::dequantize_q4_0(blocks, out.as_chunks_mut::<QK4_0>().0);
