@@ -132,6 +132,63 @@ fn check_len(what: &str, src: usize, dst: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::RngExt;
+
+    /// Against a naive scan: the first NaN / infinity / `|x| > f16::MAX` decides, `dst` holds
+    /// the plain conversion either way, and values in `(65504, 65520)`, which round to
+    /// `f16::MAX`, are refused while `±65504` itself is not.
+    #[test]
+    fn checked_f16_matches_a_naive_scan() {
+        squish_testkit::prop::check("convert_checked_f16", 200, |rng| {
+            let n = rng.random_range(0..300);
+            let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-7e4f32..7e4)).collect();
+            if n > 0 {
+                for _ in 0..rng.random_range(0..3) {
+                    x[rng.random_range(0..n)] = [
+                        f32::NAN,
+                        f32::INFINITY,
+                        -f32::INFINITY,
+                        65504.0,
+                        -65504.0,
+                        65504.01,
+                        -65519.99,
+                        65520.0,
+                        1e30,
+                    ][rng.random_range(0..9)];
+                }
+            }
+            if rng.random_bool(0.5) {
+                // Mostly in range, so that the fast path's "all good" answer is exercised too.
+                for v in &mut x {
+                    *v /= 4.0;
+                }
+            }
+            let want = x.iter().enumerate().find_map(|(index, &value)| {
+                if !value.is_finite() {
+                    Some(Error::NonFinite {
+                        context: "x",
+                        index,
+                        value,
+                    })
+                } else if value.abs() > 65504.0 {
+                    Some(Error::OutOfRange {
+                        context: "x",
+                        index,
+                        value,
+                    })
+                } else {
+                    None
+                }
+            });
+            let mut got = vec![f16::ZERO; n];
+            let r = f32_to_f16_checked_into("x", &x, &mut got);
+            assert_eq!(format!("{:?}", r.err()), format!("{want:?}"));
+            let mut plain = vec![f16::ZERO; n];
+            f32_to_f16_into(&x, &mut plain);
+            let bits = |h: &[f16]| h.iter().map(|h| h.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&plain));
+        });
+    }
 
     #[test]
     #[should_panic(expected = "f32_to_f16_into: source has 2 elements but destination has 1")]
