@@ -516,7 +516,7 @@ mod tests {
                 x[rng.random_range(0..32)] = if rng.random_bool(0.5) { 127.0 } else { -127.0 } * p2;
             }
             2 => {
-                // Q4_0 with max = -8 p2: d = p2, and x * id + 8.5 is an integer for these.
+                // Q4_0 with max = ±8 p2: d = ∓p2, and x * id + 8.5 is an integer for these.
                 x.iter_mut().for_each(|v| {
                     *v = (f32::from(rng.random_range(-8i16..8)) + 0.5) * p2;
                 });
@@ -537,9 +537,13 @@ mod tests {
                     *v = f32::from_bits(rng.random_range(0..top) | (rng.random::<u32>() << 31));
                 });
             }
-            5 => x
-                .iter_mut()
-                .for_each(|v| *v = rng.random_range(-1.0f32..1.0) * 1e-37),
+            5 => {
+                // Tiny blocks: scales that underflow to 0, subnormal scales with a finite
+                // reciprocal (imprecise d), and the smallest normal ones.
+                let s = [1e-37f32, 4e-37, 6e-37, 2e-36, 4e-36][rng.random_range(0..5)];
+                x.iter_mut()
+                    .for_each(|v| *v = rng.random_range(-1.0f32..1.0) * s);
+            }
             6 => {
                 // Around the largest magnitudes whose f16 scale is finite (just below and
                 // just above, by a few ulps).
