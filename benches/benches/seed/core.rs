@@ -143,6 +143,9 @@ pub(crate) fn benches(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("f16_to_f32_into", ROW), |bench| {
         bench.iter(|| convert::f16_to_f32_into(black_box(&halves), &mut out));
     });
+    g.bench_function(BenchmarkId::new("f32_to_f16_checked_into", ROW), |bench| {
+        bench.iter(|| convert::f32_to_f16_checked_into("x", black_box(&a), &mut halves));
+    });
     g.finish();
 
     // The seed's KV-codec shape: 32 centroids in 32 dimensions from 400 vectors.

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayRef2};
 use squish_core::ConfigError;
-use squish_core::convert::{f16, f16_to_f32_into, f32_to_f16_into};
+use squish_core::convert::{f16, f16_to_f32_into, f32_to_f16_checked_into};
 use squish_core::quant::{
     BlockQ4_0, BlockQ8_0, QK4_0, QK8_0, blocks_as_bytes, dequantize_row_q4_0, dequantize_row_q8_0,
     quantize_row_q4_0, quantize_row_q8_0,
@@ -519,7 +519,8 @@ impl AdaptiveQuantizer {
     ///
     /// # Performance
     /// No allocation once `out` (and, for a non-contiguous `x`, the internal scratch) has
-    /// grown. `F16` is one F16C conversion pass plus a 16-bit range scan of the result.
+    /// grown. `F16` is one F16C conversion pass with the range check folded in; `Q8_0` / `Q4_0`
+    /// are squish-core's whole-row AVX2 quantisers (one fused pass per 8 blocks).
     pub fn quantize_into(&mut self, x: &ArrayRef2<f32>, out: &mut QuantizedTensor) -> Result<()> {
         encode(self.level, x, &mut self.scratch, out)
     }
@@ -623,42 +624,15 @@ fn encode_data(precision: Precision, src: &[f32], data: &mut TensorData) -> Resu
 /// If `src.len() != dst.len()`.
 ///
 /// # Performance
-/// One F16C conversion pass and a vectorised scan of the 16-bit results for magnitudes at or
-/// above `f16::MAX` (NaN and infinity included); only then is the input inspected.
+/// One pass: `squish_core::convert::f32_to_f16_checked_into` folds the range check into the F16C
+/// conversion loop; only when it sees a magnitude at or above `f16::MAX` is the input inspected
+/// again.
 pub(crate) fn f32_to_f16_checked(
     context: &'static str,
     src: &[f32],
     dst: &mut [f16],
 ) -> Result<()> {
-    f32_to_f16_into(src, dst);
-    const MAX_BITS: i16 = 0x7bff; // f16::MAX
-    // The largest magnitude's bit pattern: a max over non-negative i16 lanes vectorises on
-    // SSE2 (`pmaxsw`); NaN and infinity patterns are above f16::MAX's.
-    let top = dst
-        .iter()
-        .fold(0i16, |m, h| m.max((h.to_bits() & 0x7fff) as i16));
-    if top < MAX_BITS {
-        return Ok(());
-    }
-    let max = f32::from(f16::MAX);
-    for (index, &value) in src.iter().enumerate() {
-        if !value.is_finite() {
-            return Err(squish_core::Error::NonFinite {
-                context,
-                index,
-                value,
-            }
-            .into());
-        }
-        if value.abs() > max {
-            return Err(squish_core::Error::OutOfRange {
-                context,
-                index,
-                value,
-            }
-            .into());
-        }
-    }
+    f32_to_f16_checked_into(context, src, dst)?;
     Ok(())
 }
 

@@ -297,11 +297,31 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
 /// If `x.len() != out.len() * 32`.
 ///
 /// # Performance
-/// One validation pass, then per block a vectorisable max-abs and a branch-free encode loop.
+/// With AVX2 + FMA + F16C (detected at run time), one fused pass per 64 blocks: eight blocks'
+/// maxima, finiteness checks, scales (`f16` by F16C) and reciprocals at a time, then the codes
+/// from L1 (see `simd::ggml_rows`); about 0.14 ns per value (4.6 µs for 32 768 values, 4.3x
+/// the block-by-block path, on the 2-core Zen 4 VM of the seed benches). Bad input (NaN,
+/// infinity, an overflowing scale) falls back to the block-by-block path, which also serves
+/// CPUs without those features and `SQUISH_SIMD=off`: one validation pass, then per block a
+/// vectorised max-abs, a software `f16` rounding and the codes.
 pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> Result<()> {
     assert_row_len("quantize_row_q8_0", x.len(), out.len(), QK8_0);
+    if simd::ggml_rows::quantize_row_q8_0(x.as_chunks::<QK8_0>().0, out) {
+        return Ok(());
+    }
+    quantize_row_q8_0_blocks(simd::isa(), x, out)
+}
+
+/// The block-by-block `Q8_0` row path: one finiteness pass, then per block the `isa` kernels
+/// for the maximum and the codes and a software `f16` scale. With [`Isa::Scalar`](simd::Isa)
+/// it is the portable twin of the whole-row AVX2 kernel (`simd::ggml_rows`); it is also the
+/// path that produces the errors. Lengths are checked by the caller.
+pub(crate) fn quantize_row_q8_0_blocks(
+    isa: simd::Isa,
+    x: &[f32],
+    out: &mut [BlockQ8_0],
+) -> Result<()> {
     check_finite("quantize_row_q8_0 x", x)?;
-    let isa = simd::isa();
     for (i, (xb, yb)) in x.as_chunks::<QK8_0>().0.iter().zip(out).enumerate() {
         let amax = simd::max_abs32(isa, xb);
         let d = amax / 127.0;
@@ -338,9 +358,13 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
 ///
 /// # Panics
 /// If `out.len() != blocks.len() * 32`.
+///
+/// # Performance
+/// AVX2 with the scale converted by F16C (when detected): about 0.3 µs for 4096 values (in
+/// L1) on the 2-core Zen 4 VM of the seed benches, against 0.68 µs with a software scale.
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q8_0", out.len(), blocks.len(), QK8_0);
-    simd::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
+    simd::ggml_rows::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
 }
 
 /// Portable twin of the AVX2 `Q8_0` dequantiser: `y[j] = qs[j] * d` (exact in `f32`).
@@ -374,10 +398,30 @@ pub(crate) fn dequantize_q8_0_scalar(blocks: &[BlockQ8_0], out: &mut [[f32; QK8_
 ///
 /// # Panics
 /// If `x.len() != out.len() * 32`.
+///
+/// # Performance
+/// As [`quantize_row_q8_0`]: with AVX2 + FMA + F16C one fused pass per 64 blocks (the scale
+/// source from each block's signed maximum and minimum; a block holding both `+amax` and
+/// `-amax` is resolved by a scalar search for the first), about 0.15 ns per value (5.0 µs for
+/// 32 768 values, 3.9x the block-by-block path); bad input falls back to the block-by-block
+/// path, which produces the error.
 pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<()> {
     assert_row_len("quantize_row_q4_0", x.len(), out.len(), QK4_0);
+    if simd::ggml_rows::quantize_row_q4_0(x.as_chunks::<QK4_0>().0, out) {
+        return Ok(());
+    }
+    quantize_row_q4_0_blocks(simd::isa(), x, out)
+}
+
+/// The block-by-block `Q4_0` row path (see [`quantize_row_q8_0_blocks`]): the portable twin of
+/// the whole-row AVX2 kernel with [`Isa::Scalar`](simd::Isa), and the path that produces the
+/// errors. Lengths are checked by the caller.
+pub(crate) fn quantize_row_q4_0_blocks(
+    isa: simd::Isa,
+    x: &[f32],
+    out: &mut [BlockQ4_0],
+) -> Result<()> {
     check_finite("quantize_row_q4_0 x", x)?;
-    let isa = simd::isa();
     for (i, (xb, yb)) in x.as_chunks::<QK4_0>().0.iter().zip(out).enumerate() {
         // GGML keeps the first element with `amax < |v|`, i.e. the first of largest magnitude.
         let (amax, max) = simd::first_max_abs32(isa, xb);
@@ -415,9 +459,14 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<BlockQ4_0>> {
 ///
 /// # Panics
 /// If `out.len() != blocks.len() * 32`.
+///
+/// # Performance
+/// AVX2 with the scale converted by F16C (when detected), 25 instructions per block: about
+/// 0.07 ns per value into L1, 0.08 ns (2.6 µs for 32 768 values) when the 128 KiB of output
+/// go to L2, where a bare AVX2 fill of the same buffer already takes about 1.3 µs.
 pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q4_0", out.len(), blocks.len(), QK4_0);
-    simd::dequantize_q4_0(blocks, out.as_chunks_mut::<QK4_0>().0);
+    simd::ggml_rows::dequantize_q4_0(blocks, out.as_chunks_mut::<QK4_0>().0);
 }
 
 /// Portable twin of the AVX2 `Q4_0` dequantiser: `y[j] = (code[j] - 8) * d` (exact in `f32`).
@@ -447,6 +496,238 @@ fn check_values_len<B: GgmlBlock>(context: &'static str, len: usize) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, RngExt};
+
+    /// One block of a kind chosen at random: smooth data at any scale, exact ties in `Q8_0` or
+    /// `Q4_0` code space, zero and signed-zero blocks, tiny and subnormal blocks, blocks near
+    /// the `f16` overflow limit of either scale, magnitudes repeated with both signs.
+    fn block(rng: &mut impl Rng) -> [f32; 32] {
+        let mut x = [0.0f32; 32];
+        let p2 = 2f32.powi(rng.random_range(-30..30));
+        match rng.random_range(0..9) {
+            0 => x
+                .iter_mut()
+                .for_each(|v| *v = rng.random_range(-1.0f32..1.0) * p2),
+            1 => {
+                // Q8_0 with d = p2 exactly: codes of (k + 1/2) p2 are ties.
+                x.iter_mut().for_each(|v| {
+                    *v = (f32::from(rng.random_range(-127i16..127)) + 0.5) * p2;
+                });
+                x[rng.random_range(0..32)] = if rng.random_bool(0.5) { 127.0 } else { -127.0 } * p2;
+            }
+            2 => {
+                // Q4_0 with max = ±8 p2: d = ∓p2, and x * id + 8.5 is an integer for these.
+                x.iter_mut().for_each(|v| {
+                    *v = (f32::from(rng.random_range(-8i16..8)) + 0.5) * p2;
+                });
+                x[rng.random_range(0..32)] = if rng.random_bool(0.5) { 8.0 } else { -8.0 } * p2;
+            }
+            3 => x
+                .iter_mut()
+                .for_each(|v| *v = if rng.random_bool(0.5) { 0.0 } else { -0.0 }),
+            4 => {
+                // Subnormals, half the time only the smallest ones (a scale of a few ulps,
+                // whose reciprocal overflows: the `id = 0` path).
+                let top = if rng.random_bool(0.5) {
+                    64
+                } else {
+                    0x0080_0000u32
+                };
+                x.iter_mut().for_each(|v| {
+                    *v = f32::from_bits(rng.random_range(0..top) | (rng.random::<u32>() << 31));
+                });
+            }
+            5 => {
+                // Tiny blocks: scales that underflow to 0, subnormal scales with a finite
+                // reciprocal (imprecise d), and the smallest normal ones.
+                let s = [1e-37f32, 4e-37, 6e-37, 2e-36, 4e-36][rng.random_range(0..5)];
+                x.iter_mut()
+                    .for_each(|v| *v = rng.random_range(-1.0f32..1.0) * s);
+            }
+            6 => {
+                // Around the largest magnitudes whose f16 scale is finite (just below and
+                // just above, by a few ulps).
+                let limit = if rng.random_bool(0.5) {
+                    65520.0 * 127.0
+                } else {
+                    65520.0 * 8.0f32
+                };
+                x.iter_mut()
+                    .for_each(|v| *v = rng.random_range(-1.0f32..1.0) * limit);
+                let b = f32::to_bits(limit);
+                let top = f32::from_bits(b.wrapping_add_signed(rng.random_range(-8..3)));
+                x[rng.random_range(0..32)] = if rng.random_bool(0.5) { top } else { -top };
+            }
+            7 => {
+                // +a and -a as the largest magnitudes, in random order ("first max wins").
+                let a = rng.random_range(0.5f32..1.0) * p2;
+                x.iter_mut().for_each(|v| *v = rng.random_range(-a..a));
+                for _ in 0..rng.random_range(2..5) {
+                    x[rng.random_range(0..32)] = if rng.random_bool(0.5) { a } else { -a };
+                }
+            }
+            _ => x
+                .iter_mut()
+                .for_each(|v| *v = f32::from(rng.random_range(-300i16..300)) / 2.0),
+        }
+        x
+    }
+
+    fn row(rng: &mut impl Rng) -> Vec<[f32; 32]> {
+        let n = rng.random_range(0..40);
+        let mut x: Vec<[f32; 32]> = (0..n).map(|_| block(rng)).collect();
+        if n > 0 && rng.random_range(0..6) == 0 {
+            // NaN or infinity somewhere, sometimes twice.
+            for _ in 0..rng.random_range(1..3) {
+                let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rng.random_range(0..3)];
+                x[rng.random_range(0..n)][rng.random_range(0..32)] = bad;
+            }
+        }
+        x
+    }
+
+    /// The row kernels either finish bit-identical to the portable block path, or defer exactly
+    /// when that path fails; the public function then returns the very same error.
+    fn check_row(x: &[[f32; 32]]) {
+        let flat = x.as_flattened();
+        let n = x.len();
+        let mut a8 = vec![BlockQ8_0::default(); n];
+        let mut b8 = vec![BlockQ8_0::default(); n];
+        let fast = simd::ggml_rows::quantize_row_q8_0(x, &mut a8);
+        let want = quantize_row_q8_0_blocks(simd::Isa::Scalar, flat, &mut b8);
+        match &want {
+            Ok(()) => {
+                assert_eq!(
+                    fast,
+                    simd::ggml_rows::rows_available(),
+                    "q8_0 deferred on a valid row {x:?}"
+                );
+                if fast {
+                    assert_eq!(a8, b8, "q8_0 {x:?}");
+                }
+            }
+            Err(e) => {
+                assert!(!fast, "q8_0 finished on a bad row: {e}");
+                let got = quantize_row_q8_0(flat, &mut a8).unwrap_err();
+                assert_eq!(format!("{got:?}"), format!("{e:?}"));
+            }
+        }
+        let mut a4 = vec![BlockQ4_0::default(); n];
+        let mut b4 = vec![BlockQ4_0::default(); n];
+        let fast = simd::ggml_rows::quantize_row_q4_0(x, &mut a4);
+        let want = quantize_row_q4_0_blocks(simd::Isa::Scalar, flat, &mut b4);
+        match &want {
+            Ok(()) => {
+                assert_eq!(
+                    fast,
+                    simd::ggml_rows::rows_available(),
+                    "q4_0 deferred on a valid row {x:?}"
+                );
+                if fast {
+                    // Compare bits: the scale may be -0.0.
+                    assert_eq!(
+                        bytemuck::cast_slice::<_, u8>(&a4),
+                        bytemuck::cast_slice::<_, u8>(&b4),
+                        "q4_0 {x:?}"
+                    );
+                }
+            }
+            Err(e) => {
+                assert!(!fast, "q4_0 finished on a bad row: {e}");
+                let got = quantize_row_q4_0(flat, &mut a4).unwrap_err();
+                assert_eq!(format!("{got:?}"), format!("{e:?}"));
+            }
+        }
+    }
+
+    /// The bound behind the AVX2 row kernels' missing clamps (`simd::ggml_rows`): `amax * id`
+    /// stays below 127.5 (`Q8_0`) and 8.5 (`Q4_0`). Checked off-line on every `f32`; here on
+    /// every 4099th bit pattern and within 64 ulps of every power of two and of every
+    /// `127 * 2^k` and `8 * 2^k`, where the scale's rounding is extreme.
+    #[test]
+    fn scaled_maxima_stay_inside_the_code_range() {
+        let check = |amax: f32| {
+            let d = amax / 127.0;
+            if !f16::from_f32(d).is_infinite() {
+                assert!(amax * recip_or_zero(d) <= 127.000_03, "q8_0 amax={amax:e}");
+            }
+            let d = amax / -8.0;
+            if !f16::from_f32(d).is_infinite() {
+                assert!(amax * recip_or_zero(d) >= -8.000_002, "q4_0 amax={amax:e}");
+            }
+        };
+        for bits in (0..0x7f80_0000u32).step_by(4099) {
+            check(f32::from_bits(bits));
+        }
+        for e in -149..128 {
+            for m in [1.0f32, 127.0, 8.0] {
+                let c = (2f64.powi(e) * f64::from(m)) as f32;
+                if c.is_finite() && c > 0.0 {
+                    let b = c.to_bits();
+                    for bits in b.saturating_sub(64)..=b.saturating_add(64).min(0x7f7f_ffff) {
+                        check(f32::from_bits(bits));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_kernels_are_bit_identical_to_the_block_path() {
+        squish_testkit::prop::check("simd_ggml_rows_twins", 300, |rng| check_row(&row(rng)));
+    }
+
+    #[test]
+    fn row_kernels_defer_to_the_first_error_of_the_row() {
+        let mut x = vec![[1.0f32; 32]; 20];
+        check_row(&x);
+        // An overflowing scale in block 2 and a NaN in block 17: the NaN is reported (the
+        // whole row is checked for finiteness first), however the chunks fall.
+        x[2][5] = 1e7;
+        check_row(&x);
+        x[17][3] = f32::NAN;
+        check_row(&x);
+        x[17][3] = 1.0;
+        x[19][31] = f32::INFINITY;
+        check_row(&x);
+        x[2][5] = 1.0;
+        x[19][31] = 1.0;
+        x[12][0] = 6e5; // Q4_0 overflows, Q8_0 does not
+        check_row(&x);
+    }
+
+    /// `trunc(v + copysign(0.5 - 2⁻²⁵, v))` against `roundf` on every `f32` within 64 ulps of
+    /// each multiple of one half up to 127 (both signs), through the kernel (`d = 1`).
+    #[test]
+    fn q8_0_rounding_matches_roundf_near_every_half_integer() {
+        let mut values = Vec::new();
+        for k in 0..=254u16 {
+            let h = f32::from(k) * 0.5;
+            let b = h.to_bits();
+            for bits in b.saturating_sub(64)..=b + 64 {
+                let v = f32::from_bits(bits);
+                if v <= 127.0 {
+                    values.extend([v, -v]);
+                }
+            }
+        }
+        let mut x: Vec<[f32; 32]> = Vec::new();
+        for chunk in values.chunks(31) {
+            let mut b = [0.0f32; 32];
+            b[0] = 127.0; // d = 1, id = 1
+            b[1..=chunk.len()].copy_from_slice(chunk);
+            x.push(b);
+        }
+        check_row(&x);
+        let mut q = vec![BlockQ8_0::default(); x.len()];
+        quantize_row_q8_0(x.as_flattened(), &mut q).unwrap();
+        for (b, xb) in q.iter().zip(&x) {
+            assert_eq!(b.d.to_f32(), 1.0);
+            for (&c, &v) in b.qs.iter().zip(xb) {
+                assert_eq!(f32::from(c), v.round(), "{v:e}");
+            }
+        }
+    }
 
     #[test]
     fn max_abs_is_the_largest_magnitude() {
