@@ -9,29 +9,30 @@
 //! `p·v`), summed over the causal triangle: 16.8 MFLOP for the seed row. Exponentials,
 //! rescaling and packing are not counted.
 //!
-//! # What it reaches (2-core AMD EPYC Zen 4 VM, full criterion run, quiet machine)
+//! # What it reaches (2-core AMD EPYC Zen 3 VM, ≈ 3.2 GHz, shared with other builds)
 //!
-//! With the products on `squish_core::ops::matmul_4x8_acc` (runtime-dispatched AVX2, four
-//! 8-lane accumulators, multiply then add to stay bit-identical to the portable twin):
+//! The core's AVX2 + FMA peak is 32 flop/cycle ≈ 100 GFLOP/s. Medians of criterion `--quick`
+//! runs, before and after back to back in one session (the machine was loaded — load average
+//! 5–8 on 2 cores — so absolute times are inflated and noisy; the ratios held on repeats):
 //!
-//! | id | median | GFLOP/s |
-//! |---|---|---|
-//! | seq=256, heads=4, d=32 (seed) | 0.76 ms | 22 |
-//! | seq=1024, d=64 | 4.3 ms | 31 |
-//! | seq=1024, d=128 | 7.4 ms | 36 |
-//! | seq=4096, d=64 | 68 ms | 32 |
-//! | seq=4096, d=128 | 121 ms | 35 |
+//! | id | 4 × 8 kernel, packed panels | transposed tiles, 6 × 16 FMA `gemm_into` | GFLOP/s | % of peak |
+//! |---|---|---|---|---|
+//! | seq=256, heads=4, d=32 (seed) | 1.18 ms | 0.35 ms | 49 | ≈ 48 % |
+//! | seq=1024, d=64 | 6.9 ms | 1.84 ms | 73 | ≈ 72 % |
+//! | seq=1024, d=128 | 12.4 ms | 3.62 ms | 74 | ≈ 73 % |
+//! | seq=4096, d=64 | 103 ms | 29.2 ms | 74 | ≈ 72 % |
+//! | seq=4096, d=128 | 176 ms | 57.5 ms | 75 | ≈ 73 % |
 //!
-//! (Before the AVX2 kernel, with 4-wide SSE2 code: 0.84–1.28 ms for the seed row and
-//! 17–28 GFLOP/s at long sequences, on a loaded machine.)
+//! (The last full run on a quieter machine gave 0.76 ms for the seed row with the old kernel.)
 //!
-//! Against the compass (≥ 50% of the FP32 FMA peak at long sequences): a Zen 4 core at ~3 GHz
-//! peaks at 32 flop/cycle with AVX2 + FMA (≈ 96 GFLOP/s); the long-sequence figures,
-//! ≈ 31–36 GFLOP/s, are **about a third of that peak**. The 4 × 8 tile has one add chain per
-//! row, so it is latency-bound at about half the FMA ports' throughput; a wider tile (6 × 16)
-//! with fused multiply-add is the next step. At the seed's size the online-softmax rescale,
-//! the exponentials and the packing weigh as much as the products: 4.2× over the seed's Python
-//! (3207 µs), not the 12× target (≤ 270 µs, ≈ 62 GFLOP/s).
+//! Against the compass (≥ 50 % of the FP32 FMA peak at long sequences): met, at about three
+//! quarters of the peak. Against the seed row's target (12× the seed's Python 3207 µs, i.e.
+//! ≤ 270 µs ≈ 62 GFLOP/s): 9.3× at 0.35 ms, not met. At this size the useful work is only
+//! 16.8 MFLOP, head_dim 32 makes every score product short (32 steps) and the diagonal tiles
+//! are 40 % of the tiles. A `perf` profile of the seed row: the two products 61 % of the
+//! kernel's time (≈ 80 GFLOP/s on the work they do), the softmax step (one exponential per
+//! score) 16 %, packing `Qᵀ`, masking and unpacking `Oᵀ` 17 %, the input checks and the
+//! per-row `log2` 6 %.
 
 use std::hint::black_box;
 
