@@ -42,11 +42,11 @@
 //! machines.
 //!
 //! # Performance
-//! The tiles are kept **transposed**, one column per query: per query tile, `Qᵀ` (scaled) is
-//! packed once; per key tile, the scores `Sᵀ = K·Qᵀ` (keys × queries), the online softmax down
-//! each column and `Oᵀ ← Oᵀ·diag(α) + Vᵀ·Pᵀ` run in place on the tile, reading `K` and `V`
-//! where they lie (no packing of keys, values or probabilities) and needing no horizontal
-//! reductions. Both products are [`squish_core::ops::gemm_into`] (runtime-dispatched AVX2 +
+//! The query and score tiles are kept **transposed**, one column per query: per query tile,
+//! `Qᵀ` (scaled) is packed once; per key tile, the scores `Sᵀ = K·Qᵀ` (keys × queries), the
+//! online softmax down each column and `O ← diag(α)·O + P·V` accumulated straight into the
+//! output rows, reading `K`, `V` and `P` where they lie (no packing of keys, values or
+//! probabilities, no output tile) and needing no horizontal reductions. Both products are [`squish_core::ops::gemm_into`] (runtime-dispatched AVX2 +
 //! FMA, a 6 × 16 register block of twelve accumulators, strided reads of `A`), the softmax
 //! step is [`squish_core::ops::online_softmax_cols_exp2`] (eight queries per vector). On a tile
 //! that crosses the diagonal, blocks of six keys are multiplied only from the first group of
@@ -227,16 +227,15 @@ pub struct FlashOutput {
     pub lse: Array2<f32>,
 }
 
-/// Reusable tiles of one kernel; their size depends on the configuration only. The tiles are
-/// stored *transposed* (one column per query), so the softmax reductions run down columns.
+/// Reusable tiles of one kernel; their size depends on the configuration only. The query and
+/// score tiles are stored *transposed* (one column per query), so the softmax reductions run
+/// down columns; the output accumulates in the caller's `out`.
 #[derive(Debug, Clone)]
 struct Scratch {
     /// Pre-scaled query tile, transposed: `[head_dim][br_pad]`.
     qt: Vec<f32>,
     /// Scores, then probabilities, keys × queries: `[kv_tile][br_pad]`.
     s: Vec<f32>,
-    /// Output accumulators, transposed: `[head_dim][br_pad]`.
-    ot: Vec<f32>,
     /// Running maximum (log2 units), running sum and last rescale factor per query.
     m: Vec<f32>,
     l: Vec<f32>,
@@ -286,7 +285,6 @@ impl FlashPrefillKernel {
         let scratch = Scratch {
             qt: vec![0.0; d * br_pad],
             s: vec![0.0; cfg.kv_tile * br_pad],
-            ot: vec![0.0; d * br_pad],
             m: vec![0.0; br_pad],
             l: vec![0.0; br_pad],
             alpha: vec![0.0; br_pad],
@@ -305,10 +303,10 @@ impl FlashPrefillKernel {
 
     /// Bytes of scratch the kernel holds, measured from its buffers. It depends on `q_tile`,
     /// `kv_tile` and `head_dim` only, never on the sequence length: about
-    /// `4·q_tile·(kv_tile + 2·head_dim + 3)` bytes (`q_tile` rounded up to a multiple of 8).
+    /// `4·q_tile·(kv_tile + head_dim + 3)` bytes (`q_tile` rounded up to a multiple of 8).
     pub fn scratch_bytes(&self) -> usize {
         let s = &self.scratch;
-        [&s.qt, &s.s, &s.ot, &s.m, &s.l, &s.alpha]
+        [&s.qt, &s.s, &s.m, &s.l, &s.alpha]
             .iter()
             .map(|b| b.len() * size_of::<f32>())
             .sum()
@@ -551,10 +549,10 @@ impl FlashPrefillKernel {
     ///
     /// Per query tile: `Qᵀ` (scaled by `scale·log₂e`) is packed once; per key tile, the scores
     /// `Sᵀ = K·Qᵀ` (keys × queries), the online softmax down each query's column, and
-    /// `Oᵀ ← Oᵀ·diag(alpha) + Vᵀ·Pᵀ`, all in place on the tile, reading `K` and `V` where they
-    /// lie. On a tile that crosses the diagonal, the score blocks no query sees are skipped and
-    /// each group of [`GROUP`] queries sums only the keys its last query sees; masked scores
-    /// are `-inf`, so they weigh exactly 0.
+    /// `O ← diag(alpha)·O + P·V` straight into the output rows, reading `K`, `V` and `P` where
+    /// they lie. On a tile that crosses the diagonal, the score blocks no query sees are
+    /// skipped and each group of [`GROUP`] queries sums only the keys its last query sees;
+    /// masked scores are `-inf`, so they weigh exactly 0.
     fn head(
         &mut self,
         shape: AttnShape,
@@ -582,7 +580,7 @@ impl FlashPrefillKernel {
             }
             sc.m[..w].fill(f32::NEG_INFINITY);
             sc.l[..w].fill(0.0);
-            sc.ot.fill(0.0);
+            let o = &mut out[i0 * d..(i0 + rows) * d];
             // Position of the tile's first query; keys at or past `kv_end` are seen by none.
             let first = shape.q_offset + i0;
             let kv_end = shape.kv_len.min(first + rows);
@@ -600,14 +598,15 @@ impl FlashPrefillKernel {
                     ldb: bp,
                     ldc: bp,
                 };
-                let pv = |n: usize, keys: usize| ops::GemmLayout {
-                    m: d,
-                    n,
+                // O (queries × d) += P (read from Sᵀ) · V; the first key tile overwrites `out`.
+                let pv = |m: usize, keys: usize| ops::GemmLayout {
+                    m,
+                    n: d,
                     k: keys,
                     a_row: 1,
-                    a_col: d,
-                    ldb: bp,
-                    ldc: bp,
+                    a_col: bp,
+                    ldb: d,
+                    ldc: d,
                 };
                 if seen(0) == cols {
                     // Every query sees every key of the tile: three whole-tile calls.
@@ -620,7 +619,8 @@ impl FlashPrefillKernel {
                         &mut sc.l[..w],
                         &mut sc.alpha[..w],
                     );
-                    ops::gemm_into(pv(w, cols), vt, &sc.s, &mut sc.ot, Some(&sc.alpha[..w]));
+                    let scale = (k0 > 0).then_some(&sc.alpha[..rows]);
+                    ops::gemm_into(pv(rows, cols), &sc.s, vt, o, scale);
                     continue;
                 }
                 // The tile crosses the diagonal. Scores of each block of keys, from the first
@@ -641,7 +641,7 @@ impl FlashPrefillKernel {
                     let hide = (k0 + j).saturating_sub(first).min(w);
                     sc.s[j * bp..][..hide].fill(f32::NEG_INFINITY);
                 }
-                for g0 in (0..w).step_by(GROUP) {
+                for g0 in (0..rows).step_by(GROUP) {
                     let gw = GROUP.min(w - g0);
                     let keys = seen(g0 + gw - 1);
                     if keys == 0 {
@@ -654,23 +654,19 @@ impl FlashPrefillKernel {
                         keys,
                         &mut sc.m[cols_g.clone()],
                         &mut sc.l[cols_g.clone()],
-                        &mut sc.alpha[cols_g.clone()],
+                        &mut sc.alpha[cols_g],
                     );
-                    ops::gemm_into(
-                        pv(gw, keys),
-                        vt,
-                        &sc.s[g0..],
-                        &mut sc.ot[g0..],
-                        Some(&sc.alpha[cols_g]),
-                    );
+                    let g_rows = GROUP.min(rows - g0);
+                    let scale = (k0 > 0).then_some(&sc.alpha[g0..g0 + g_rows]);
+                    ops::gemm_into(pv(g_rows, keys), &sc.s[g0..], vt, &mut o[g0 * d..], scale);
                 }
             }
             // One division per row, then the log-sum-exp in natural units.
-            for r in 0..rows {
+            for (r, orow) in o.chunks_exact_mut(d).enumerate() {
                 let (m, l) = (sc.m[r], sc.l[r]);
                 let inv = 1.0 / l;
-                for (c, dst) in out[(i0 + r) * d..][..d].iter_mut().enumerate() {
-                    *dst = sc.ot[c * bp + r] * inv;
+                for x in orow {
+                    *x *= inv;
                 }
                 lse[i0 + r] = (m + l.log2()) * std::f32::consts::LN_2;
             }

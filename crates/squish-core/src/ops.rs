@@ -161,8 +161,8 @@ pub struct GemmLayout {
     pub ldc: usize,
 }
 
-/// Matrix product into a caller buffer: `C = A·B` when `col_scale` is `None`, or
-/// `C = C ⊙ s + A·B` (column `j` of the old `C` multiplied by `s[j]`, the rescale of an
+/// Matrix product into a caller buffer: `C = A·B` when `row_scale` is `None`, or
+/// `C = diag(s)·C + A·B` (row `i` of the old `C` multiplied by `s[i]`, the rescale of an
 /// online-softmax accumulator) when it is `Some(s)`; layouts as in [`GemmLayout`]. Only the
 /// `m × n` block of `C` is written.
 ///
@@ -171,18 +171,18 @@ pub struct GemmLayout {
 /// the portable path rounds the product and the sum: both are within `k·2⁻²⁴·Σₚ|aₚbₚ|` (plus
 /// the rounding of `c·s`) of the exact value, so the last bits can differ between machines;
 /// products of small integers are exact and identical on both. A column's arithmetic does not
-/// depend on `n` or on the other columns.
+/// depend on `n` or on the other columns, nor a row's on `m` or the other rows.
 ///
 /// # Panics
-/// If `ldc < n`, or the layout reaches past the end of `a`, `b`, `c` or `col_scale` (which
-/// needs at least `n` values), or a stride product overflows `usize`. Nothing is read when `k = 0`
+/// If `ldc < n`, or the layout reaches past the end of `a`, `b`, `c` or `row_scale` (which
+/// needs at least `m` values), or a stride product overflows `usize`. Nothing is read when `k = 0`
 /// (beyond the old `C` when scaled) and nothing happens when `m = 0` or `n = 0`.
 ///
 /// # Performance
 /// Runtime-dispatched AVX2 + FMA on `x86_64`: a 6 × 16 register block (twelve 8-lane
-/// accumulators, one broadcast of `A` and two loads of `B` per twelve FMAs), edges with fewer
-/// rows and 8-column or masked strips; no packing, no allocation. Used by
-/// FlashAttention-style tiles for both `Kᵢ·Qᵀ` and `Vᵀ·P`.
+/// accumulators, one broadcast of `A` and two loads of `B` per twelve FMAs), edges of 4–5 rows
+/// (1–3 only when `m < 4`) and 8-column or masked strips; no packing, no allocation. Used by
+/// FlashAttention-style tiles for both `K·Qᵀ` and `P·V`.
 ///
 /// # Example
 /// ```
@@ -194,18 +194,18 @@ pub struct GemmLayout {
 /// let mut c = [0.0; 6];
 /// gemm_into(layout, &a, &b, &mut c, None);
 /// assert_eq!(c, [1.0, 2.0, 3.0, 3.0, 4.0, 7.0]);
-/// // Rescale the columns by [0, 1, 2], then add A·B again.
-/// gemm_into(layout, &a, &b, &mut c, Some(&[0.0, 1.0, 2.0]));
-/// assert_eq!(c, [1.0, 4.0, 9.0, 3.0, 8.0, 21.0]);
+/// // Rescale the rows by [0, 2], then add A·B again.
+/// gemm_into(layout, &a, &b, &mut c, Some(&[0.0, 2.0]));
+/// assert_eq!(c, [1.0, 2.0, 3.0, 9.0, 12.0, 21.0]);
 /// ```
 pub fn gemm_into(
     layout: GemmLayout,
     a: &[f32],
     b: &[f32],
     c: &mut [f32],
-    col_scale: Option<&[f32]>,
+    row_scale: Option<&[f32]>,
 ) {
-    simd::gemm::gemm(&layout, a, b, c, col_scale);
+    simd::gemm::gemm(&layout, a, b, c, row_scale);
 }
 
 /// One step of the online softmax (Milakov & Gimelshein, 2018) on the **columns** of a tile of

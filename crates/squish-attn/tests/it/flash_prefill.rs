@@ -378,8 +378,8 @@ fn scratch_is_independent_of_sequence_length() {
     let cfg = FlashPrefillConfig::new(2, 1, 64);
     let mut kernel = FlashPrefillKernel::new(cfg.clone()).unwrap();
     let before = kernel.scratch_bytes();
-    // 64×64 tiles, head_dim 64: qt, s, ot (each 64·64), m, l, alpha (64 each).
-    assert_eq!(before, 4 * (3 * 64 * 64 + 3 * 64));
+    // 64×64 tiles, head_dim 64: qt, s (each 64·64), m, l, alpha (64 each).
+    assert_eq!(before, 4 * (2 * 64 * 64 + 3 * 64));
     let mut rng = squish_testkit::rng(3);
     for seq in [1, 63, 64, 65, 500, 2048] {
         let case = Case::random(&mut rng, cfg.clone(), AttnShape::prefill(seq));
@@ -398,8 +398,8 @@ fn scratch_is_independent_of_sequence_length() {
     let k = FlashPrefillKernel::new(odd).unwrap();
     assert_eq!(
         k.scratch_bytes(),
-        // qt, s, ot (query tile padded to 16), then m, l and alpha.
-        4 * (64 * 16 + 10 * 16 + 64 * 16 + 3 * 16)
+        // qt, s (query tile padded to 16), then m, l and alpha.
+        4 * (64 * 16 + 10 * 16 + 3 * 16)
     );
 }
 

@@ -3,7 +3,7 @@
 //! Part of the [`simd`](super) module (the one place allowed to use `unsafe`); same policy: an
 //! AVX2 + FMA kernel dispatched on the cached [`isa`], a portable twin, tests comparing them.
 //!
-//! - [`gemm`]: `C = A·B` or `C = C ⊙ s + A·B` (`s` scales the columns), `A` read through two
+//! - [`gemm`]: `C = A·B` or `C = diag(s)·C + A·B` (`s` scales the rows), `A` read through two
 //!   strides (so `A` can be a row-major matrix or the transpose of one without packing), `B` and
 //!   `C` row-major. The AVX2 kernel holds a 6 × 16 block of `C` in twelve 8-lane accumulators
 //!   (one broadcast of `A` and two loads of `B` per six FMAs ... twelve FMAs per step), so the
@@ -58,10 +58,10 @@ fn check(l: &GemmLayout, a: &[f32], b: &[f32], c: &[f32], scale: Option<&[f32]>)
     );
     if let Some(s) = scale {
         assert!(
-            s.len() >= l.n,
-            "gemm_into: col_scale has {} values, n is {}",
+            s.len() >= l.m,
+            "gemm_into: row_scale has {} values, m is {}",
             s.len(),
-            l.n
+            l.m
         );
     }
     if l.k == 0 {
@@ -81,7 +81,7 @@ fn check(l: &GemmLayout, a: &[f32], b: &[f32], c: &[f32], scale: Option<&[f32]>)
     );
 }
 
-/// `C = A·B` (`scale = None`) or `C = C ⊙ s + A·B` (column `j` of `C` times `s[j]`), on the
+/// `C = A·B` (`scale = None`) or `C = diag(s)·C + A·B` (row `i` of `C` times `s[i]`), on the
 /// layout `l`; dispatched. See the module docs for the agreement between the paths.
 ///
 /// # Panics
@@ -117,8 +117,8 @@ pub(crate) fn gemm_scalar(
         let crow = &mut c[i * l.ldc..][..l.n];
         match scale {
             Some(s) => {
-                for (x, &sv) in crow.iter_mut().zip(&s[..l.n]) {
-                    *x *= sv;
+                for x in crow.iter_mut() {
+                    *x *= s[i];
                 }
             }
             None => crow.fill(0.0),
@@ -284,7 +284,7 @@ mod x86 {
     use super::{EXP2_P, MR};
     use crate::ops::GemmLayout;
 
-    /// `p + j`, or null if `p` is null (no column scale).
+    /// `p + j`, or null if `p` is null (no row scale).
     fn offset(p: *const f32, j: usize) -> *const f32 {
         if p.is_null() { p } else { p.wrapping_add(j) }
     }
@@ -336,7 +336,7 @@ mod x86 {
     ///
     /// # Safety
     /// `a[i·a_row + p·a_col]` for `i < R, p < k`, `b[p·ldb + 8v + lane]`, `c[i·ldc + 8v + lane]`
-    /// and `s[8v + lane]` (if `s` is not null) must be in bounds for every lane read or written
+    /// and `s[i]` (if `s` is not null) must be in bounds for every lane read or written
     /// (the masked lanes when `MASKED`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -351,13 +351,13 @@ mod x86 {
     ) {
         let mut acc = [[_mm256_setzero_ps(); NV]; R];
         if !s.is_null() {
-            for v in 0..NV {
+            for (r, row) in acc.iter_mut().enumerate() {
                 // SAFETY: see the function's contract.
-                let sv = unsafe { load::<MASKED>(s.add(8 * v), mask) };
-                for (r, row) in acc.iter_mut().enumerate() {
+                let sv = _mm256_set1_ps(unsafe { *s.add(r) });
+                for (v, x) in row.iter_mut().enumerate() {
                     // SAFETY: see the function's contract.
                     let cv = unsafe { load::<MASKED>(c.add(r * l.ldc + 8 * v), mask) };
-                    row[v] = _mm256_mul_ps(cv, sv);
+                    *x = _mm256_mul_ps(cv, sv);
                 }
             }
         }
@@ -401,27 +401,48 @@ mod x86 {
         s: *const f32,
         mask: __m256i,
     ) {
-        let mut i = 0;
-        while i + MR <= l.m {
+        // Blocks of `MR` rows; a remainder of 1–3 rows shares the last block's rows instead
+        // (e.g. 32 = 4·6 + 4 + 4, not 5·6 + 2) so no block has fewer than 4 rows (8 chains)
+        // unless `m < 4`.
+        let (full, rem) = (l.m / MR, l.m % MR);
+        let (full, tail) = if full > 0 && (1..4).contains(&rem) {
+            (full - 1, [(MR + rem).div_ceil(2), (MR + rem) / 2])
+        } else {
+            (full, [rem, 0])
+        };
+        for blk in 0..full {
+            let i = blk * MR;
+            let (a, c, s) = (
+                a.wrapping_add(i * l.a_row),
+                c.wrapping_add(i * l.ldc),
+                offset(s, i),
+            );
             // SAFETY: rows `i .. i + MR` are below `l.m`, so `block`'s contract follows from
             // this function's.
-            unsafe { block::<MR, NV, MASKED>(l, a.add(i * l.a_row), b, c.add(i * l.ldc), s, mask) };
-            i += MR;
+            unsafe { block::<MR, NV, MASKED>(l, a, b, c, s, mask) };
         }
-        let (a, c) = (a.wrapping_add(i * l.a_row), c.wrapping_add(i * l.ldc));
-        // SAFETY (each arm): the last `l.m - i` rows, below `l.m`; as above.
-        match l.m - i {
-            // SAFETY: as above.
-            1 => unsafe { block::<1, NV, MASKED>(l, a, b, c, s, mask) },
-            // SAFETY: as above.
-            2 => unsafe { block::<2, NV, MASKED>(l, a, b, c, s, mask) },
-            // SAFETY: as above.
-            3 => unsafe { block::<3, NV, MASKED>(l, a, b, c, s, mask) },
-            // SAFETY: as above.
-            4 => unsafe { block::<4, NV, MASKED>(l, a, b, c, s, mask) },
-            // SAFETY: as above.
-            5 => unsafe { block::<5, NV, MASKED>(l, a, b, c, s, mask) },
-            _ => {}
+        let mut i = full * MR;
+        for rows in tail {
+            let (a, c, s) = (
+                a.wrapping_add(i * l.a_row),
+                c.wrapping_add(i * l.ldc),
+                offset(s, i),
+            );
+            // SAFETY (each arm): rows `i .. i + rows` are below `l.m`; as above.
+            match rows {
+                // SAFETY: as above.
+                1 => unsafe { block::<1, NV, MASKED>(l, a, b, c, s, mask) },
+                // SAFETY: as above.
+                2 => unsafe { block::<2, NV, MASKED>(l, a, b, c, s, mask) },
+                // SAFETY: as above.
+                3 => unsafe { block::<3, NV, MASKED>(l, a, b, c, s, mask) },
+                // SAFETY: as above.
+                4 => unsafe { block::<4, NV, MASKED>(l, a, b, c, s, mask) },
+                // SAFETY: as above.
+                5 => unsafe { block::<5, NV, MASKED>(l, a, b, c, s, mask) },
+                _ => {}
+            }
+            i += rows;
         }
     }
 
@@ -444,25 +465,25 @@ mod x86 {
         };
         let full = lane_mask(0);
         let mut j = 0;
-        // `check` proved `A[i][p]`, `B[p][j]`, `C[i][j]` and `s[j]` in bounds for `i < m`,
+        // `check` proved `A[i][p]`, `B[p][j]`, `C[i][j]` and `s[i]` in bounds for `i < m`,
         // `p < k`, `j < n`; each strip covers columns below `n` only.
         while j + 16 <= l.n {
-            let (b, c, s) = (bp.wrapping_add(j), cp.wrapping_add(j), offset(sp, j));
+            let (b, c) = (bp.wrapping_add(j), cp.wrapping_add(j));
             // SAFETY: columns `j .. j + 16 ≤ n` of every row, in bounds (above).
-            unsafe { strip::<2, false>(l, ap, b, c, s, full) };
+            unsafe { strip::<2, false>(l, ap, b, c, sp, full) };
             j += 16;
         }
         if j + 8 <= l.n {
-            let (b, c, s) = (bp.wrapping_add(j), cp.wrapping_add(j), offset(sp, j));
+            let (b, c) = (bp.wrapping_add(j), cp.wrapping_add(j));
             // SAFETY: columns `j .. j + 8 ≤ n` of every row, in bounds (above).
-            unsafe { strip::<1, false>(l, ap, b, c, s, full) };
+            unsafe { strip::<1, false>(l, ap, b, c, sp, full) };
             j += 8;
         }
         if j < l.n {
             let mask = lane_mask(l.n - j);
-            let (b, c, s) = (bp.wrapping_add(j), cp.wrapping_add(j), offset(sp, j));
+            let (b, c) = (bp.wrapping_add(j), cp.wrapping_add(j));
             // SAFETY: the mask touches columns `j .. n` only, in bounds (above).
-            unsafe { strip::<1, true>(l, ap, b, c, s, mask) };
+            unsafe { strip::<1, true>(l, ap, b, c, sp, mask) };
         }
     }
 
@@ -635,7 +656,7 @@ mod tests {
         let c: Vec<f32> = (0..m * ldc).map(|_| val(rng)).collect();
         let s = rng
             .random_bool(0.5)
-            .then(|| (0..n).map(|_| val(rng)).collect());
+            .then(|| (0..m).map(|_| val(rng)).collect());
         let l = GemmLayout {
             m,
             n,
@@ -665,7 +686,7 @@ mod tests {
                         assert_eq!(y[at].to_bits(), c[at].to_bits());
                         continue;
                     }
-                    let c0 = s.as_ref().map_or(0.0, |s| f64::from(c[at] * s[j]));
+                    let c0 = s.as_ref().map_or(0.0, |s| f64::from(c[at] * s[i]));
                     let (mut exact, mut mag) = (c0, c0.abs());
                     for p in 0..l.k {
                         let t =
@@ -707,8 +728,13 @@ mod tests {
             let j0 = rng.random_range(0..l.n);
             let one = GemmLayout { n: l.n - j0, ..l };
             let mut part = c.clone();
-            let s_part = s.as_ref().map(|s| &s[j0..]);
-            gemm(&one, &a, &b[j0.min(b.len())..], &mut part[j0..], s_part);
+            gemm(
+                &one,
+                &a,
+                &b[j0.min(b.len())..],
+                &mut part[j0..],
+                s.as_deref(),
+            );
             for i in 0..l.m {
                 for j in j0..l.n {
                     assert_eq!(part[i * l.ldc + j].to_bits(), full[i * l.ldc + j].to_bits());
