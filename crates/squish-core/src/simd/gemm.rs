@@ -491,34 +491,55 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn exp2x8(x: __m256) -> __m256 {
-        let magic = _mm256_set1_ps(12_582_912.0);
-        let lo = _mm256_set1_ps(-126.0);
-        // `max(lo, x)` returns `x` when it is NaN, like the twin's comparison.
-        let xc = _mm256_max_ps(lo, x);
-        let t = _mm256_add_ps(xc, magic);
-        let n = _mm256_sub_ps(t, magic);
-        let f = _mm256_sub_ps(xc, n);
-        let mut p = _mm256_set1_ps(EXP2_P[0]);
-        for &cf in &EXP2_P[1..] {
-            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(cf));
-        }
-        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_castps_si256(t),
-            _mm256_set1_epi32(127 - 0x4B40_0000),
-        ));
-        let r = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-        _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), r)
+        exp2x8n([x])[0]
     }
 
-    /// One online-softmax step on columns `c0 .. c0 + 8` (`MASKED`: the lanes of `mask`).
+    /// [`exp2x8`] on `N` independent vectors, step by step across them, so that the
+    /// out-of-order core sees `N` dependency chains side by side (the polynomial alone is six
+    /// dependent FMAs). Each lane's arithmetic is that of [`exp2x8`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp2x8n<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let lo = _mm256_set1_ps(-126.0);
+        let mut t = [_mm256_setzero_ps(); N];
+        let mut f = [_mm256_setzero_ps(); N];
+        for k in 0..N {
+            // `max(lo, x)` returns `x` when it is NaN, like the twin's comparison.
+            let xc = _mm256_max_ps(lo, x[k]);
+            t[k] = _mm256_add_ps(xc, magic);
+            f[k] = _mm256_sub_ps(xc, _mm256_sub_ps(t[k], magic));
+        }
+        let mut p = [_mm256_set1_ps(EXP2_P[0]); N];
+        for &cf in &EXP2_P[1..] {
+            let c = _mm256_set1_ps(cf);
+            for k in 0..N {
+                p[k] = _mm256_fmadd_ps(p[k], f[k], c);
+            }
+        }
+        let mut r = [_mm256_setzero_ps(); N];
+        for k in 0..N {
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_castps_si256(t[k]),
+                _mm256_set1_epi32(127 - 0x4B40_0000),
+            ));
+            let v = _mm256_mul_ps(p[k], _mm256_castsi256_ps(bits));
+            r[k] = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x[k], lo), v);
+        }
+        r
+    }
+
+    /// One online-softmax step on the `8·NB` columns at `s`, `m`, `l`, `alpha` (`MASKED`: one
+    /// block, the lanes of `mask`). Several blocks per row give the out-of-order core
+    /// independent exponentials to overlap; each lane's arithmetic is the same either way.
     ///
     /// # Safety
-    /// `s[j·ld + c0 + lane]` for `j < rows` and `m`, `l`, `alpha` at `c0 + lane` must be in
-    /// bounds for every lane touched.
+    /// `s[j·ld + 8b + lane]` for `j < rows`, `b < NB` and `m`, `l`, `alpha` at `8b + lane` must
+    /// be in bounds for every lane touched.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn softmax8<const MASKED: bool>(
+    unsafe fn softmax_blocks<const NB: usize, const MASKED: bool>(
         s: *mut f32,
         ld: usize,
         rows: usize,
@@ -527,48 +548,101 @@ mod x86 {
         alpha: *mut f32,
         mask: __m256i,
     ) {
-        // SAFETY: `m` at the lanes touched is in bounds (the function's contract).
-        let m_old = unsafe { load::<MASKED>(m, mask) };
+        let mut m_old = [_mm256_setzero_ps(); NB];
+        for (b, x) in m_old.iter_mut().enumerate() {
+            // SAFETY: `m` at the lanes touched is in bounds (the function's contract).
+            *x = unsafe { load::<MASKED>(m.add(8 * b), mask) };
+        }
         let (mut mx0, mut mx1) = (m_old, m_old);
         let mut j = 0;
         while j + 2 <= rows {
             let (r0, r1) = (s.wrapping_add(j * ld), s.wrapping_add((j + 1) * ld));
-            // SAFETY: rows `j, j + 1 < rows` are in bounds (the function's contract).
-            let (x0, x1) = unsafe { (load::<MASKED>(r0, mask), load::<MASKED>(r1, mask)) };
-            mx0 = _mm256_max_ps(mx0, x0);
-            mx1 = _mm256_max_ps(mx1, x1);
+            for b in 0..NB {
+                // SAFETY: rows `j, j + 1 < rows` are in bounds (the function's contract).
+                let (x0, x1) = unsafe {
+                    (
+                        load::<MASKED>(r0.add(8 * b), mask),
+                        load::<MASKED>(r1.add(8 * b), mask),
+                    )
+                };
+                mx0[b] = _mm256_max_ps(mx0[b], x0);
+                mx1[b] = _mm256_max_ps(mx1[b], x1);
+            }
             j += 2;
         }
         if j < rows {
-            // SAFETY: row `j < rows` is in bounds (the function's contract).
-            let x = unsafe { load::<MASKED>(s.wrapping_add(j * ld), mask) };
-            mx0 = _mm256_max_ps(mx0, x);
+            let r0 = s.wrapping_add(j * ld);
+            for (b, mx) in mx0.iter_mut().enumerate() {
+                // SAFETY: row `j < rows` is in bounds (the function's contract).
+                let x = unsafe { load::<MASKED>(r0.add(8 * b), mask) };
+                *mx = _mm256_max_ps(*mx, x);
+            }
         }
-        let mx = _mm256_max_ps(mx0, mx1);
-        let empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(mx, _mm256_set1_ps(f32::NEG_INFINITY));
-        let shift = _mm256_andnot_ps(empty, mx);
-        let a = exp2x8(_mm256_sub_ps(m_old, shift));
-        let mut sum = _mm256_setzero_ps();
-        for j in 0..rows {
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut mx = [_mm256_setzero_ps(); NB];
+        let mut shift = [_mm256_setzero_ps(); NB];
+        let mut a = [_mm256_setzero_ps(); NB];
+        let mut sum = [_mm256_setzero_ps(); NB];
+        for b in 0..NB {
+            mx[b] = _mm256_max_ps(mx0[b], mx1[b]);
+            let empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(mx[b], ninf);
+            shift[b] = _mm256_andnot_ps(empty, mx[b]);
+            a[b] = exp2x8(_mm256_sub_ps(m_old[b], shift[b]));
+        }
+        // Two rows per step (2·NB exponentials side by side), the sums still row by row.
+        let mut j = 0;
+        while j + 2 <= rows {
+            let rows2 = [s.wrapping_add(j * ld), s.wrapping_add((j + 1) * ld)];
+            let mut x = [[_mm256_setzero_ps(); NB]; 2];
+            for (xr, row) in x.iter_mut().zip(rows2) {
+                for (b, xb) in xr.iter_mut().enumerate() {
+                    // SAFETY: rows `j, j + 1 < rows` are in bounds (the function's contract).
+                    let v = unsafe { load::<MASKED>(row.add(8 * b), mask) };
+                    *xb = _mm256_sub_ps(v, shift[b]);
+                }
+            }
+            let e = [exp2x8n(x[0]), exp2x8n(x[1])];
+            for (er, row) in e.iter().zip(rows2) {
+                for (b, &eb) in er.iter().enumerate() {
+                    // SAFETY: as for the loads.
+                    unsafe { store::<MASKED>(row.add(8 * b), eb, mask) };
+                    sum[b] = _mm256_add_ps(sum[b], eb);
+                }
+            }
+            j += 2;
+        }
+        if j < rows {
             let row = s.wrapping_add(j * ld);
-            // SAFETY: row `j < rows` is in bounds (the function's contract).
-            let x = unsafe { load::<MASKED>(row, mask) };
-            let e = exp2x8(_mm256_sub_ps(x, shift));
-            // SAFETY: as for the load.
-            unsafe { store::<MASKED>(row, e, mask) };
-            sum = _mm256_add_ps(sum, e);
+            let mut x = [_mm256_setzero_ps(); NB];
+            for (b, xb) in x.iter_mut().enumerate() {
+                // SAFETY: row `j < rows` is in bounds (the function's contract).
+                let v = unsafe { load::<MASKED>(row.add(8 * b), mask) };
+                *xb = _mm256_sub_ps(v, shift[b]);
+            }
+            for (b, &eb) in exp2x8n(x).iter().enumerate() {
+                // SAFETY: as for the load.
+                unsafe { store::<MASKED>(row.add(8 * b), eb, mask) };
+                sum[b] = _mm256_add_ps(sum[b], eb);
+            }
         }
-        // SAFETY: `l`, `m` and `alpha` at the lanes touched are in bounds (the contract).
-        unsafe {
-            let l_old = load::<MASKED>(l, mask);
-            store::<MASKED>(l, _mm256_add_ps(_mm256_mul_ps(l_old, a), sum), mask);
-            store::<MASKED>(m, mx, mask);
-            store::<MASKED>(alpha, a, mask);
+        for b in 0..NB {
+            let (l, m, alpha) = (
+                l.wrapping_add(8 * b),
+                m.wrapping_add(8 * b),
+                alpha.wrapping_add(8 * b),
+            );
+            // SAFETY: `l`, `m` and `alpha` at the lanes touched are in bounds (the contract).
+            unsafe {
+                let l_old = load::<MASKED>(l, mask);
+                store::<MASKED>(l, _mm256_add_ps(_mm256_mul_ps(l_old, a[b]), sum[b]), mask);
+                store::<MASKED>(m, mx[b], mask);
+                store::<MASKED>(alpha, a[b], mask);
+            }
         }
     }
 
-    /// AVX2 + FMA [`online_softmax_cols_exp2`](super::online_softmax_cols_exp2): blocks of 8
-    /// columns, the last one masked.
+    /// AVX2 + FMA [`online_softmax_cols_exp2`](super::online_softmax_cols_exp2): pairs of
+    /// 8-column blocks, then one block, then a masked one.
     ///
     /// # Safety
     /// The slices must have passed [`check_softmax`](super::check_softmax).
@@ -592,7 +666,18 @@ mod x86 {
         let mut c0 = 0;
         // `check_softmax` proved `s[j·ld + c]` for `j < rows, c < cols` and `m, l, alpha[c]`
         // for `c < cols` in bounds; the blocks stay below `cols`.
-        while c0 + 8 <= cols {
+        while c0 + 16 <= cols {
+            let (s, m, l, a) = (
+                sp.wrapping_add(c0),
+                mp.wrapping_add(c0),
+                lp.wrapping_add(c0),
+                ap.wrapping_add(c0),
+            );
+            // SAFETY: columns `c0 .. c0 + 16 ≤ cols`, in bounds (above).
+            unsafe { softmax_blocks::<2, false>(s, ld, rows, m, l, a, full) };
+            c0 += 16;
+        }
+        if c0 + 8 <= cols {
             let (s, m, l, a) = (
                 sp.wrapping_add(c0),
                 mp.wrapping_add(c0),
@@ -600,7 +685,7 @@ mod x86 {
                 ap.wrapping_add(c0),
             );
             // SAFETY: columns `c0 .. c0 + 8 ≤ cols`, in bounds (above).
-            unsafe { softmax8::<false>(s, ld, rows, m, l, a, full) };
+            unsafe { softmax_blocks::<1, false>(s, ld, rows, m, l, a, full) };
             c0 += 8;
         }
         if c0 < cols {
@@ -612,7 +697,7 @@ mod x86 {
                 ap.wrapping_add(c0),
             );
             // SAFETY: the mask touches columns `c0 .. cols` only, in bounds (above).
-            unsafe { softmax8::<true>(s, ld, rows, m, l, a, mask) };
+            unsafe { softmax_blocks::<1, true>(s, ld, rows, m, l, a, mask) };
         }
     }
 }
@@ -789,6 +874,46 @@ mod tests {
         online_softmax_cols_exp2(&mut v, 1, 5, &mut m, &mut l, &mut alpha);
         assert_eq!(v[..4], [1.0, 0.5, 0.0, 0.0]);
         assert_eq!(v[4], (-126.0f32).exp2());
+    }
+
+    #[test]
+    fn online_softmax_column_does_not_depend_on_its_neighbours() {
+        // A column in a pair of blocks, a single block or the masked tail: the same bits.
+        squish_testkit::prop::check("simd_online_softmax_column_invariance", 50, |rng| {
+            let cols = rng.random_range(1..40);
+            let rows = rng.random_range(1..30);
+            let s0: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(-20.0f32..20.0))
+                .collect();
+            let m0: Vec<f32> = (0..cols)
+                .map(|_| rng.random_range(-20.0f32..20.0))
+                .collect();
+            let l0 = vec![1.5f32; cols];
+            let run = |c0: usize| {
+                let (mut s, mut m, mut l) = (s0.clone(), m0.clone(), l0.clone());
+                let mut a = vec![0.0f32; cols];
+                online_softmax_cols_exp2(
+                    &mut s[c0..],
+                    cols,
+                    rows,
+                    &mut m[c0..],
+                    &mut l[c0..],
+                    &mut a[c0..],
+                );
+                (s, m, l, a)
+            };
+            let full = run(0);
+            let c0 = rng.random_range(0..cols);
+            let part = run(c0);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for j in 0..rows {
+                let r = j * cols + c0..(j + 1) * cols;
+                assert_eq!(bits(&part.0[r.clone()]), bits(&full.0[r]));
+            }
+            assert_eq!(bits(&part.1[c0..]), bits(&full.1[c0..]));
+            assert_eq!(bits(&part.2[c0..]), bits(&full.2[c0..]));
+            assert_eq!(bits(&part.3[c0..]), bits(&full.3[c0..]));
+        });
     }
 
     #[test]
