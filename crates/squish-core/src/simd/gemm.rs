@@ -100,8 +100,10 @@ pub(crate) fn gemm(l: &GemmLayout, a: &[f32], b: &[f32], c: &mut [f32], scale: O
     }
 }
 
-/// Portable twin of [`gemm`]: per row of `C`, start from 0 or `c·s`, then add `a·b` row by
-/// row of `B` (vectorised over the columns), in order of `p`.
+/// Portable twin of [`gemm`]: each element starts from 0 or `c·s` and adds `a·b` (rounded
+/// product, then rounded sum) in order of `p`. Blocks of up to 4 rows × 8 columns keep their
+/// accumulators in registers (SSE2 on `x86_64`, NEON elsewhere); a last strip of fewer than 8
+/// columns goes element by element with the same operations.
 pub(crate) fn gemm_scalar(
     l: &GemmLayout,
     a: &[f32],
@@ -113,22 +115,74 @@ pub(crate) fn gemm_scalar(
     if l.m == 0 || l.n == 0 {
         return;
     }
-    for i in 0..l.m {
-        let crow = &mut c[i * l.ldc..][..l.n];
-        match scale {
-            Some(s) => {
-                for x in crow.iter_mut() {
-                    *x *= s[i];
+    let mut i = 0;
+    while i < l.m {
+        let rows = 4.min(l.m - i);
+        let mut j = 0;
+        while j + 8 <= l.n {
+            // SAFETY (each arm): `check` passed above, `i + rows ≤ m` and `j + 8 ≤ n`.
+            match rows {
+                // SAFETY: as above.
+                1 => unsafe { block_scalar::<1>(l, a, b, c, scale, i, j) },
+                // SAFETY: as above.
+                2 => unsafe { block_scalar::<2>(l, a, b, c, scale, i, j) },
+                // SAFETY: as above.
+                3 => unsafe { block_scalar::<3>(l, a, b, c, scale, i, j) },
+                // SAFETY: as above.
+                _ => unsafe { block_scalar::<4>(l, a, b, c, scale, i, j) },
+            }
+            j += 8;
+        }
+        for r in i..i + rows {
+            for jj in j..l.n {
+                let mut x = scale.map_or(0.0, |s| c[r * l.ldc + jj] * s[r]);
+                for p in 0..l.k {
+                    x += a[r * l.a_row + p * l.a_col] * b[p * l.ldb + jj];
                 }
-            }
-            None => crow.fill(0.0),
-        }
-        for p in 0..l.k {
-            let x = a[i * l.a_row + p * l.a_col];
-            for (cj, &bj) in crow.iter_mut().zip(&b[p * l.ldb..][..l.n]) {
-                *cj += x * bj;
+                c[r * l.ldc + jj] = x;
             }
         }
+        i += rows;
+    }
+}
+
+/// Rows `i .. i + R`, columns `j .. j + 8` of [`gemm_scalar`], accumulators in registers.
+///
+/// # Safety
+/// The layout must have passed [`check`] for these slices, with `i + R ≤ m` and `j + 8 ≤ n`
+/// (the reads of `A` are unchecked; everything else is indexed safely).
+#[inline]
+unsafe fn block_scalar<const R: usize>(
+    l: &GemmLayout,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    scale: Option<&[f32]>,
+    i: usize,
+    j: usize,
+) {
+    let mut acc = [[0.0f32; 8]; R];
+    if let Some(s) = scale {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (x, &old) in row.iter_mut().zip(&c[(i + r) * l.ldc + j..][..8]) {
+                *x = old * s[i + r];
+            }
+        }
+    }
+    for p in 0..l.k {
+        let (bv, _) = b[p * l.ldb + j..][..8].as_chunks::<8>();
+        let bv = &bv[0];
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: `check` proved `A[i][p]` in bounds for every `i < m`, `p < k`, and
+            // `i + R ≤ m` (the function's contract).
+            let x = unsafe { *a.get_unchecked((i + r) * l.a_row + p * l.a_col) };
+            for (o, &y) in row.iter_mut().zip(bv) {
+                *o += x * y;
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        c[(i + r) * l.ldc + j..][..8].copy_from_slice(row);
     }
 }
 
