@@ -11,28 +11,31 @@
 //!
 //! # What it reaches (2-core AMD EPYC Zen 3 VM, ≈ 3.2 GHz, shared with other builds)
 //!
-//! The core's AVX2 + FMA peak is 32 flop/cycle ≈ 100 GFLOP/s. Medians of criterion `--quick`
-//! runs, before and after back to back in one session (the machine was loaded — load average
-//! 5–8 on 2 cores — so absolute times are inflated and noisy; the ratios held on repeats):
+//! The core's AVX2 + FMA peak is 32 flop/cycle ≈ 102 GFLOP/s (clock measured with a chain of
+//! dependent adds, in CPU time). The machine was loaded during this work (load average 4–8 on
+//! 2 cores), so criterion's medians swung by up to 2× between runs of the same binary. The
+//! table gives the fastest of many short batches of calls (an ad-hoc harness timing
+//! `attend_into` on the same shapes; what an unloaded core gives), before and after, back to
+//! back, and one full criterion run of this bench taken afterwards on the loaded machine:
 //!
-//! | id | 4 × 8 kernel, packed panels | transposed tiles, 6 × 16 FMA `gemm_into` | GFLOP/s | % of peak |
-//! |---|---|---|---|---|
-//! | seq=256, heads=4, d=32 (seed) | 1.18 ms | 0.35 ms | 49 | ≈ 48 % |
-//! | seq=1024, d=64 | 6.9 ms | 1.84 ms | 73 | ≈ 72 % |
-//! | seq=1024, d=128 | 12.4 ms | 3.62 ms | 74 | ≈ 73 % |
-//! | seq=4096, d=64 | 103 ms | 29.2 ms | 74 | ≈ 72 % |
-//! | seq=4096, d=128 | 176 ms | 57.5 ms | 75 | ≈ 73 % |
+//! | id | before: 4 × 8 kernel, packed panels | after: transposed tiles, 6 × 16 FMA `gemm_into` | GFLOP/s after | % of peak | criterion median (loaded) |
+//! |---|---|---|---|---|---|
+//! | seq=256, heads=4, d=32 (seed) | 0.68 ms | 0.30 ms | 56 | 55 % | 0.39 ms |
+//! | seq=1024, d=64 | 3.98 ms | 1.81 ms | 74 | 73 % | 2.36 ms |
+//! | seq=1024, d=128 | 6.87 ms | 3.62 ms | 74 | 73 % | 6.02 ms |
+//! | seq=4096, d=64 | 63.6 ms | 28.2 ms | 76 | 75 % | 48.1 ms |
+//! | seq=4096, d=128 | 112 ms | 57.4 ms | 75 | 73 % | 89.7 ms |
 //!
-//! (The last full run on a quieter machine gave 0.76 ms for the seed row with the old kernel.)
-//!
-//! Against the compass (≥ 50 % of the FP32 FMA peak at long sequences): met, at about three
-//! quarters of the peak. Against the seed row's target (12× the seed's Python 3207 µs, i.e.
-//! ≤ 270 µs ≈ 62 GFLOP/s): 9.3× at 0.35 ms, not met. At this size the useful work is only
-//! 16.8 MFLOP, head_dim 32 makes every score product short (32 steps) and the diagonal tiles
-//! are 40 % of the tiles. A `perf` profile of the seed row: the two products 61 % of the
-//! kernel's time (≈ 80 GFLOP/s on the work they do), the softmax step (one exponential per
-//! score) 16 %, packing `Qᵀ`, masking and unpacking `Oᵀ` 17 %, the input checks and the
-//! per-row `log2` 6 %.
+//! Against the compass (≥ 50 % of the FP32 FMA peak at long sequences): met, at 73–75 %.
+//! Against the seed row's target (12× the seed's Python 3207 µs, i.e. ≤ 270 µs ≈ 62 GFLOP/s):
+//! 10.7× at 0.30 ms on an unloaded core, **not met**. A `perf` profile of the seed row: the
+//! two products 63 % of the time, at ≈ 93 GFLOP/s on the 17.9 MFLOP they compute (16.8 useful;
+//! the rest is the part of the diagonal tiles' 6 × 16 blocks above the diagonal), so they are
+//! close to the peak; the softmax step (one exponential per score, ≈ 10 cycles per 8 scores)
+//! 18 %; packing `Qᵀ`, masking and the final scaling 11 %; the inputs' finiteness check 4 %;
+//! per-row `log2` 1 %. Reaching 270 µs needs the non-product third cut by about a third, e.g.
+//! the column maximum fused into the score product's epilogue, a cheaper exponential (degree-5
+//! polynomial, underflow by exponent clamping), and an AVX2 8 × 8 transpose for `Qᵀ`.
 
 use std::hint::black_box;
 

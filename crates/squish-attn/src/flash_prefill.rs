@@ -46,20 +46,26 @@
 //! `Qᵀ` (scaled) is packed once; per key tile, the scores `Sᵀ = K·Qᵀ` (keys × queries), the
 //! online softmax down each column and `O ← diag(α)·O + P·V` accumulated straight into the
 //! output rows, reading `K`, `V` and `P` where they lie (no packing of keys, values or
-//! probabilities, no output tile) and needing no horizontal reductions. Both products are [`squish_core::ops::gemm_into`] (runtime-dispatched AVX2 +
-//! FMA, a 6 × 16 register block of twelve accumulators, strided reads of `A`), the softmax
-//! step is [`squish_core::ops::online_softmax_cols_exp2`] (eight queries per vector). On a tile
-//! that crosses the diagonal, blocks of six keys are multiplied only from the first group of
-//! 16 queries that sees one of them, and each group sums only the keys its last query sees.
-//! No `unsafe` in this crate.
+//! probabilities, no output tile) and needing no horizontal reductions. Both products are
+//! [`squish_core::ops::gemm_into`] (runtime-dispatched AVX2 + FMA, a 6 × 16 register block of
+//! twelve accumulators, strided reads of `A`); the softmax step is
+//! [`squish_core::ops::online_softmax_cols_exp2`] (eight queries per vector, four exponentials
+//! in flight). On a tile that crosses the diagonal, blocks of six keys are multiplied only from
+//! the first group of 16 queries that sees one of them, and each group sums only the keys its
+//! last query sees. Single-threaded, allocation-free, no `unsafe` in this crate.
 //!
-//! Measured (criterion `--quick`, 2-core AMD EPYC Zen 3 VM at ≈ 3.2 GHz, i.e. an AVX2 + FMA
-//! peak of ≈ 100 GFLOP/s; the machine was shared and loaded, so medians are noisy): the seed's
-//! size (seq 256, 4 heads, head_dim 32) 0.35 ms (was 1.18 ms in the same session with the
-//! previous 4 × 8 multiply-then-add kernel over packed panels); seq 1024–4096 with head_dim 64
-//! and 128 at 73–75 GFLOP/s (was 20–24), about three quarters of the peak. At the seed's size
-//! the products take about 60 % of the time, the softmax step 16 % and the packing, masking
-//! and unpacking 17 %. The bench docs (`benches/benches/seed/flash_prefill.rs`) give the details.
+//! Measured on a 2-core AMD EPYC Zen 3 VM at ≈ 3.2 GHz, whose AVX2 + FMA peak is 32
+//! flop/cycle ≈ 102 GFLOP/s (the machine was shared and loaded; the figures are the fastest
+//! of many short batches, which is what an unloaded core gives; criterion medians on the
+//! loaded machine were 5–50 % higher): the seed's size (seq 256, 4 heads, head_dim 32)
+//! 0.30 ms, 56 GFLOP/s, 10.7× the seed's Python (was 0.68 ms with the previous 4 × 8
+//! multiply-then-add kernel over packed panels); seq 1024–4096 with head_dim 64 and 128 at
+//! 74–76 GFLOP/s, about three quarters of the peak (was 34–39 GFLOP/s). The seed row's target
+//! (0.27 ms) is not met: at head_dim 32 the products (16.8 MFLOP of useful work, 17.9 computed
+//! with the diagonal tiles' blocks) already run at ≈ 93 GFLOP/s and take ≈ 63 % of the time;
+//! the rest is one exponential per score (≈ 18 %), packing `Qᵀ`, masking and the final scaling
+//! (≈ 11 %), the finiteness check of the inputs (≈ 4 %) and per-row `log2`. The bench docs
+//! (`benches/benches/seed/flash_prefill.rs`) give the details.
 
 use ndarray::{Array2, Array3, ArrayRef2, ArrayRef3};
 use squish_core::{ConfigError, ShapeError, check_finite, ops};
