@@ -20,9 +20,10 @@
 //!   Cephes' `exp2f` (degree-6 minimax polynomial on `[-1/2, 1/2]`, exponent from the bits of a
 //!   rounded float): the twin evaluates it with separate multiplies and adds, the AVX2 kernel
 //!   with FMAs; each is within `2.5e-7` (relative) of the exact `2^x` (tested against `f64`),
-//!   and arguments below `-126` (including `-inf`, a masked score) give exactly 0. The AVX2
-//!   kernel evaluates two rows × two 8-column blocks side by side (four polynomial chains in
-//!   flight).
+//!   and arguments below `-126` (including `-inf`, a masked score) give exactly 0 (the twin
+//!   clamps them to `-126` first, the AVX2 kernel skips that no-op and only zeroes them at the
+//!   end). The AVX2 kernel evaluates two rows × two 8-column blocks side by side (four
+//!   polynomial chains in flight).
 //!
 //! # Measured
 //! Inside `squish_attn::FlashPrefillKernel` (2-core Zen 3 VM at ≈ 3.2 GHz, `perf` profile):
@@ -570,10 +571,12 @@ mod x86 {
         let mut t = [_mm256_setzero_ps(); N];
         let mut f = [_mm256_setzero_ps(); N];
         for k in 0..N {
-            // `max(lo, x)` returns `x` when it is NaN, like the twin's comparison.
-            let xc = _mm256_max_ps(lo, x[k]);
-            t[k] = _mm256_add_ps(xc, magic);
-            f[k] = _mm256_sub_ps(xc, _mm256_sub_ps(t[k], magic));
+            // No clamp to -126 as in the twin: every lane below -126 is zeroed at the end, and
+            // on the others the clamp is a no-op, so the results are the same. A lane below
+            // -126 may carry garbage, an infinity or NaN until then (a masked `-inf` gives
+            // NaN), and a subnormal product only in narrow windows such as [-126.5, -126).
+            t[k] = _mm256_add_ps(x[k], magic);
+            f[k] = _mm256_sub_ps(x[k], _mm256_sub_ps(t[k], magic));
         }
         let mut p = [_mm256_set1_ps(EXP2_P[0]); N];
         for &cf in &EXP2_P[1..] {
