@@ -224,8 +224,9 @@ pub fn gemm_into(
 /// Every reduction runs down the columns, so no horizontal sum or maximum is needed.
 ///
 /// `2^x` is Cephes' `exp2f` polynomial (relative error below `2.5e-7`; arguments below `-126`
-/// give exactly 0), evaluated with FMAs on the AVX2 path and separate multiplies and adds on
-/// the portable one, so results may differ in the last bit between machines.
+/// give exactly 0), evaluated by Estrin's scheme with FMAs on the AVX2 path and by Horner's
+/// rule with separate multiplies and adds on the portable one, so results may differ in the
+/// last bit between machines.
 ///
 /// # Panics
 /// If `l` or `alpha` do not have `m.len()` values, `ld < m.len()`, or `s` is shorter than
