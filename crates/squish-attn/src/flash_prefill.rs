@@ -576,7 +576,12 @@ impl FlashPrefillKernel {
             let rows = br.min(shape.q_len - i0);
             // Query columns in use, padded to whole vectors (padding columns are zero queries).
             let w = rows.div_ceil(LANES) * LANES;
-            pack_qt(&q[i0 * d..(i0 + rows) * d], d, qscale, bp, w, &mut sc.qt);
+            ops::transpose_scaled_into(&q[i0 * d..(i0 + rows) * d], d, qscale, &mut sc.qt, bp);
+            if w > rows {
+                for col in sc.qt.chunks_exact_mut(bp).take(d) {
+                    col[rows..w].fill(0.0);
+                }
+            }
             sc.m[..w].fill(f32::NEG_INFINITY);
             sc.l[..w].fill(0.0);
             let o = &mut out[i0 * d..(i0 + rows) * d];
@@ -669,33 +674,6 @@ impl FlashPrefillKernel {
                 }
                 lse[i0 + r] = (m + l.log2()) * std::f32::consts::LN_2;
             }
-        }
-    }
-}
-
-/// Packs `q` (`rows × d`, row-major) scaled by `qscale` into `qt = [d][bp]` (one column per
-/// query), columns `rows .. w` zero. Eight queries at a time, so each write is one 8-wide
-/// store.
-fn pack_qt(q: &[f32], d: usize, qscale: f32, bp: usize, w: usize, qt: &mut [f32]) {
-    let rows = q.len() / d;
-    let mut i = 0;
-    for blk in q.chunks_exact(LANES * d) {
-        let mut col = [0.0f32; LANES];
-        for (c, dst) in qt.chunks_exact_mut(bp).take(d).enumerate() {
-            for (r, x) in col.iter_mut().enumerate() {
-                *x = blk[r * d + c] * qscale;
-            }
-            dst[i..i + LANES].copy_from_slice(&col);
-        }
-        i += LANES;
-    }
-    for (c, dst) in qt.chunks_exact_mut(bp).take(d).enumerate() {
-        for (r, x) in dst[i..w].iter_mut().enumerate() {
-            *x = if i + r < rows {
-                q[(i + r) * d + c] * qscale
-            } else {
-                0.0
-            };
         }
     }
 }

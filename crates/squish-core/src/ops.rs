@@ -256,6 +256,33 @@ pub fn online_softmax_cols_exp2(
     simd::gemm::online_softmax_cols_exp2(s, ld, rows, m, l, alpha);
 }
 
+/// Transposes a row-major matrix and scales it into a caller buffer:
+/// `dst[c·ldd + r] = src[r·cols + c] · scale` for each of the `src.len() / cols` rows `r` and
+/// `cols` columns `c` (e.g. packing a query tile as one column per query). Entries of `dst`
+/// outside that block are not written.
+///
+/// One multiply per element on every path, so the result is identical on every machine.
+///
+/// # Panics
+/// If `cols = 0`, `src.len()` is not a multiple of `cols`, `ldd` is less than the number of
+/// rows, or `dst` is shorter than `(cols − 1)·ldd + rows`.
+///
+/// # Performance
+/// Runtime-dispatched AVX2 on `x86_64`: 8 × 8 blocks transposed in registers, 8-wide stores;
+/// no allocation.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::transpose_scaled_into;
+/// let src = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 × 3
+/// let mut dst = [0.0; 6]; // 3 × 2
+/// transpose_scaled_into(&src, 3, 0.5, &mut dst, 2);
+/// assert_eq!(dst, [0.5, 2.0, 1.0, 2.5, 1.5, 3.0]);
+/// ```
+pub fn transpose_scaled_into(src: &[f32], cols: usize, scale: f32, dst: &mut [f32], ldd: usize) {
+    simd::gemm::transpose_scaled(src, cols, scale, dst, ldd);
+}
+
 /// `y += alpha * x`, element-wise, in place.
 ///
 /// Each element is computed as `y + (alpha * x)` with two roundings (no fused multiply-add), on

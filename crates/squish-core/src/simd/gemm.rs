@@ -327,6 +327,65 @@ pub(crate) fn exp2_scalar(x: f32) -> f32 {
     if x < -126.0 { 0.0 } else { r }
 }
 
+/// Checks the slices of [`transpose_scaled`].
+fn check_transpose(src: &[f32], cols: usize, dst: &[f32], ldd: usize) -> usize {
+    assert!(
+        cols > 0 && src.len().is_multiple_of(cols),
+        "transpose_scaled_into: src has {} values, not a multiple of cols ({cols})",
+        src.len()
+    );
+    let rows = src.len() / cols;
+    assert!(
+        ldd >= rows,
+        "transpose_scaled_into: ldd ({ldd}) < rows ({rows})"
+    );
+    let Some(need) = (cols - 1)
+        .checked_mul(ldd)
+        .and_then(|x| x.checked_add(rows))
+    else {
+        panic!("transpose_scaled_into: layout overflows usize")
+    };
+    assert!(
+        rows == 0 || dst.len() >= need,
+        "transpose_scaled_into: dst has {} values, the layout needs {need}",
+        dst.len()
+    );
+    rows
+}
+
+/// `dst[c·ldd + r] = src[r·cols + c] · scale` for every row `r` and column `c` of the
+/// row-major `src`; dispatched. Bit-identical on both paths (one multiply per element).
+///
+/// # Panics
+/// If `cols = 0`, `src.len()` is not a multiple of `cols`, `ldd` is less than the number of
+/// rows, or `dst` is too short.
+pub(crate) fn transpose_scaled(src: &[f32], cols: usize, scale: f32, dst: &mut [f32], ldd: usize) {
+    check_transpose(src, cols, dst, ldd);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected; the kernel indexes
+        // its slices safely.
+        Isa::Avx2Fma => unsafe { x86::transpose_scaled_avx2(src, cols, scale, dst, ldd) },
+        Isa::Scalar => transpose_scaled_scalar(src, cols, scale, dst, ldd),
+    }
+}
+
+/// Portable twin of [`transpose_scaled`].
+pub(crate) fn transpose_scaled_scalar(
+    src: &[f32],
+    cols: usize,
+    scale: f32,
+    dst: &mut [f32],
+    ldd: usize,
+) {
+    let rows = check_transpose(src, cols, dst, ldd);
+    for (r, row) in src.chunks_exact(cols).enumerate().take(rows) {
+        for (c, &x) in row.iter().enumerate() {
+            dst[c * ldd + r] = x * scale;
+        }
+    }
+}
+
 /// Cephes' `exp2f` coefficients, highest degree first.
 const EXP2_P: [f32; 7] = [
     1.535_336_2e-4,
@@ -344,8 +403,9 @@ mod x86 {
         __m256, __m256i, _CMP_EQ_OQ, _CMP_LT_OQ, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps,
         _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_cmpgt_epi32,
         _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_max_ps,
-        _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
-        _mm256_slli_epi32, _mm256_storeu_ps, _mm256_sub_ps,
+        _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_slli_epi32,
+        _mm256_storeu_ps, _mm256_sub_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
     };
 
     use super::{EXP2_P, MR};
@@ -551,6 +611,70 @@ mod x86 {
             let (b, c) = (bp.wrapping_add(j), cp.wrapping_add(j));
             // SAFETY: the mask touches columns `j .. n` only, in bounds (above).
             unsafe { strip::<1, true>(l, ap, b, c, sp, mask) };
+        }
+    }
+
+    /// AVX2 [`transpose_scaled`](super::transpose_scaled): 8 × 8 blocks transposed in
+    /// registers (unpack, shuffle, lane permute), scaled and stored as 8-wide rows; edges
+    /// element by element with the same multiply.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn transpose_scaled_avx2(
+        src: &[f32],
+        cols: usize,
+        scale: f32,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        let rows = src.len() / cols;
+        let sv = _mm256_set1_ps(scale);
+        let (rb, cb) = (rows / 8 * 8, cols / 8 * 8);
+        for r0 in (0..rb).step_by(8) {
+            for c0 in (0..cb).step_by(8) {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (i, x) in v.iter_mut().enumerate() {
+                    let (row, _) = src[(r0 + i) * cols + c0..][..8].as_chunks::<8>();
+                    // SAFETY: `row[0]` is 8 floats; unaligned load.
+                    *x = unsafe { _mm256_loadu_ps(row[0].as_ptr()) };
+                }
+                let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+                let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+                let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+                let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+                let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+                let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+                let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+                let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (i, &o) in out.iter().enumerate() {
+                    let (d, _) = dst[(c0 + i) * ldd + r0..][..8].as_chunks_mut::<8>();
+                    // SAFETY: `d[0]` is 8 floats; unaligned store.
+                    unsafe { _mm256_storeu_ps(d[0].as_mut_ptr(), _mm256_mul_ps(o, sv)) };
+                }
+            }
+        }
+        // Edges: columns past the last whole block for the blocked rows, then the last rows.
+        for r in 0..rows {
+            let c_start = if r < rb { cb } else { 0 };
+            for c in c_start..cols {
+                dst[c * ldd + r] = src[r * cols + c] * scale;
+            }
         }
     }
 
@@ -924,6 +1048,34 @@ mod tests {
             ldc: 2,
         };
         gemm(&l, &[1.0; 2], &[1.0; 3], &mut [0.0; 2], None);
+    }
+
+    #[test]
+    fn transpose_twins_are_bit_identical_and_exact() {
+        squish_testkit::prop::check("simd_transpose_scaled", 50, |rng| {
+            let (rows, cols) = (rng.random_range(0..40), rng.random_range(1..40));
+            let ldd = rows + rng.random_range(0..4);
+            let src: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(-4.0f32..4.0))
+                .collect();
+            let scale = rng.random_range(-2.0f32..2.0);
+            let fill = f32::from_bits(0x7fc0_1234);
+            let (mut x, mut y) = (vec![fill; cols * ldd], vec![fill; cols * ldd]);
+            transpose_scaled(&src, cols, scale, &mut x, ldd);
+            transpose_scaled_scalar(&src, cols, scale, &mut y, ldd);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&x), bits(&y), "rows={rows} cols={cols}");
+            for c in 0..cols {
+                for r in 0..ldd {
+                    let want = if r < rows {
+                        src[r * cols + c] * scale
+                    } else {
+                        fill
+                    };
+                    assert_eq!(x[c * ldd + r].to_bits(), want.to_bits());
+                }
+            }
+        });
     }
 
     #[test]
