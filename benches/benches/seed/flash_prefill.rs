@@ -20,22 +20,28 @@
 //!
 //! | id | before: 4 × 8 kernel, packed panels | after: transposed tiles, 6 × 16 FMA `gemm_into` | GFLOP/s after | % of peak | criterion median (loaded) |
 //! |---|---|---|---|---|---|
-//! | seq=256, heads=4, d=32 (seed) | 0.68 ms | 0.30 ms | 56 | 55 % | 0.39 ms |
-//! | seq=1024, d=64 | 3.98 ms | 1.81 ms | 74 | 73 % | 2.36 ms |
-//! | seq=1024, d=128 | 6.87 ms | 3.62 ms | 74 | 73 % | 6.02 ms |
-//! | seq=4096, d=64 | 63.6 ms | 28.2 ms | 76 | 75 % | 48.1 ms |
-//! | seq=4096, d=128 | 112 ms | 57.4 ms | 75 | 73 % | 89.7 ms |
+//! | seq=256, heads=4, d=32 (seed) | 0.68 ms | 0.28 ms | 59 | 58 % | 0.37 ms |
+//! | seq=1024, d=64 | 3.98 ms | 1.78 ms | 75 | 74 % | 2.15 ms |
+//! | seq=1024, d=128 | 6.87 ms | 3.64 ms | 74 | 72 % | 5.50 ms |
+//! | seq=4096, d=64 | 63.6 ms | 28.0 ms | 77 | 75 % | 58.5 ms |
+//! | seq=4096, d=128 | 112 ms | 56.6 ms | 76 | 74 % | 69.2 ms |
 //!
-//! Against the compass (≥ 50 % of the FP32 FMA peak at long sequences): met, at 73–75 %.
+//! With `SQUISH_SIMD=off` (the portable twins, the only path off `x86_64`) the seed row takes
+//! 0.89 ms (0.94 ms before).
+//!
+//! Against the compass (≥ 50 % of the FP32 FMA peak at long sequences): met, at 72–75 %.
 //! Against the seed row's target (12× the seed's Python 3207 µs, i.e. ≤ 270 µs ≈ 62 GFLOP/s):
-//! 10.7× at 0.30 ms on an unloaded core, **not met**. A `perf` profile of the seed row: the
-//! two products 63 % of the time, at ≈ 93 GFLOP/s on the 17.9 MFLOP they compute (16.8 useful;
-//! the rest is the part of the diagonal tiles' 6 × 16 blocks above the diagonal), so they are
-//! close to the peak; the softmax step (one exponential per score, ≈ 10 cycles per 8 scores)
-//! 18 %; packing `Qᵀ`, masking and the final scaling 11 %; the inputs' finiteness check 4 %;
-//! per-row `log2` 1 %. Reaching 270 µs needs the non-product third cut by about a third, e.g.
-//! the column maximum fused into the score product's epilogue, a cheaper exponential (degree-5
-//! polynomial, underflow by exponent clamping), and an AVX2 8 × 8 transpose for `Qᵀ`.
+//! 11.3× at 0.28 ms on an unloaded core, **not met** (about 5 % short; criterion on the
+//! loaded machine shows 0.35–0.40 ms). A `perf` profile of the seed row: the two products
+//! 68 % of the time, at ≈ 93 GFLOP/s on the 17.9 MFLOP they compute (16.8 useful; the rest
+//! is the part of the diagonal tiles' 6 × 16 blocks above the diagonal), i.e. close to the
+//! peak; the softmax step (one exponential per score, ≈ 8.5 cycles per 8 scores) 17 %; the
+//! inputs' finiteness check 4 % and the `Qᵀ` transpose 3 % (both mostly the first touch of
+//! `q`, `k`, `v` from L3); masking, the final scaling and the tile bookkeeping 6 %; per-row
+//! `log2` 1 %. What is left to try: the column maximum fused into the score product's
+//! epilogue (saves a pass over `S`), a cheaper exponential (underflow by exponent clamping
+//! instead of compare-and-mask measured −2 cycles per 8 scores, but changes the pinned
+//! `exp2(-126.5) = 0` edge), and finer diagonal blocks.
 
 use std::hint::black_box;
 

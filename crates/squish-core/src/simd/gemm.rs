@@ -1,4 +1,5 @@
-//! Strided matrix products and the column-wise online softmax of attention tiles.
+//! Strided matrix products, the column-wise online softmax and the transpose of attention
+//! tiles.
 //!
 //! Part of the [`simd`](super) module (the one place allowed to use `unsafe`); same policy: an
 //! AVX2 + FMA kernel dispatched on the cached [`isa`], a portable twin, tests comparing them.
@@ -6,9 +7,9 @@
 //! - [`gemm`]: `C = A·B` or `C = diag(s)·C + A·B` (`s` scales the rows), `A` read through two
 //!   strides (so `A` can be a row-major matrix or the transpose of one without packing), `B` and
 //!   `C` row-major. The AVX2 kernel holds a 6 × 16 block of `C` in twelve 8-lane accumulators
-//!   (one broadcast of `A` and two loads of `B` per six FMAs ... twelve FMAs per step), so the
-//!   two FMA pipes are fed from twelve independent chains; edges use 1–5 rows and 8 or masked
-//!   columns. Every element is its own chain, summed in order of `p`, starting from `0` or from
+//!   (six broadcasts of `A` and two loads of `B` per twelve FMAs), so the two FMA pipes are
+//!   fed from twelve independent chains; row edges use 4–5 rows (1–3 only when `m < 4`),
+//!   column edges 8 or masked columns. Every element is its own chain, summed in order of `p`, starting from `0` or from
 //!   `c·s` (one rounded product): the twin does the same with a separate multiply and add, the
 //!   AVX2 kernel with one fused multiply-add, so both are within `k·ε·Σ|aₚbₚ|` (plus the
 //!   starting value's rounding) of the exact value, ε = 2⁻²⁴, and exact inputs (small integers)
@@ -26,14 +27,18 @@
 //!   end). The AVX2 kernel evaluates two rows × two 8-column blocks side by side (four
 //!   polynomial chains in flight).
 //!
+//! - [`transpose_scaled`]: `dst[c·ldd + r] = src[r·cols + c] · scale` (packing a query tile
+//!   as one column per query); AVX2 8 × 8 register transposes, bit-identical twin.
+//!
 //! # Measured
-//! Inside `squish_attn::FlashPrefillKernel` (2-core Zen 3 VM at ≈ 3.2 GHz, `perf` profile):
-//! the AVX2 [`gemm`] runs at ≈ 93 GFLOP/s on 64 × 64 tiles with `k = 32` (≈ 90 % of the
-//! 102 GFLOP/s AVX2 + FMA peak) and ≈ 80 GFLOP/s with `k = 128`; the softmax step costs
-//! ≈ 10 cycles per 8 scores. The kernel went from 0.68 ms to 0.30 ms at the seed's size and
-//! from 34–39 to 74–76 GFLOP/s at long sequences compared with the 4 × 8 multiply-then-add
-//! kernel over packed panels; with `SQUISH_SIMD=off` the portable twins are as fast as the
-//! old portable path (0.90 vs 0.94 ms at the seed's size).
+//! Inside `squish_attn::FlashPrefillKernel` (2-core Zen 3 VM at ≈ 3.2 GHz, `perf` profile and
+//! a min-of-batches harness): the AVX2 [`gemm`] runs at ≈ 93 GFLOP/s on 64 × 64 tiles with
+//! `k = 32` (≈ 90 % of the 102 GFLOP/s AVX2 + FMA peak) and ≈ 80 GFLOP/s with `k = 128`; the
+//! softmax step costs ≈ 8.5 cycles per 8 scores (≈ 10 with Horner's rule and the clamp). The
+//! kernel went from 0.68 ms to 0.28 ms at the seed's size and from 34–39 to 74–77 GFLOP/s at
+//! long sequences compared with the 4 × 8 multiply-then-add kernel over packed panels; with
+//! `SQUISH_SIMD=off` the portable twins are slightly faster than the old portable path
+//! (0.89 vs 0.94 ms at the seed's size).
 
 use super::{Isa, isa};
 use crate::ops::GemmLayout;
