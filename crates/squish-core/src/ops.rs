@@ -112,7 +112,8 @@ pub fn dot_rows_into(x: &[f32], rows: &[f32], out: &mut [f32]) {
 ///
 /// # Performance
 /// Runtime-dispatched AVX2 on `x86_64` (four 8-lane accumulators, broadcast loads): about twice
-/// the portable SSE2 loop. Used by FlashAttention-style tiles for both `Q·Kᵀ` and `P·V`.
+/// the portable SSE2 loop. Its four add chains are latency-bound; for larger products prefer
+/// [`gemm_into`] (twelve FMA chains), which FlashPrefill now uses.
 ///
 /// # Example
 /// ```
