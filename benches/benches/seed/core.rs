@@ -159,4 +159,56 @@ pub(crate) fn benches(c: &mut Criterion) {
         });
     });
     g.finish();
+
+    // The products and the softmax step of one FlashPrefill tile pair (64 keys × 64 queries,
+    // head_dim 32). Throughput is 2·m·n·k flops, so "elem/s" reads as flop/s.
+    let (tile, hd) = (64usize, 32usize);
+    let kt = data::normal_vec(&mut rng, tile * hd, 0.0, 1.0);
+    let qt = data::normal_vec(&mut rng, hd * tile, 0.0, 1.0);
+    let mut st = vec![0.0f32; tile * tile];
+    let mut ot = vec![0.0f32; tile * hd];
+    let alpha = vec![0.5f32; tile];
+    let mut g = c.benchmark_group("core/gemm_into");
+    let scores = ops::GemmLayout {
+        m: tile,
+        n: tile,
+        k: hd,
+        a_row: hd,
+        a_col: 1,
+        ldb: tile,
+        ldc: tile,
+    };
+    g.throughput(Throughput::Elements((2 * tile * tile * hd) as u64));
+    g.bench_function(BenchmarkId::from_parameter("m=64,n=64,k=32"), |bench| {
+        bench.iter(|| ops::gemm_into(scores, black_box(&kt), black_box(&qt), &mut st, None));
+    });
+    // P·V: A read transposed (P stored keys × queries), rows of C rescaled first.
+    let pv = ops::GemmLayout {
+        m: tile,
+        n: hd,
+        k: tile,
+        a_row: 1,
+        a_col: tile,
+        ldb: hd,
+        ldc: hd,
+    };
+    g.bench_function(
+        BenchmarkId::from_parameter("m=64,n=32,k=64,a_transposed,row_scale"),
+        |bench| {
+            bench.iter(|| {
+                ops::gemm_into(pv, black_box(&st), black_box(&kt), &mut ot, Some(&alpha));
+            });
+        },
+    );
+    g.finish();
+
+    let (mut m, mut l, mut a) = (vec![0.0f32; tile], vec![0.0f32; tile], vec![0.0f32; tile]);
+    let mut g = c.benchmark_group("core/online_softmax_cols_exp2");
+    g.throughput(Throughput::Elements((tile * tile) as u64));
+    g.bench_function(BenchmarkId::from_parameter("rows=64,cols=64"), |bench| {
+        bench.iter(|| {
+            ops::online_softmax_cols_exp2(black_box(&mut st), tile, tile, &mut m, &mut l, &mut a);
+        });
+    });
+    g.finish();
 }

@@ -9,29 +9,39 @@
 //! `p·v`), summed over the causal triangle: 16.8 MFLOP for the seed row. Exponentials,
 //! rescaling and packing are not counted.
 //!
-//! # What it reaches (2-core AMD EPYC Zen 4 VM, full criterion run, quiet machine)
+//! # What it reaches (2-core AMD EPYC Zen 3 VM, ≈ 3.2 GHz, shared with other builds)
 //!
-//! With the products on `squish_core::ops::matmul_4x8_acc` (runtime-dispatched AVX2, four
-//! 8-lane accumulators, multiply then add to stay bit-identical to the portable twin):
+//! The core's AVX2 + FMA peak is 32 flop/cycle ≈ 102 GFLOP/s (clock measured with a chain of
+//! dependent adds, in CPU time). The machine was loaded during this work (load average 4–8 on
+//! 2 cores), so criterion's medians swung by up to 2× between runs of the same binary. The
+//! table gives the fastest of many short batches of calls (an ad-hoc harness timing
+//! `attend_into` on the same shapes; what an unloaded core gives), before and after, back to
+//! back, and one full criterion run of this bench taken afterwards on the loaded machine:
 //!
-//! | id | median | GFLOP/s |
-//! |---|---|---|
-//! | seq=256, heads=4, d=32 (seed) | 0.76 ms | 22 |
-//! | seq=1024, d=64 | 4.3 ms | 31 |
-//! | seq=1024, d=128 | 7.4 ms | 36 |
-//! | seq=4096, d=64 | 68 ms | 32 |
-//! | seq=4096, d=128 | 121 ms | 35 |
+//! | id | before: 4 × 8 kernel, packed panels | after: transposed tiles, 6 × 16 FMA `gemm_into` | GFLOP/s after | % of peak | criterion median (loaded) |
+//! |---|---|---|---|---|---|
+//! | seq=256, heads=4, d=32 (seed) | 0.68 ms | 0.28 ms | 59 | 58 % | 0.37 ms |
+//! | seq=1024, d=64 | 3.98 ms | 1.78 ms | 75 | 74 % | 2.15 ms |
+//! | seq=1024, d=128 | 6.87 ms | 3.64 ms | 74 | 72 % | 5.50 ms |
+//! | seq=4096, d=64 | 63.6 ms | 28.0 ms | 77 | 75 % | 58.5 ms |
+//! | seq=4096, d=128 | 112 ms | 56.6 ms | 76 | 74 % | 69.2 ms |
 //!
-//! (Before the AVX2 kernel, with 4-wide SSE2 code: 0.84–1.28 ms for the seed row and
-//! 17–28 GFLOP/s at long sequences, on a loaded machine.)
+//! With `SQUISH_SIMD=off` (the portable twins, the only path off `x86_64`) the seed row takes
+//! 0.89 ms (0.94 ms before).
 //!
-//! Against the compass (≥ 50% of the FP32 FMA peak at long sequences): a Zen 4 core at ~3 GHz
-//! peaks at 32 flop/cycle with AVX2 + FMA (≈ 96 GFLOP/s); the long-sequence figures,
-//! ≈ 31–36 GFLOP/s, are **about a third of that peak**. The 4 × 8 tile has one add chain per
-//! row, so it is latency-bound at about half the FMA ports' throughput; a wider tile (6 × 16)
-//! with fused multiply-add is the next step. At the seed's size the online-softmax rescale,
-//! the exponentials and the packing weigh as much as the products: 4.2× over the seed's Python
-//! (3207 µs), not the 12× target (≤ 270 µs, ≈ 62 GFLOP/s).
+//! Against the compass (≥ 50 % of the FP32 FMA peak at long sequences): met, at 72–75 %.
+//! Against the seed row's target (12× the seed's Python 3207 µs, i.e. ≤ 270 µs ≈ 62 GFLOP/s):
+//! 11.3× at 0.28 ms on an unloaded core, **not met** (about 5 % short; criterion on the
+//! loaded machine shows 0.35–0.40 ms). A `perf` profile of the seed row: the two products
+//! 68 % of the time, at ≈ 93 GFLOP/s on the 17.9 MFLOP they compute (16.8 useful; the rest
+//! is the part of the diagonal tiles' 6 × 16 blocks above the diagonal), i.e. close to the
+//! peak; the softmax step (one exponential per score, ≈ 8.5 cycles per 8 scores) 17 %; the
+//! inputs' finiteness check 4 % and the `Qᵀ` transpose 3 % (both mostly the first touch of
+//! `q`, `k`, `v` from L3); masking, the final scaling and the tile bookkeeping 6 %; per-row
+//! `log2` 1 %. What is left to try: the column maximum fused into the score product's
+//! epilogue (saves a pass over `S`), a cheaper exponential (underflow by exponent clamping
+//! instead of compare-and-mask measured −2 cycles per 8 scores, but changes the pinned
+//! `exp2(-126.5) = 0` edge), and finer diagonal blocks.
 
 use std::hint::black_box;
 

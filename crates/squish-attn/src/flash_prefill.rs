@@ -29,39 +29,58 @@
 //!
 //! # Numerics
 //! f32 throughout. The softmax scale is folded into the packed queries together with `log2(e)`,
-//! so the exponentials are base 2, computed by a polynomial (a private `exp2`, Cephes'
-//! `exp2f` minimax polynomial on `[-1/2, 1/2]` with the exponent built from the bits of a
-//! rounded float) that the compiler vectorises; its relative error is below `2.5e-7` (tested
-//! against `f64`) and results below `2⁻¹²⁶` are flushed to 0, i.e. a key whose probability is
-//! under `1.2e-38` times the row's largest gets exactly 0. Outputs agree with a float64 naive
-//! attention to about `1e-6` (tested at `1e-5` over many shapes).
+//! so the exponentials are base 2, computed by Cephes' `exp2f` minimax polynomial on
+//! `[-1/2, 1/2]` with the exponent built from the bits of a rounded float (in
+//! [`squish_core::ops::online_softmax_cols_exp2`]); its relative error is below `2.5e-7`
+//! (tested against `f64`) and results below `2⁻¹²⁶` are flushed to 0, i.e. a key whose
+//! probability is under `1.2e-38` times the row's largest gets exactly 0. Each query row is
+//! computed by the same operations whatever tile or vector lane it lands in (scores summed over
+//! the channels in order, probabilities over the keys in order; masked keys add exact zeros),
+//! which is why the query tile size and continuation never change a bit. Outputs agree with a
+//! float64 naive attention to about `1e-6` (tested at `1e-5` over many shapes). The AVX2 path
+//! fuses multiply-adds and the portable path does not, so the last bits differ between
+//! machines.
 //!
 //! # Performance
-//! The two matrix products (`Q·Kᵀ` and `P·V`) run through a register-tiled micro-kernel over
-//! packed panels (queries and probabilities in panels of [`MR`] rows, keys and values in panels
-//! of [`NR`] columns): [`squish_core::ops::matmul_4x8_acc`],
-//! which dispatches at run time to an AVX2 kernel (four 8-lane accumulators, broadcast loads,
-//! multiply then add) with a bit-identical portable SSE2 twin. Inside a tile that crosses the
-//! diagonal, the micro-kernel blocks lying entirely above it are skipped as well, in both
-//! products. No `unsafe` in this crate. Measured (criterion `--quick`, a loaded 2-core Zen 4
-//! VM): the seed's size (seq 256, 4 heads, head_dim 32) 0.84–1.33 ms, where the online softmax,
-//! packing and exponentials weigh as much as the products; at seq 4096 the AVX2 kernel brought
-//! head_dim 128 from 215–246 ms to 129 ms (33 GFLOP/s) and head_dim 64 to 68 ms (32 GFLOP/s),
-//! i.e. about a third of the core's AVX2 + FMA peak (≈ 96 GFLOP/s). The micro-kernel's four
-//! accumulators are latency-bound (one add chain per row); a wider tile (e.g. 6 × 16) with
-//! FMA is the next step towards the 50 % goal. The bench docs
-//! (`benches/benches/seed/flash_prefill.rs`) give the details.
+//! The query and score tiles are kept **transposed**, one column per query: per query tile,
+//! `Qᵀ` (scaled) is packed once; per key tile, the scores `Sᵀ = K·Qᵀ` (keys × queries), the
+//! online softmax down each column and `O ← diag(α)·O + P·V` accumulated straight into the
+//! output rows, reading `K`, `V` and `P` where they lie (no packing of keys, values or
+//! probabilities, no output tile) and needing no horizontal reductions. Both products are
+//! [`squish_core::ops::gemm_into`] (runtime-dispatched AVX2 + FMA, a 6 × 16 register block of
+//! twelve accumulators, strided reads of `A`); the softmax step is
+//! [`squish_core::ops::online_softmax_cols_exp2`] (eight queries per vector, four exponentials
+//! in flight). On a tile that crosses the diagonal, blocks of six keys are multiplied only from
+//! the first group of 16 queries that sees one of them, and each group sums only the keys its
+//! last query sees. Single-threaded, allocation-free, no `unsafe` in this crate.
+//!
+//! Measured on a 2-core AMD EPYC Zen 3 VM at ≈ 3.2 GHz, whose AVX2 + FMA peak is 32
+//! flop/cycle ≈ 102 GFLOP/s (the machine was shared and loaded; the figures are the fastest
+//! of many short batches, which is what an unloaded core gives; criterion medians on the
+//! loaded machine were 20–100 % higher): the seed's size (seq 256, 4 heads, head_dim 32)
+//! 0.28 ms, 59 GFLOP/s, 11.3× the seed's Python (was 0.68 ms with the previous 4 × 8
+//! multiply-then-add kernel over packed panels); seq 1024–4096 with head_dim 64 and 128 at
+//! 74–77 GFLOP/s, about three quarters of the peak (was 34–39 GFLOP/s). The seed row's target
+//! (0.27 ms, 12×) is not met: at head_dim 32 the products (16.8 MFLOP of useful work, 17.9
+//! computed with the diagonal tiles' blocks) already run at ≈ 93 GFLOP/s and take ≈ 68 % of
+//! the time; the rest is one exponential per score (≈ 17 %), the finiteness check and the
+//! `Qᵀ` transpose (≈ 7 %, mostly the first touch of the inputs), masking and bookkeeping
+//! (≈ 6 %) and per-row `log2`. With `SQUISH_SIMD=off` the seed's size takes 0.89 ms (0.94 ms
+//! before). The bench docs (`benches/benches/seed/flash_prefill.rs`) give the details.
 
 use ndarray::{Array2, Array3, ArrayRef2, ArrayRef3};
 use squish_core::{ConfigError, ShapeError, check_finite, ops};
 
 use crate::{Error, Result};
 
-/// Rows of the micro-kernel's register tile (query rows per panel).
-pub const MR: usize = 4;
-/// Columns of the micro-kernel's register tile (keys per panel in `Q·Kᵀ`, output channels per
-/// panel in `P·V`).
-pub const NR: usize = 8;
+/// Query columns of the score tile handled as one group on a tile that crosses the diagonal
+/// (the column width of the product's register block).
+const GROUP: usize = 16;
+/// Keys per product call on a tile that crosses the diagonal (the row height of the product's
+/// register block): blocks of keys that no query of a group sees are skipped.
+const KEY_BLOCK: usize = 6;
+/// Vector width the query tile is padded to.
+const LANES: usize = 8;
 
 /// Largest accepted `head_dim`, `q_tile` and `kv_tile` (bounds the scratch allocation).
 pub const MAX_DIM: usize = 4096;
@@ -215,22 +234,16 @@ pub struct FlashOutput {
     pub lse: Array2<f32>,
 }
 
-/// Reusable tiles of one kernel; their size depends on the configuration only.
+/// Reusable tiles of one kernel; their size depends on the configuration only. The query and
+/// score tiles are stored *transposed* (one column per query), so the softmax reductions run
+/// down columns; the output accumulates in the caller's `out`.
 #[derive(Debug, Clone)]
 struct Scratch {
-    /// Packed, pre-scaled query tile: panels `[br_pad / MR][head_dim][MR]`.
-    qp: Vec<f32>,
-    /// Packed key tile: panels `[bc_pad / NR][head_dim][NR]`.
-    kp: Vec<f32>,
-    /// Packed value tile: panels `[d_pad / NR][bc_pad][NR]`.
-    vp: Vec<f32>,
-    /// Scores, then probabilities, row-major `[br_pad][bc_pad]`.
+    /// Pre-scaled query tile, transposed: `[head_dim][br_pad]`.
+    qt: Vec<f32>,
+    /// Scores, then probabilities, keys × queries: `[kv_tile][br_pad]`.
     s: Vec<f32>,
-    /// Packed probabilities: panels `[br_pad / MR][bc_pad][MR]`.
-    pp: Vec<f32>,
-    /// Output accumulators, row-major `[br_pad][d_pad]`.
-    o: Vec<f32>,
-    /// Running maximum (log2 units), running sum and last rescale factor per row.
+    /// Running maximum (log2 units), running sum and last rescale factor per query.
     m: Vec<f32>,
     l: Vec<f32>,
     alpha: Vec<f32>,
@@ -262,10 +275,8 @@ struct Scratch {
 #[derive(Debug, Clone)]
 pub struct FlashPrefillKernel {
     cfg: FlashPrefillConfig,
-    /// `kv_tile` rounded up to a multiple of `NR`.
-    bc_pad: usize,
-    /// `head_dim` rounded up to a multiple of `NR`.
-    d_pad: usize,
+    /// `q_tile` rounded up to a multiple of the vector width (8).
+    br_pad: usize,
     scratch: Scratch,
 }
 
@@ -276,25 +287,18 @@ impl FlashPrefillKernel {
     /// [`Error::Config`] if `cfg` fails [`FlashPrefillConfig::validate`].
     pub fn new(cfg: FlashPrefillConfig) -> Result<Self> {
         cfg.validate()?;
-        let br_pad = cfg.q_tile.div_ceil(MR) * MR;
-        let bc_pad = cfg.kv_tile.div_ceil(NR) * NR;
-        let d_pad = cfg.head_dim.div_ceil(NR) * NR;
+        let br_pad = cfg.q_tile.div_ceil(LANES) * LANES;
         let d = cfg.head_dim;
         let scratch = Scratch {
-            qp: vec![0.0; br_pad * d],
-            kp: vec![0.0; bc_pad * d],
-            vp: vec![0.0; bc_pad * d_pad],
-            s: vec![0.0; br_pad * bc_pad],
-            pp: vec![0.0; br_pad * bc_pad],
-            o: vec![0.0; br_pad * d_pad],
+            qt: vec![0.0; d * br_pad],
+            s: vec![0.0; cfg.kv_tile * br_pad],
             m: vec![0.0; br_pad],
             l: vec![0.0; br_pad],
             alpha: vec![0.0; br_pad],
         };
         Ok(Self {
             cfg,
-            bc_pad,
-            d_pad,
+            br_pad,
             scratch,
         })
     }
@@ -306,10 +310,10 @@ impl FlashPrefillKernel {
 
     /// Bytes of scratch the kernel holds, measured from its buffers. It depends on `q_tile`,
     /// `kv_tile` and `head_dim` only, never on the sequence length: about
-    /// `4·(2·q_tile·kv_tile + (2·q_tile + 2·kv_tile)·head_dim)` bytes.
+    /// `4·q_tile·(kv_tile + head_dim + 3)` bytes (`q_tile` rounded up to a multiple of 8).
     pub fn scratch_bytes(&self) -> usize {
         let s = &self.scratch;
-        [&s.qp, &s.kp, &s.vp, &s.s, &s.pp, &s.o, &s.m, &s.l, &s.alpha]
+        [&s.qt, &s.s, &s.m, &s.l, &s.alpha]
             .iter()
             .map(|b| b.len() * size_of::<f32>())
             .sum()
@@ -549,6 +553,13 @@ impl FlashPrefillKernel {
     }
 
     /// One query head against its KV head; slices already validated.
+    ///
+    /// Per query tile: `Qᵀ` (scaled by `scale·log₂e`) is packed once; per key tile, the scores
+    /// `Sᵀ = K·Qᵀ` (keys × queries), the online softmax down each query's column, and
+    /// `O ← diag(alpha)·O + P·V` straight into the output rows, reading `K`, `V` and `P` where
+    /// they lie. On a tile that crosses the diagonal, the score blocks no query sees are
+    /// skipped and each group of [`GROUP`] queries sums only the keys its last query sees;
+    /// masked scores are `-inf`, so they weigh exactly 0.
     fn head(
         &mut self,
         shape: AttnShape,
@@ -559,261 +570,113 @@ impl FlashPrefillKernel {
         lse: &mut [f32],
     ) {
         let d = self.cfg.head_dim;
-        let (br, bc) = (self.cfg.q_tile, self.cfg.kv_tile);
-        let (bc_pad, d_pad) = (self.bc_pad, self.d_pad);
+        let (br, bc, bp) = (self.cfg.q_tile, self.cfg.kv_tile, self.br_pad);
         let qscale = self.cfg.scale * std::f32::consts::LOG2_E;
         let sc = &mut self.scratch;
         for i0 in (0..shape.q_len).step_by(br) {
             let rows = br.min(shape.q_len - i0);
-            let row_panels = rows.div_ceil(MR);
-            pack_panels::<MR>(&q[i0 * d..], d, d, rows, qscale, &mut sc.qp);
-            sc.m[..rows].fill(f32::NEG_INFINITY);
-            sc.l[..rows].fill(0.0);
-            sc.o[..row_panels * MR * d_pad].fill(0.0);
-            // Keys visible to the tile's last row; tiles at or past it are skipped.
-            let kv_end = shape.kv_len.min(shape.q_offset + i0 + rows);
+            // Query columns in use, padded to whole vectors (padding columns are zero queries).
+            let w = rows.div_ceil(LANES) * LANES;
+            ops::transpose_scaled_into(&q[i0 * d..(i0 + rows) * d], d, qscale, &mut sc.qt, bp);
+            if w > rows {
+                for col in sc.qt.chunks_exact_mut(bp).take(d) {
+                    col[rows..w].fill(0.0);
+                }
+            }
+            sc.m[..w].fill(f32::NEG_INFINITY);
+            sc.l[..w].fill(0.0);
+            let o = &mut out[i0 * d..(i0 + rows) * d];
+            // Position of the tile's first query; keys at or past `kv_end` are seen by none.
+            let first = shape.q_offset + i0;
+            let kv_end = shape.kv_len.min(first + rows);
             for k0 in (0..kv_end).step_by(bc) {
                 let cols = bc.min(kv_end - k0);
-                let col_panels = cols.div_ceil(NR);
-                pack_panels::<NR>(&k[k0 * d..], d, d, cols, 1.0, &mut sc.kp);
-                pack_cols(&v[k0 * d..(k0 + cols) * d], d, cols, bc_pad, &mut sc.vp);
-
-                // Keys of this tile visible to the last row of row panel `rp`: on a diagonal
-                // tile, micro-kernel blocks entirely above the diagonal are skipped too.
-                let visible = |rp: usize| {
-                    let last = (rp * MR + MR).min(rows) - 1;
-                    cols.min((shape.q_offset + i0 + last + 1).saturating_sub(k0))
+                let (kt, vt) = (&k[k0 * d..(k0 + cols) * d], &v[k0 * d..(k0 + cols) * d]);
+                // Keys of this tile seen by query column `i` (padding columns as the last row).
+                let seen = |i: usize| cols.min((first + i.min(rows - 1) + 1).saturating_sub(k0));
+                let scores = |m: usize, n: usize| ops::GemmLayout {
+                    m,
+                    n,
+                    k: d,
+                    a_row: d,
+                    a_col: 1,
+                    ldb: bp,
+                    ldc: bp,
                 };
-
-                // S = (scale·log2e·Q) Kᵀ, tile by tile of the micro-kernel.
-                let qpanels = sc.qp[..row_panels * MR * d].chunks_exact(MR * d);
-                for (rp, qpanel) in qpanels.enumerate() {
-                    let vis_panels = visible(rp).div_ceil(NR);
-                    let kpanels = sc.kp[..vis_panels * NR * d].chunks_exact(NR * d);
-                    for (cp, kpanel) in kpanels.enumerate() {
-                        let mut acc = [[0.0f32; NR]; MR];
-                        micro(qpanel, kpanel, &mut acc);
-                        for (r, a) in acc.iter().enumerate() {
-                            let at = (rp * MR + r) * bc_pad + cp * NR;
-                            sc.s[at..at + NR].copy_from_slice(a);
-                        }
-                    }
+                // O (queries × d) += P (read from Sᵀ) · V; the first key tile overwrites `out`.
+                let pv = |m: usize, keys: usize| ops::GemmLayout {
+                    m,
+                    n: d,
+                    k: keys,
+                    a_row: 1,
+                    a_col: bp,
+                    ldb: d,
+                    ldc: d,
+                };
+                if seen(0) == cols {
+                    // Every query sees every key of the tile: three whole-tile calls.
+                    ops::gemm_into(scores(cols, w), kt, &sc.qt, &mut sc.s, None);
+                    ops::online_softmax_cols_exp2(
+                        &mut sc.s,
+                        bp,
+                        cols,
+                        &mut sc.m[..w],
+                        &mut sc.l[..w],
+                        &mut sc.alpha[..w],
+                    );
+                    let scale = (k0 > 0).then_some(&sc.alpha[..rows]);
+                    ops::gemm_into(pv(rows, cols), &sc.s, vt, o, scale);
+                    continue;
                 }
-
-                // Online softmax per row over its visible columns.
-                let cols_pad = col_panels * NR;
-                for r in 0..rows {
-                    let pos = shape.q_offset + i0 + r;
-                    let valid = cols.min((pos + 1).saturating_sub(k0));
-                    let srow = &mut sc.s[r * bc_pad..][..cols_pad];
-                    if valid == 0 {
-                        sc.alpha[r] = 1.0;
-                        srow.fill(0.0);
-                        continue;
-                    }
-                    let m_old = sc.m[r];
-                    let m_new = row_max(&srow[..valid]).max(m_old);
-                    let alpha = exp2(m_old - m_new);
-                    for x in &mut srow[..valid] {
-                        *x = exp2(*x - m_new);
-                    }
-                    srow[valid..].fill(0.0);
-                    sc.l[r] = sc.l[r] * alpha + row_sum(&srow[..valid]);
-                    sc.m[r] = m_new;
-                    sc.alpha[r] = alpha;
+                // The tile crosses the diagonal. Scores of each block of keys, from the first
+                // group of queries that sees one of them.
+                for j0 in (0..cols).step_by(KEY_BLOCK) {
+                    let c0 = (k0 + j0).saturating_sub(first) / GROUP * GROUP;
+                    let kb = KEY_BLOCK.min(cols - j0);
+                    ops::gemm_into(
+                        scores(kb, w - c0),
+                        &kt[j0 * d..],
+                        &sc.qt[c0..],
+                        &mut sc.s[j0 * bp + c0..],
+                        None,
+                    );
                 }
-                for r in rows..row_panels * MR {
-                    sc.s[r * bc_pad..][..cols_pad].fill(0.0);
-                    sc.alpha[r] = 1.0;
+                // Mask: key `j` is unseen by the queries before position `k0 + j`.
+                for j in 0..cols {
+                    let hide = (k0 + j).saturating_sub(first).min(w);
+                    sc.s[j * bp..][..hide].fill(f32::NEG_INFINITY);
                 }
-
-                // Pack P into row panels: pp[rp][j][r][lane].
-                pack_panels::<MR>(&sc.s, bc_pad, cols, row_panels * MR, 1.0, &mut sc.pp);
-
-                // O = diag(alpha) O + P V.
-                // Columns past `visible(rp)` hold p = 0 for every row of the panel.
-                for rp in 0..row_panels {
-                    let vis = visible(rp);
-                    if vis == 0 {
-                        continue; // every row of the panel has alpha = 1 and no new mass
+                for g0 in (0..rows).step_by(GROUP) {
+                    let gw = GROUP.min(w - g0);
+                    let keys = seen(g0 + gw - 1);
+                    if keys == 0 {
+                        continue; // no query of the group sees a key of this tile
                     }
-                    let ppanel = &sc.pp[rp * MR * cols..][..MR * vis];
-                    let alpha: &[f32; MR] = first_array(&sc.alpha[rp * MR..]);
-                    for dp in 0..d_pad / NR {
-                        let vpanel = &sc.vp[dp * bc_pad * NR..][..vis * NR];
-                        let mut acc = [[0.0f32; NR]; MR];
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            let orow: &[f32; NR] =
-                                first_array(&sc.o[(rp * MR + r) * d_pad + dp * NR..]);
-                            for (x, &o) in a.iter_mut().zip(orow) {
-                                *x = o * alpha[r];
-                            }
-                        }
-                        micro(ppanel, vpanel, &mut acc);
-                        for (r, a) in acc.iter().enumerate() {
-                            let at = (rp * MR + r) * d_pad + dp * NR;
-                            sc.o[at..at + NR].copy_from_slice(a);
-                        }
-                    }
+                    let cols_g = g0..g0 + gw;
+                    ops::online_softmax_cols_exp2(
+                        &mut sc.s[g0..],
+                        bp,
+                        keys,
+                        &mut sc.m[cols_g.clone()],
+                        &mut sc.l[cols_g.clone()],
+                        &mut sc.alpha[cols_g],
+                    );
+                    let g_rows = GROUP.min(rows - g0);
+                    let scale = (k0 > 0).then_some(&sc.alpha[g0..g0 + g_rows]);
+                    ops::gemm_into(pv(g_rows, keys), &sc.s[g0..], vt, &mut o[g0 * d..], scale);
                 }
             }
             // One division per row, then the log-sum-exp in natural units.
-            for r in 0..rows {
+            for (r, orow) in o.chunks_exact_mut(d).enumerate() {
                 let (m, l) = (sc.m[r], sc.l[r]);
                 let inv = 1.0 / l;
-                let orow = &sc.o[r * d_pad..][..d];
-                for (dst, &o) in out[(i0 + r) * d..][..d].iter_mut().zip(orow) {
-                    *dst = o * inv;
+                for x in orow {
+                    *x *= inv;
                 }
                 lse[i0 + r] = (m + l.log2()) * std::f32::consts::LN_2;
             }
         }
     }
-}
-
-/// The first `N` elements of `s` as an array reference.
-///
-/// # Panics
-/// If `s.len() < N` (internal invariant of the tile layout).
-#[inline(always)]
-fn first_array<const N: usize>(s: &[f32]) -> &[f32; N] {
-    let (head, _) = s.as_chunks::<N>();
-    &head[0]
-}
-
-/// `acc[r][j] += Σ_p a[p][r] · b[p][j]` over packed panels `a = [K][MR]`, `b = [K][NR]`: the
-/// register-tiled micro-kernel of both matrix products, [`ops::matmul_4x8_acc`]
-/// (runtime-dispatched AVX2 with broadcast loads, bit-identical portable twin).
-#[inline(always)]
-fn micro(a: &[f32], b: &[f32], acc: &mut [[f32; NR]; MR]) {
-    const _: () = assert!(MR == 4 && NR == 8, "the micro-kernel is squish_core's 4x8");
-    let k = (a.len() / MR).min(b.len() / NR);
-    ops::matmul_4x8_acc(&a[..k * MR], 1, &b[..k * NR], acc);
-}
-
-/// Packs the first `nrows` rows of `src` (row `i` is `src[i·ld..][..n]`) into panels of `W`
-/// rows, `dst = [⌈nrows / W⌉][n][W]`, multiplied by `scale`; the last panel is padded with zero
-/// rows.
-#[inline]
-fn pack_panels<const W: usize>(
-    src: &[f32],
-    ld: usize,
-    n: usize,
-    nrows: usize,
-    scale: f32,
-    dst: &mut [f32],
-) {
-    for (p, panel) in dst
-        .chunks_exact_mut(W * n)
-        .take(nrows.div_ceil(W))
-        .enumerate()
-    {
-        let r0 = p * W;
-        let (out, _) = panel.as_chunks_mut::<W>();
-        if r0 + W <= nrows {
-            let rows: [&[f32]; W] = std::array::from_fn(|r| &src[(r0 + r) * ld..][..n]);
-            for (c, o) in out.iter_mut().enumerate() {
-                for r in 0..W {
-                    o[r] = rows[r][c] * scale;
-                }
-            }
-        } else {
-            for (c, o) in out.iter_mut().enumerate() {
-                for (r, x) in o.iter_mut().enumerate() {
-                    *x = if r0 + r < nrows {
-                        src[(r0 + r) * ld + c] * scale
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// Packs `cols` value rows of length `d` into column panels `dst = [d_pad / NR][bc_pad][NR]`
-/// (first `cols` rows of each panel written; channels past `d` zero).
-fn pack_cols(src: &[f32], d: usize, cols: usize, bc_pad: usize, dst: &mut [f32]) {
-    let panel_len = bc_pad * NR;
-    for (j, row) in src.chunks_exact(d).take(cols).enumerate() {
-        let (full, tail) = row.as_chunks::<NR>();
-        for (dp, chunk) in full.iter().enumerate() {
-            let slot: &mut [f32; NR] = first_array_mut(&mut dst[dp * panel_len + j * NR..]);
-            *slot = *chunk;
-        }
-        if !tail.is_empty() {
-            let slot: &mut [f32; NR] = first_array_mut(&mut dst[full.len() * panel_len + j * NR..]);
-            slot[..tail.len()].copy_from_slice(tail);
-            slot[tail.len()..].fill(0.0);
-        }
-    }
-}
-
-/// The first `N` elements of `s` as a mutable array reference.
-///
-/// # Panics
-/// If `s.len() < N` (internal invariant of the tile layout).
-#[inline(always)]
-fn first_array_mut<const N: usize>(s: &mut [f32]) -> &mut [f32; N] {
-    let (head, _) = s.as_chunks_mut::<N>();
-    &mut head[0]
-}
-
-/// Maximum of a non-empty finite slice, with eight lane accumulators.
-#[inline]
-fn row_max(x: &[f32]) -> f32 {
-    let (chunks, rest) = x.as_chunks::<8>();
-    let mut acc = [f32::NEG_INFINITY; 8];
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
-        }
-    }
-    let mut m = f32::NEG_INFINITY;
-    for &v in acc.iter().chain(rest) {
-        m = if v > m { v } else { m };
-    }
-    m
-}
-
-/// Sum with eight lane accumulators.
-#[inline]
-fn row_sum(x: &[f32]) -> f32 {
-    let (chunks, rest) = x.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
-}
-
-/// `2^x` for `x ≤ 0` (and `-inf`), branch-free so that loops over it vectorise.
-///
-/// `x` is split into `n + f` with `n = round(x)` (by adding `1.5·2²³`, whose low mantissa bits
-/// then hold `n`) and `f ∈ [-1/2, 1/2]`; `2^f` is Cephes' `exp2f` degree-6 minimax polynomial
-/// and `2^n` is built from its exponent bits. Relative error below `2.5e-7` on `[-126, 0]`
-/// (tested against `f64`); `x < -126` (including `-inf`) returns exactly 0. Inputs above 0 are
-/// not supported (the kernel only ever passes `s − max ≤ 0`).
-#[inline(always)]
-pub(crate) fn exp2(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    let xc = if x < -126.0 { -126.0 } else { x };
-    let t = xc + MAGIC;
-    let n = t - MAGIC;
-    let f = xc - n;
-    let p = 1.535_336_2e-4_f32;
-    let p = p * f + 1.339_887_4e-3;
-    let p = p * f + 9.618_438e-3;
-    let p = p * f + 5.550_332_5e-2;
-    let p = p * f + 2.402_264_8e-1;
-    let p = p * f + 6.931_472e-1;
-    let p = p * f + 1.0;
-    // t's bits are 0x4B40_0000 + n; (n + 127) << 23 is 2^n.
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
-    let r = p * scale;
-    if x < -126.0 { 0.0 } else { r }
 }
 
 /// Merges two partial attention results over disjoint key sets by their log-sum-exps:
@@ -917,22 +780,5 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<FlashPrefillKernel>();
         assert_send_sync::<FlashOutput>();
-    }
-
-    #[test]
-    fn exp2_matches_f64() {
-        let mut worst = 0.0f64;
-        let n = 200_000;
-        for i in 0..=n {
-            let x = -126.0 * f64::from(i) / f64::from(n);
-            let got = f64::from(exp2(x as f32));
-            let want = (x as f32 as f64).exp2();
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
-        assert_eq!(exp2(0.0), 1.0);
-        assert_eq!(exp2(-1.0), 0.5);
-        assert_eq!(exp2(-126.5), 0.0);
-        assert_eq!(exp2(f32::NEG_INFINITY), 0.0);
     }
 }

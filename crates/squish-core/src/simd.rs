@@ -95,8 +95,9 @@
 
 use std::sync::OnceLock;
 
-pub(crate) mod grouped_rows;
+pub(crate) mod gemm;
 pub(crate) mod ggml_rows;
+pub(crate) mod grouped_rows;
 mod rows;
 pub(crate) use rows::fold_min_max;
 

@@ -378,8 +378,8 @@ fn scratch_is_independent_of_sequence_length() {
     let cfg = FlashPrefillConfig::new(2, 1, 64);
     let mut kernel = FlashPrefillKernel::new(cfg.clone()).unwrap();
     let before = kernel.scratch_bytes();
-    // 64×64 tiles, head_dim 64: qp, kp, vp, s, pp, o (each 64·64), m, l, alpha (64 each).
-    assert_eq!(before, 4 * (6 * 64 * 64 + 3 * 64));
+    // 64×64 tiles, head_dim 64: qt, s (each 64·64), m, l, alpha (64 each).
+    assert_eq!(before, 4 * (2 * 64 * 64 + 3 * 64));
     let mut rng = squish_testkit::rng(3);
     for seq in [1, 63, 64, 65, 500, 2048] {
         let case = Case::random(&mut rng, cfg.clone(), AttnShape::prefill(seq));
@@ -390,15 +390,16 @@ fn scratch_is_independent_of_sequence_length() {
             .unwrap();
         assert_eq!(kernel.scratch_bytes(), before, "seq={seq}");
     }
-    // Tiles that are not multiples of the register tile are padded, still S-independent.
+    // A query tile that is not a multiple of the vector width (8) is padded, still
+    // S-independent.
     let mut odd = cfg;
     odd.q_tile = 10;
     odd.kv_tile = 10;
     let k = FlashPrefillKernel::new(odd).unwrap();
     assert_eq!(
         k.scratch_bytes(),
-        // qp, kp, vp, s, pp, o, then m, l and alpha.
-        4 * (12 * 64 + 16 * 64 + 16 * 64 + 12 * 16 + 12 * 16 + 12 * 64 + 3 * 12)
+        // qt, s (query tile padded to 16), then m, l and alpha.
+        4 * (64 * 16 + 10 * 16 + 3 * 16)
     );
 }
 
