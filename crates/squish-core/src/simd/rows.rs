@@ -20,6 +20,28 @@ pub(crate) fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool
     }
 }
 
+/// Whether every element of `x` is finite (no NaN, no ±inf), dispatched.
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected on this CPU.
+        Isa::Avx2Fma => unsafe { x86::all_finite_avx2(x) },
+        Isa::Scalar => all_finite_scalar(x),
+    }
+}
+
+/// Portable twin of [`all_finite`]: a float is NaN or infinite exactly when its exponent bits
+/// are all ones; testing the bits (rather than `is_finite`, a scalar compare here) keeps the
+/// loop in SIMD lanes.
+pub(crate) fn all_finite_scalar(x: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    x.chunks(256).all(|c| {
+        c.iter()
+            .fold(0u32, |bad, v| bad | u32::from(v.to_bits() & EXP == EXP))
+            == 0
+    })
+}
+
 /// Portable twin of [`fold_min_max`]: strips of 16 columns held in locals across all rows, so
 /// the compiler keeps them in vector registers; finiteness is the sum of `x − x` (0 for finite
 /// `x`, NaN for NaN and ±inf).
@@ -69,10 +91,10 @@ pub(crate) fn fold_min_max_scalar(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     use std::arch::x86_64::{
-        __m256, _CMP_UNORD_Q, _mm256_add_ps, _mm256_cmp_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_max_ps, _mm256_min_ps, _mm256_permute2f128_ps, _mm256_permutevar8x32_ps,
-        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_sub_ps,
-        _mm256_testz_ps,
+        __m256, _CMP_UNORD_Q, _mm256_add_ps, _mm256_castps_si256, _mm256_cmp_ps, _mm256_fmadd_ps,
+        _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_or_ps, _mm256_permute2f128_ps,
+        _mm256_permutevar8x32_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_shuffle_ps,
+        _mm256_storeu_ps, _mm256_sub_ps, _mm256_testz_ps, _mm256_testz_si256,
     };
 
     /// The eight-lane partial sums of `dot_avx2_fma(x, row)` before its horizontal sum, in
@@ -218,6 +240,32 @@ pub(super) mod x86 {
             }
         }
         _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
+    }
+
+    /// AVX2 [`all_finite`](super::all_finite): `x − x` is `+0.0` (all bits clear) for finite
+    /// `x` and NaN (exponent bits set) otherwise, so OR-ing the differences of 32 values per
+    /// step leaves a set bit exactly when something was not finite; one exit test per 1024
+    /// values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::simd) fn all_finite_avx2(x: &[f32]) -> bool {
+        let (blocks, tail) = x.as_chunks::<32>();
+        for group in blocks.chunks(32) {
+            let mut bad = [_mm256_setzero_ps(); 4];
+            for b in group {
+                for (j, bad) in bad.iter_mut().enumerate() {
+                    // SAFETY: `b` is exactly 32 floats long and j < 4; `loadu` is unaligned.
+                    let v = unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * j)) };
+                    *bad = _mm256_or_ps(*bad, _mm256_sub_ps(v, v));
+                }
+            }
+            let any = _mm256_or_ps(_mm256_or_ps(bad[0], bad[1]), _mm256_or_ps(bad[2], bad[3]));
+            // Every bit, not just the signs (`testz_ps`): a NaN input can have its sign clear.
+            let bits = _mm256_castps_si256(any);
+            if _mm256_testz_si256(bits, bits) == 0 {
+                return false;
+            }
+        }
+        super::all_finite_scalar(tail)
     }
 
     /// AVX2 [`fold_min_max`](super::fold_min_max): eight columns per register, the rows'
@@ -401,6 +449,42 @@ mod tests {
                 let want = unsafe { crate::simd::x86::dot_avx2_fma(&x, &rows[j * d..(j + 1) * d]) };
                 assert_eq!(o.to_bits(), want.to_bits(), "d={d} row {j}");
             }
+        });
+    }
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use rand::RngExt;
+
+    use super::*;
+
+    #[test]
+    fn all_finite_twins_equal_is_finite_everywhere() {
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001), // signalling NaN, sign clear
+            f32::from_bits(0xffc0_1234),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        squish_testkit::prop::check("simd_all_finite_twins", 200, |rng| {
+            let n = rng.random_range(0..3000);
+            let mut x: Vec<f32> = (0..n)
+                .map(|_| match rng.random_range(0..4) {
+                    0 => f32::MAX * if rng.random_bool(0.5) { 1.0 } else { -1.0 },
+                    1 => f32::from_bits(rng.random_range(1..0x0080_0000)), // subnormal
+                    _ => rng.random_range(-1e30f32..1e30),
+                })
+                .collect();
+            if n > 0 && rng.random_bool(0.6) {
+                let at = rng.random_range(0..n);
+                x[at] = specials[rng.random_range(0..specials.len())];
+            }
+            let want = x.iter().all(|v| v.is_finite());
+            assert_eq!(all_finite_scalar(&x), want, "scalar n={n}");
+            assert_eq!(all_finite(&x), want, "dispatched n={n}");
         });
     }
 }
