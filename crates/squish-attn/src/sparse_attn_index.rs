@@ -119,7 +119,9 @@ impl SparseAttnIndexConfig {
 /// The keys of one KV head and their page summaries, each contiguous.
 #[derive(Debug, Clone, Default)]
 struct HeadStore {
-    /// `seq × head_dim` keys, token-major.
+    /// Keys, token-major: the first `seq × head_dim` values are the index's; the buffer keeps
+    /// its high-water length across `clear` so that a rebuild copies into it without first
+    /// zero-filling it (what lies beyond `seq × head_dim` is stale and never read).
     keys: Vec<f32>,
     /// `pages × head_dim` elementwise minima.
     page_min: Vec<f32>,
@@ -258,21 +260,21 @@ impl SparseAttnIndex {
     /// # Panics
     /// If `head >= kv_heads`.
     pub fn keys(&self, head: usize) -> &[f32] {
-        &self.heads[head].keys
+        &self.heads[head].keys[..self.seq * self.cfg.head_dim]
     }
 
     /// Bytes of key and page-summary data held (lengths, not capacities).
     pub fn bytes_held(&self) -> usize {
         self.heads
             .iter()
-            .map(|h| (h.keys.len() + h.page_min.len() + h.page_max.len()) * 4)
+            .map(|h| (self.seq * self.cfg.head_dim + h.page_min.len() + h.page_max.len()) * 4)
             .sum()
     }
 
     /// Removes every token, keeping the allocated capacity.
     pub fn clear(&mut self) {
         for h in &mut self.heads {
-            h.keys.clear();
+            // `keys` keeps its (stale) contents: only the first `seq × head_dim` count.
             h.page_min.clear();
             h.page_max.clear();
         }
@@ -342,23 +344,25 @@ impl SparseAttnIndex {
                     &owned
                 }
             };
-            // One pass: each page's new keys are copied, then folded into the page's min/max
-            // while still in cache; the fold also proves every element finite.
+            // One pass: each page's new keys are copied and folded into the page's min/max as
+            // they are loaded; the fold also proves every element finite.
+            let need = (old_seq + n) * d;
+            if store.keys.len() < need {
+                store.keys.resize(need, 0.0);
+            }
             let mut finite = true;
             let mut t = old_seq;
             while t < old_seq + n {
                 let p = t / page;
                 let stop = ((p + 1) * page).min(old_seq + n);
-                store
-                    .keys
-                    .extend_from_slice(&src[(t - old_seq) * d..(stop - old_seq) * d]);
-                let rows = &store.keys[t * d..stop * d];
+                let rows = &src[(t - old_seq) * d..(stop - old_seq) * d];
                 if t == p * page {
                     store.page_min.extend_from_slice(&rows[..d]);
                     store.page_max.extend_from_slice(&rows[..d]);
                 }
-                finite &= ops::fold_min_max(
+                finite &= ops::fold_min_max_copy(
                     rows,
+                    &mut store.keys[t * d..stop * d],
                     &mut store.page_min[p * d..(p + 1) * d],
                     &mut store.page_max[p * d..(p + 1) * d],
                 );
@@ -371,7 +375,7 @@ impl SparseAttnIndex {
         }
         if let Some((bad_head, err)) = failed {
             for (h, store) in self.heads.iter_mut().enumerate().take(bad_head + 1) {
-                store.keys.truncate(old_seq * d);
+                // Keys past `old_seq` are outside the index once `seq` stays `old_seq`.
                 store.page_min.truncate(old_pages * d);
                 store.page_max.truncate(old_pages * d);
                 if partial {
@@ -474,8 +478,8 @@ impl SparseAttnIndex {
             match mode {
                 SelectMode::Exact => {
                     out.scores.clear();
-                    out.scores.resize(store.keys.len() / d, 0.0);
-                    ops::dot_rows_into(qr, &store.keys, &mut out.scores);
+                    out.scores.resize(self.seq, 0.0);
+                    ops::dot_rows_into(qr, &store.keys[..self.seq * d], &mut out.scores);
                     ops::top_k_into(&out.scores, per_row, &mut out.order);
                     out.indices.extend_from_slice(&out.order);
                 }
@@ -926,7 +930,7 @@ mod tests {
             assert_eq!(grown.len(), seq);
             assert_eq!(grown.bytes_held(), built.bytes_held());
             for h in 0..2 {
-                assert_eq!(grown.heads[h].keys, built.heads[h].keys);
+                assert_eq!(grown.keys(h), built.keys(h));
                 assert_eq!(grown.heads[h].page_min, built.heads[h].page_min);
                 assert_eq!(grown.heads[h].page_max, built.heads[h].page_max);
             }
@@ -951,10 +955,15 @@ mod tests {
             let mut index = SparseAttnIndex::new(c).unwrap();
             let seq0 = rng.random_range(0..50);
             index.build(&keys(rng, 3, seq0, d)).unwrap();
-            let before: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = index
-                .heads
-                .iter()
-                .map(|h| (h.keys.clone(), h.page_min.clone(), h.page_max.clone()))
+            let before: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..3)
+                .map(|h| {
+                    let s = &index.heads[h];
+                    (
+                        index.keys(h).to_vec(),
+                        s.page_min.clone(),
+                        s.page_max.clone(),
+                    )
+                })
                 .collect();
             let n = rng.random_range(1..40);
             let mut bad = keys(rng, 3, n, d);
@@ -969,8 +978,9 @@ mod tests {
             let e = index.append(&bad).unwrap_err();
             assert!(matches!(e, Error::Core(_)), "{e}");
             assert_eq!(index.len(), seq);
-            for (h, (k, lo, hi)) in index.heads.iter().zip(&before) {
-                assert_eq!(&h.keys, k);
+            for (hd, (k, lo, hi)) in before.iter().enumerate() {
+                assert_eq!(index.keys(hd), k.as_slice());
+                let h = &index.heads[hd];
                 assert_eq!(h.page_min.len(), lo.len());
                 assert!(
                     h.page_min

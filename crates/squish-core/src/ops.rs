@@ -140,6 +140,54 @@ pub fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool {
     simd::fold_min_max(rows, lo, hi)
 }
 
+/// [`fold_min_max`] that also copies `rows` into `dst` in the same pass (each value is loaded
+/// once): `dst` ends up equal to `rows` bit for bit, even when the function returns `false`.
+/// This is how a key index appends keys and updates its page summaries in one read.
+///
+/// # Panics
+/// As [`fold_min_max`], and if `dst.len() != rows.len()`.
+///
+/// # Performance
+/// As [`fold_min_max`] plus one store per value; on a 2-core AVX2 VM, folding and copying
+/// 8 × 256 × 64 keys runs at about the speed of the plain copy.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::fold_min_max_copy;
+/// let rows = [1.0, -2.0, 3.0, 0.5];
+/// let mut copy = [0.0; 4];
+/// let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
+/// assert!(fold_min_max_copy(&rows, &mut copy, &mut lo, &mut hi));
+/// assert_eq!((copy, lo, hi), (rows, [1.0, -2.0], [3.0, 0.5]));
+/// ```
+pub fn fold_min_max_copy(rows: &[f32], dst: &mut [f32], lo: &mut [f32], hi: &mut [f32]) -> bool {
+    assert_eq!(
+        dst.len(),
+        rows.len(),
+        "fold_min_max_copy: dst and rows lengths differ"
+    );
+    assert_eq!(
+        lo.len(),
+        hi.len(),
+        "fold_min_max_copy: lo and hi lengths differ"
+    );
+    if lo.is_empty() {
+        assert!(
+            rows.is_empty(),
+            "fold_min_max_copy: rows given for zero columns"
+        );
+        return true;
+    }
+    assert_eq!(
+        rows.len() % lo.len(),
+        0,
+        "fold_min_max_copy: {} values are not rows of {}",
+        rows.len(),
+        lo.len()
+    );
+    simd::fold_min_max_copy(rows, dst, lo, hi)
+}
+
 /// The register-tiled micro-kernel of a small matrix product:
 /// `acc[r][j] += Σ_k a[k][r] · b[k][j]` for a 4-row panel `a` and an 8-column panel `b`.
 ///

@@ -20,6 +20,26 @@ pub(crate) fn fold_min_max(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool
     }
 }
 
+/// [`fold_min_max`] that also copies `rows` into `dst` (of the same length) in the same pass,
+/// dispatched. `dst` ends up equal to `rows` bit for bit; flag and summaries as
+/// [`fold_min_max`].
+pub(crate) fn fold_min_max_copy(
+    rows: &[f32],
+    dst: &mut [f32],
+    lo: &mut [f32],
+    hi: &mut [f32],
+) -> bool {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected on this CPU.
+        Isa::Avx2Fma => unsafe { x86::fold_min_max_copy_avx2(rows, dst, lo, hi) },
+        Isa::Scalar => {
+            dst.copy_from_slice(rows);
+            fold_min_max_scalar(rows, lo, hi)
+        }
+    }
+}
+
 /// Whether every element of `x` is finite (no NaN, no ±inf), dispatched.
 pub(crate) fn all_finite(x: &[f32]) -> bool {
     match isa() {
@@ -91,10 +111,10 @@ pub(crate) fn fold_min_max_scalar(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     use std::arch::x86_64::{
-        __m256, _CMP_UNORD_Q, _mm256_add_ps, _mm256_castps_si256, _mm256_cmp_ps, _mm256_fmadd_ps,
-        _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_or_ps, _mm256_permute2f128_ps,
+        __m256, _mm256_add_ps, _mm256_castps_si256, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_max_ps, _mm256_min_ps, _mm256_or_ps, _mm256_permute2f128_ps,
         _mm256_permutevar8x32_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_shuffle_ps,
-        _mm256_storeu_ps, _mm256_sub_ps, _mm256_testz_ps, _mm256_testz_si256,
+        _mm256_storeu_ps, _mm256_sub_ps, _mm256_testz_si256,
     };
 
     /// The eight-lane partial sums of `dot_avx2_fma(x, row)` before its horizontal sum, in
@@ -276,7 +296,35 @@ pub(super) mod x86 {
     /// summaries (signed zeros included).
     #[target_feature(enable = "avx2,fma")]
     pub(in crate::simd) fn fold_min_max_avx2(rows: &[f32], lo: &mut [f32], hi: &mut [f32]) -> bool {
+        fold_min_max_impl::<false>(rows, &mut [], lo, hi)
+    }
+
+    /// [`fold_min_max_avx2`] that also copies `rows` into `dst` (same length) in the same pass,
+    /// so each value is loaded once.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::simd) fn fold_min_max_copy_avx2(
+        rows: &[f32],
+        dst: &mut [f32],
+        lo: &mut [f32],
+        hi: &mut [f32],
+    ) -> bool {
+        fold_min_max_impl::<true>(rows, dst, lo, hi)
+    }
+
+    /// The fold, storing each loaded vector into `dst` too when `COPY` (`dst` is then exactly
+    /// as long as `rows`; otherwise it is unused).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fold_min_max_impl<const COPY: bool>(
+        rows: &[f32],
+        dst: &mut [f32],
+        lo: &mut [f32],
+        hi: &mut [f32],
+    ) -> bool {
         let d = lo.len();
+        let n = rows.len() / d;
+        // `x − x` is +0.0 (no bit set) for finite `x` and NaN otherwise: OR-ing them keeps a
+        // set bit exactly when something was not finite (a one-cycle OR, no add chain).
         let mut z = [_mm256_setzero_ps(); 4];
         let mut c = 0;
         while c + 32 <= d {
@@ -290,17 +338,23 @@ pub(super) mod x86 {
                     h[j] = _mm256_loadu_ps(hi.as_ptr().add(c + 8 * j));
                 }
             }
-            for row in rows.chunks_exact(d) {
+            for r in 0..n {
                 for j in 0..4 {
-                    // SAFETY: columns c..c+32 lie inside every row of `d` values.
-                    let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(c + 8 * j)) };
+                    let at = r * d + c + 8 * j;
+                    // SAFETY: `at + 8 <= n·d == rows.len()` (columns c..c+32 of row r), and
+                    // `dst` has the same length when `COPY`; `loadu` / `storeu` are unaligned.
+                    let x = unsafe { _mm256_loadu_ps(rows.as_ptr().add(at)) };
+                    if COPY {
+                        // SAFETY: as above.
+                        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(at), x) };
+                    }
                     l[j] = _mm256_min_ps(x, l[j]);
                     h[j] = _mm256_max_ps(x, h[j]);
-                    z[j] = _mm256_add_ps(z[j], _mm256_sub_ps(x, x));
+                    z[j] = _mm256_or_ps(z[j], _mm256_sub_ps(x, x));
                 }
             }
             for j in 0..4 {
-                // SAFETY: as for the loads above; `storeu` is unaligned.
+                // SAFETY: as for the loads of `lo` / `hi` above; `storeu` is unaligned.
                 unsafe {
                     _mm256_storeu_ps(lo.as_mut_ptr().add(c + 8 * j), l[j]);
                     _mm256_storeu_ps(hi.as_mut_ptr().add(c + 8 * j), h[j]);
@@ -309,19 +363,24 @@ pub(super) mod x86 {
             c += 32;
         }
         while c + 8 <= d {
-            // SAFETY: columns c..c+8 lie inside `lo`, `hi` and every row.
+            // SAFETY: columns c..c+8 lie inside `lo` and `hi`.
             let (mut l, mut h) = unsafe {
                 (
                     _mm256_loadu_ps(lo.as_ptr().add(c)),
                     _mm256_loadu_ps(hi.as_ptr().add(c)),
                 )
             };
-            for row in rows.chunks_exact(d) {
-                // SAFETY: as above.
-                let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(c)) };
+            for r in 0..n {
+                let at = r * d + c;
+                // SAFETY: `at + 8 <= rows.len()`, and `dst` has the same length when `COPY`.
+                let x = unsafe { _mm256_loadu_ps(rows.as_ptr().add(at)) };
+                if COPY {
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(at), x) };
+                }
                 l = _mm256_min_ps(x, l);
                 h = _mm256_max_ps(x, h);
-                z[0] = _mm256_add_ps(z[0], _mm256_sub_ps(x, x));
+                z[0] = _mm256_or_ps(z[0], _mm256_sub_ps(x, x));
             }
             // SAFETY: as above.
             unsafe {
@@ -330,11 +389,15 @@ pub(super) mod x86 {
             }
             c += 8;
         }
-        // A lane is NaN exactly when some element of its columns was not finite.
-        let zs = _mm256_add_ps(_mm256_add_ps(z[0], z[1]), _mm256_add_ps(z[2], z[3]));
-        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(zs, zs);
-        let mut finite = _mm256_testz_ps(nan, nan) == 1;
+        let any = _mm256_or_ps(_mm256_or_ps(z[0], z[1]), _mm256_or_ps(z[2], z[3]));
+        let bits = _mm256_castps_si256(any);
+        let mut finite = _mm256_testz_si256(bits, bits) == 1;
         if c < d {
+            if COPY {
+                for (s, t) in rows.chunks_exact(d).zip(dst.chunks_exact_mut(d)) {
+                    t[c..].copy_from_slice(&s[c..]);
+                }
+            }
             finite &= super::fold_min_max_scalar_cols(rows, d, c, lo, hi);
         }
         finite
@@ -414,6 +477,20 @@ mod tests {
                 finite,
                 "dispatched d={d}"
             );
+            // The copying variant: same flag, same summaries, and an exact copy.
+            let (mut lo3, mut hi3) = (init.clone(), init.clone());
+            let mut copy = vec![f32::NAN; rows.len()];
+            assert_eq!(
+                fold_min_max_copy(&rows, &mut copy, &mut lo3, &mut hi3),
+                finite,
+                "copy d={d}"
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&copy), bits(&rows), "copy d={d}");
+            if finite {
+                assert_eq!(bits(&lo3), bits(&lo2), "copy lo d={d}");
+                assert_eq!(bits(&hi3), bits(&hi2), "copy hi d={d}");
+            }
             if finite {
                 // Equal as values to the naive fold (whose `f32::min` may pick either zero).
                 assert_eq!(lo1, lo0);
