@@ -476,6 +476,72 @@ pub fn log_sum_exp(x: &[f32], temperature: f32) -> f32 {
     m * inv_t + simd::exp_shifted_sum(x, m, inv_t).ln()
 }
 
+/// The largest element of `x`, validated in the same pass: `None` if `x` is empty or holds a
+/// NaN or `+inf` (`-inf`, a masked logit, is allowed; a row of only `-inf` gives
+/// `Some(-inf)`).
+///
+/// Validation and [`max`] fused into one vectorised pass (AVX2 when available): what a
+/// lazy softmax reads first.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::max_below_inf;
+/// assert_eq!(max_below_inf(&[1.0, f32::NEG_INFINITY, 3.5]), Some(3.5));
+/// assert_eq!(max_below_inf(&[1.0, f32::NAN]), None);
+/// assert_eq!(max_below_inf(&[f32::INFINITY]), None);
+/// assert_eq!(max_below_inf(&[]), None);
+/// ```
+pub fn max_below_inf(x: &[f32]) -> Option<f32> {
+    if x.is_empty() {
+        return None;
+    }
+    let (m, ok) = simd::softmax_rows::max_below_inf(x);
+    ok.then_some(m)
+}
+
+/// The unnormalised softmax of `x / temperature`: writes `exp((xᵢ - max) / T)` into `out`
+/// and returns their sum, accumulated in `f64`.
+///
+/// The stored values are bit for bit those [`softmax_into`] computes before it scales them,
+/// and the returned total is their sum to within `f64` rounding, so `outᵢ / total` is the
+/// softmax without an `f32` normalisation pass (and without its rounding). A sampler can
+/// draw from `out` directly with `u · total`; an acceptance test needs one element and the
+/// total.
+///
+/// `max` should be the maximum of `x` (e.g. from [`max_below_inf`]): every exponent is then
+/// `<= 0` and the maximum contributes exactly 1, so the total is `>= 1`. `-inf` entries give
+/// exactly 0.
+///
+/// # Panics
+/// If `out.len() != x.len()`, or `temperature` is not finite and `> 0`.
+///
+/// # Performance
+/// One vectorised pass (the exponentials dominate; the `f64` sum costs two conversions and
+/// two adds per eight elements), no allocation.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::{softmax, softmax_weights_into};
+/// let x = [1.0f32, 2.0, f32::NEG_INFINITY];
+/// let mut w = [0.0f32; 3];
+/// let total = softmax_weights_into(&x, 2.0, 1.0, &mut w);
+/// assert_eq!(w[1], 1.0);
+/// assert_eq!(w[2], 0.0);
+/// let p = softmax(&x, 1.0);
+/// assert!((f64::from(w[0]) / total - f64::from(p[0])).abs() < 1e-7);
+/// ```
+pub fn softmax_weights_into(x: &[f32], max: f32, temperature: f32, out: &mut [f32]) -> f64 {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "softmax_weights_into: out has length {}, expected {}",
+        out.len(),
+        x.len()
+    );
+    let inv_t = inv_temperature(temperature);
+    simd::softmax_rows::exp_weights_into(x, max, inv_t, out)
+}
+
 /// The ordering of top-k: larger value first, then lower index first. `-0.0` and `0.0` are the
 /// same value; anything else (NaN, outside the contract) is ordered by [`f32::total_cmp`] so the
 /// order stays total and sorting never panics.

@@ -88,6 +88,8 @@
 
 use std::sync::OnceLock;
 
+pub(crate) mod softmax_rows;
+
 /// The instruction set the kernels dispatch to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isa {

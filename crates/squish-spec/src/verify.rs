@@ -30,7 +30,7 @@
 //! and the correction / bonus is the argmax.
 
 use rand::{Rng, RngExt};
-use squish_core::{ConfigError, ShapeError, ops, sampling};
+use squish_core::{ConfigError, ShapeError, ops};
 
 use crate::error::{Error, Result};
 
@@ -358,7 +358,8 @@ pub(crate) struct Params {
 pub(crate) struct VerifyScratch {
     /// The residual at the node being verified, unnormalised (its total is tracked in f64).
     r: Vec<f32>,
-    /// The warped draft distribution of `q_row`.
+    /// The weights of the warped draft distribution of `q_row`, unnormalised (their total is
+    /// returned by [`weights_into`](Self::weights_into)).
     q: Vec<f32>,
     /// Index buffer for top-k / top-p.
     idx: Vec<usize>,
@@ -549,17 +550,18 @@ impl VerifyScratch {
         q.resize(vocab, 0.0);
         let result = (|| {
             let mut q_row = NONE;
+            let mut q_mass = 1.0f64;
             let mut node = 0usize;
             'nodes: loop {
                 let row = &target[node * vocab..(node + 1) * vocab];
-                self.warp_into(params, row, "verify target", node, &mut r)?;
+                // `r` holds the target's weights, `mass` their total (the sum of the stored
+                // f32 values, in f64): a target that is certain of a token then accepts it
+                // with probability exactly 1.
+                let mut mass = self.weights_into(params, row, "verify target", node, &mut r)?;
                 out.softmaxes += 1;
-                // The exact total of the stored f32 values (1 up to rounding): a target that
-                // is certain of a token then accepts it with probability exactly 1.
-                let mut mass = sum_f64(&r);
                 let mut child = self.first_child[node];
                 if child == NONE {
-                    out.next_token = sampling::sample_categorical(&r, rng)? as u32;
+                    out.next_token = sample_weights(&r, mass, rng) as u32;
                     out.next_kind = NextKind::Bonus;
                     return Ok(());
                 }
@@ -575,11 +577,17 @@ impl VerifyScratch {
                         if qrow != q_row {
                             let start = qrow as usize * vocab;
                             let row = &draft[start..start + vocab];
-                            self.warp_into(params, row, "verify draft", qrow as usize, &mut q)?;
+                            q_mass = self.weights_into(
+                                params,
+                                row,
+                                "verify draft",
+                                qrow as usize,
+                                &mut q,
+                            )?;
                             out.softmaxes += 1;
                             q_row = qrow;
                         }
-                        f64::from(q[x])
+                        f64::from(q[x]) / q_mass
                     };
                     if qx <= 0.0 {
                         return Err(Error::ImpossibleDraft {
@@ -602,17 +610,18 @@ impl VerifyScratch {
                         mass -= f64::from(r[x]);
                         r[x] = 0.0;
                     } else {
-                        mass = subtract_scaled(&mut r, &q, mass as f32);
+                        // r / mass − q / q_mass, scaled by mass.
+                        mass = subtract_scaled(&mut r, &q, (mass / q_mass) as f32);
                         if mass <= 0.0 {
-                            // Only reachable through rounding (r / mass == q to within f32
-                            // precision, when rejection has probability ~0): r / mass ~ q.
+                            // Only reachable through rounding (r / mass == q / q_mass to within
+                            // f32 precision, when rejection has probability ~0): r / mass ~ q.
                             r.copy_from_slice(&q);
-                            mass = 1.0;
+                            mass = q_mass;
                         }
                     }
                     child = self.next_sibling[c];
                 }
-                out.next_token = sampling::sample_categorical(&r, rng)? as u32;
+                out.next_token = sample_weights(&r, mass, rng) as u32;
                 out.next_kind = NextKind::Correction;
                 return Ok(());
             }
@@ -620,6 +629,32 @@ impl VerifyScratch {
         self.r = r;
         self.q = q;
         result
+    }
+
+    /// Writes the weights of the warped distribution of `row` into `out` and returns their
+    /// total (the sum of the stored values, in f64): `outᵢ / total` is the distribution.
+    ///
+    /// Plain sampling from logits (no top-k, no top-p) is a lazy softmax: one fused validation
+    /// and maximum pass, one pass writing `exp((xᵢ - max) / T)` and summing it, no
+    /// normalisation pass. Otherwise the row is warped and normalised by [`warp_row`].
+    fn weights_into(
+        &mut self,
+        params: &Params,
+        row: &[f32],
+        context: &'static str,
+        row_index: usize,
+        out: &mut [f32],
+    ) -> Result<f64> {
+        let s = &params.sampling;
+        let plain = params.scores == Scores::Logits
+            && !(s.top_k > 0 && s.top_k < row.len())
+            && s.top_p >= 1.0;
+        // NaN, +inf or only -inf fall through: `warp_into` validates and reports them.
+        if plain && let Some(m) = ops::max_below_inf(row).filter(|&m| m > f32::NEG_INFINITY) {
+            return Ok(ops::softmax_weights_into(row, m, s.temperature, out));
+        }
+        self.warp_into(params, row, context, row_index, out)?;
+        Ok(sum_f64(out))
     }
 
     /// Writes the warped, normalised distribution of `row` into `out`.
@@ -782,6 +817,39 @@ fn warp_row(
         }
         normalize(out);
     }
+}
+
+/// Draws an index `i` with probability `w[i] / total`, where `w` is finite and `>= 0` and
+/// `total > 0` is its sum to within f64 rounding (as the verifier tracks it): inverse CDF in
+/// f64, one `f64` drawn from `rng` (as [`squish_core::sampling::sample_categorical`], which would validate
+/// and sum `w` again). Whole blocks of 64 weights are skipped by their sum; a zero weight is
+/// never returned, and if rounding carries `u` past a block's (or the row's) end, the last
+/// positive weight there is.
+fn sample_weights<R: Rng + ?Sized>(w: &[f32], total: f64, rng: &mut R) -> usize {
+    const BLOCK: usize = 64;
+    let u = rng.random::<f64>() * total;
+    let mut cum = 0.0f64;
+    for (bi, b) in w.chunks(BLOCK).enumerate() {
+        let next = cum + sum_f64(b);
+        if u < next {
+            let mut inner = cum;
+            let mut last_positive = None;
+            for (j, &v) in b.iter().enumerate() {
+                if v > 0.0 {
+                    inner += f64::from(v);
+                    last_positive = Some(j);
+                    if u < inner {
+                        return bi * BLOCK + j;
+                    }
+                }
+            }
+            if let Some(j) = last_positive {
+                return bi * BLOCK + j;
+            }
+        }
+        cum = next;
+    }
+    w.iter().rposition(|&v| v > 0.0).unwrap_or(0)
 }
 
 /// `r ← max(0, r − mass · q)`; returns the new total (in f64).

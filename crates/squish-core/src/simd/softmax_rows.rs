@@ -1,0 +1,344 @@
+//! Row passes of lazy softmax: what a speculative verifier needs from a row of logits without
+//! materialising its normalised distribution.
+//!
+//! - [`max_below_inf`]: the row's maximum fused with its validation (no NaN, no `+inf`), one
+//!   pass instead of two.
+//! - [`exp_weights_into`]: `exp((xᵢ - m) · inv_t)` written out, exactly the `f32` values of
+//!   [`exp_shifted_into`](super::exp_shifted_into) (the unnormalised softmax), with their sum
+//!   accumulated in `f64` so that it is the sum of the stored values to within `f64` rounding
+//!   (`~n · 2⁻⁵³` relative) instead of `f32` rounding.
+//!
+//! # Agreement with the scalar twins
+//! - [`max_below_inf`]: same comparisons lane by lane: the maximum is exact on both paths (for
+//!   valid input; `-0.0` and `0.0` compare equal, so either may be returned), the flag is the
+//!   same.
+//! - [`exp_weights_into`]: each path stores bit for bit what its
+//!   [`exp_shifted_into`](super::exp_shifted_into) stores (the AVX2 path uses the same
+//!   polynomial, duplicated here because `simd.rs`'s `x86::exp8` is private to that file; a test
+//!   pins the two together bit for bit), and sums them in `f64` in the same order (lane `l`
+//!   accumulates elements `l, l + 8, …`, then the lanes pairwise), so the sum is bit-identical
+//!   to the twin's sum of the same values.
+
+use super::{Isa, isa};
+
+/// `(max, ok)`: the largest element (`-inf` for an empty slice) and whether every element is
+/// below `+inf` (false if any is NaN or `+inf`; `max` is then unspecified).
+pub(crate) fn max_below_inf(x: &[f32]) -> (f32, bool) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::max_below_inf_avx2(x) },
+        Isa::Scalar => max_below_inf_scalar(x),
+    }
+}
+
+/// Scalar twin of [`max_below_inf`]: eight lane maxima with plain `>` and an `&`-accumulated
+/// `< inf` test, so it vectorises.
+pub(crate) fn max_below_inf_scalar(x: &[f32]) -> (f32, bool) {
+    const LANES: usize = 8;
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut ok = [true; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            ok[l] &= c[l] < f32::INFINITY;
+            if c[l] > acc[l] {
+                acc[l] = c[l];
+            }
+        }
+    }
+    for (l, &v) in rem.iter().enumerate() {
+        ok[l] &= v < f32::INFINITY;
+        if v > acc[l] {
+            acc[l] = v;
+        }
+    }
+    let mut m = acc[0];
+    for &v in &acc[1..] {
+        if v > m {
+            m = v;
+        }
+    }
+    (m, ok.iter().all(|&o| o))
+}
+
+/// Writes `exp((xᵢ - m) · inv_t)` into `out` (the values
+/// [`exp_shifted_into`](super::exp_shifted_into) writes) and returns their sum in `f64`.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn exp_weights_into(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f64 {
+    assert_eq!(x.len(), out.len(), "exp_weights_into: length mismatch");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::exp_weights_into_avx2(x, m, inv_t, out) },
+        Isa::Scalar => exp_weights_into_scalar(x, m, inv_t, out),
+    }
+}
+
+/// Scalar twin of [`exp_weights_into`] ([`f32::exp`], as
+/// [`exp_shifted_into_scalar`](super::exp_shifted_into_scalar)).
+pub(crate) fn exp_weights_into_scalar(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f64 {
+    assert_eq!(x.len(), out.len(), "exp_weights_into: length mismatch");
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v - m) * inv_t).exp();
+    }
+    lane_sum_f64(out)
+}
+
+/// `Σ xᵢ` in `f64`: lane `l` sums elements `l, l + 8, …` in order, then the lanes are added
+/// pairwise (the order of the AVX2 kernel).
+pub(crate) fn lane_sum_f64(x: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += f64::from(c[l]);
+        }
+    }
+    for (l, &v) in rem.iter().enumerate() {
+        acc[l] += f64::from(v);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m256, __m256d, _CMP_LT_OQ, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _mm_add_pd,
+        _mm_cvtsd_f64, _mm_max_ps, _mm_movehl_ps, _mm_shuffle_ps, _mm_unpackhi_pd,
+        _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps, _mm256_andnot_ps,
+        _mm256_castpd256_pd128, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cmp_ps,
+        _mm256_cvtps_epi32, _mm256_cvtps_pd, _mm256_extractf128_pd, _mm256_extractf128_ps,
+        _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps,
+        _mm256_movemask_ps, _mm256_mul_ps, _mm256_round_ps, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setzero_pd, _mm256_slli_epi32, _mm256_storeu_ps, _mm256_sub_ps,
+    };
+
+    /// Largest lane of `v` (no NaN expected).
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ps(m, _mm_shuffle_ps::<0b01>(m, m));
+        std::arch::x86_64::_mm_cvtss_f32(m)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn max_below_inf_avx2(x: &[f32]) -> (f32, bool) {
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
+        // All-ones lanes while every element seen is `< inf` (false for NaN and +inf).
+        let all = _mm256_cmp_ps::<_CMP_LT_OQ>(ninf, inf);
+        let (mut ok0, mut ok1) = (all, all);
+        let c32 = x.chunks_exact(32);
+        let rest = c32.remainder();
+        for c in c32 {
+            // SAFETY: `c` is exactly 32 floats long; unaligned loads.
+            let (a, b, d, e) = unsafe {
+                (
+                    _mm256_loadu_ps(c.as_ptr()),
+                    _mm256_loadu_ps(c.as_ptr().add(8)),
+                    _mm256_loadu_ps(c.as_ptr().add(16)),
+                    _mm256_loadu_ps(c.as_ptr().add(24)),
+                )
+            };
+            ok0 = _mm256_and_ps(ok0, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf));
+            ok1 = _mm256_and_ps(ok1, _mm256_cmp_ps::<_CMP_LT_OQ>(b, inf));
+            ok0 = _mm256_and_ps(ok0, _mm256_cmp_ps::<_CMP_LT_OQ>(d, inf));
+            ok1 = _mm256_and_ps(ok1, _mm256_cmp_ps::<_CMP_LT_OQ>(e, inf));
+            m0 = _mm256_max_ps(m0, a);
+            m1 = _mm256_max_ps(m1, b);
+            m2 = _mm256_max_ps(m2, d);
+            m3 = _mm256_max_ps(m3, e);
+        }
+        let c8 = rest.chunks_exact(8);
+        let tail = c8.remainder();
+        for c in c8 {
+            // SAFETY: `c` is exactly 8 floats long; unaligned load.
+            let a = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            ok0 = _mm256_and_ps(ok0, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf));
+            m0 = _mm256_max_ps(m0, a);
+        }
+        if !tail.is_empty() {
+            // `-inf` padding: valid, and never above the maximum.
+            let mut buf = [f32::NEG_INFINITY; 8];
+            buf[..tail.len()].copy_from_slice(tail);
+            // SAFETY: `buf` is an 8-float array; unaligned load.
+            let a = unsafe { _mm256_loadu_ps(buf.as_ptr()) };
+            ok0 = _mm256_and_ps(ok0, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf));
+            m0 = _mm256_max_ps(m0, a);
+        }
+        let m = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+        let ok = _mm256_movemask_ps(_mm256_and_ps(ok0, ok1)) == 0xff;
+        (hmax(m), ok)
+    }
+
+    /// `exp` of eight lanes, bit for bit the `x86::exp8` of `simd.rs` (which is private to that
+    /// file); `exp_weights_match_exp_shifted_into` pins the two together.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
+        const HI: f32 = 88.376_26;
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));
+        let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(HI)), _mm256_set1_ps(LO));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(
+            p,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_andnot_ps(underflow, _mm256_mul_ps(y, pow2))
+    }
+
+    /// Adds the eight lanes of `e` to the `f64` lane sums `lo` (lanes 0-3) and `hi` (4-7).
+    #[target_feature(enable = "avx2,fma")]
+    fn add_f64(e: __m256, lo: &mut __m256d, hi: &mut __m256d) {
+        *lo = _mm256_add_pd(*lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        *hi = _mm256_add_pd(*hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_weights_into_avx2(x: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> f64 {
+        let (vm, vt) = (_mm256_set1_ps(m), _mm256_set1_ps(inv_t));
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut co = out.chunks_exact_mut(8);
+        let cx = x.chunks_exact(8);
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..cx.remainder().len()].copy_from_slice(cx.remainder());
+        for (o, xc) in co.by_ref().zip(cx) {
+            // SAFETY: `xc` and `o` are exactly 8 floats long; unaligned load / store.
+            unsafe {
+                let e = exp8(_mm256_mul_ps(
+                    _mm256_sub_ps(_mm256_loadu_ps(xc.as_ptr()), vm),
+                    vt,
+                ));
+                _mm256_storeu_ps(o.as_mut_ptr(), e);
+                add_f64(e, &mut lo, &mut hi);
+            }
+        }
+        let rest = co.into_remainder();
+        if !rest.is_empty() {
+            let mut buf = [0.0f32; 8];
+            // SAFETY: `tail` and `buf` are 8-float arrays; unaligned load / store. The `-inf`
+            // padding gives exactly 0, which leaves the lane sums unchanged.
+            unsafe {
+                let e = exp8(_mm256_mul_ps(
+                    _mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vm),
+                    vt,
+                ));
+                _mm256_storeu_ps(buf.as_mut_ptr(), e);
+                add_f64(e, &mut lo, &mut hi);
+            }
+            let n = rest.len();
+            rest.copy_from_slice(&buf[..n]);
+        }
+        // Lanes (0 + 4), (1 + 5), (2 + 6), (3 + 7), then ((a + b) + (c + d)).
+        let s = _mm256_add_pd(lo, hi);
+        let a = _mm256_castpd256_pd128(s);
+        let b = _mm256_extractf128_pd::<1>(s);
+        // (s0 + s1) and (s2 + s3).
+        let ab = _mm_add_pd(
+            std::arch::x86_64::_mm_unpacklo_pd(a, b),
+            _mm_unpackhi_pd(a, b),
+        );
+        // ab = [s0 + s1, s2 + s3]
+        _mm_cvtsd_f64(_mm_add_pd(ab, _mm_unpackhi_pd(ab, ab)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngExt;
+
+    fn lengths() -> impl Iterator<Item = usize> {
+        (0..80).chain([127, 128, 129, 255, 1000, 4096, 4099, 8192])
+    }
+
+    #[test]
+    fn max_below_inf_twins_agree() {
+        squish_testkit::prop::check("simd_max_below_inf_twins_agree", 20, |rng| {
+            for n in lengths() {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-50.0f32..50.0)).collect();
+                for v in x.iter_mut() {
+                    if rng.random_bool(0.05) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let naive = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(max_below_inf(&x), (naive, true), "n={n}");
+                assert_eq!(max_below_inf_scalar(&x), (naive, true), "n={n}");
+                if n > 0 {
+                    for bad in [f32::NAN, f32::INFINITY] {
+                        let mut y = x.clone();
+                        y[rng.random_range(0..n)] = bad;
+                        assert!(!max_below_inf(&y).1, "n={n}, {bad}");
+                        assert!(!max_below_inf_scalar(&y).1, "n={n}, {bad}");
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn exp_weights_match_exp_shifted_into() {
+        squish_testkit::prop::check("simd_exp_weights_match", 20, |rng| {
+            for n in lengths() {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-30.0f32..30.0)).collect();
+                for v in x.iter_mut() {
+                    if rng.random_bool(0.1) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let (m, _) = max_below_inf(&x);
+                let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+                let inv_t = 1.0 / rng.random_range(0.1f32..4.0);
+
+                // Dispatched path: the values of `exp_shifted_into`, bit for bit, and their
+                // lane sum, bit for bit.
+                let mut want = vec![0.0f32; n];
+                super::super::exp_shifted_into(&x, m, inv_t, &mut want);
+                let mut got = vec![0.0f32; n];
+                let s = exp_weights_into(&x, m, inv_t, &mut got);
+                assert_eq!(got, want, "n={n}");
+                assert_eq!(s.to_bits(), lane_sum_f64(&got).to_bits(), "n={n}");
+
+                // Scalar twin: the values of the scalar `exp_shifted_into`, bit for bit.
+                let mut want = vec![0.0f32; n];
+                super::super::exp_shifted_into_scalar(&x, m, inv_t, &mut want);
+                let mut got = vec![0.0f32; n];
+                let s = exp_weights_into_scalar(&x, m, inv_t, &mut got);
+                assert_eq!(got, want, "n={n}");
+                assert_eq!(s.to_bits(), lane_sum_f64(&got).to_bits(), "n={n}");
+
+                // The sum is the sum of the stored values to within f64 rounding.
+                let exact: f64 = got.iter().map(|&v| f64::from(v)).sum();
+                assert!((s - exact).abs() <= 1e-13 * exact.max(1e-300), "n={n}");
+            }
+        });
+    }
+}
