@@ -57,8 +57,9 @@ pub(crate) fn benches(c: &mut Criterion) {
     }
     let st = dec.stats();
     eprintln!(
-        "QuantSpecDecoder/verify: {:.2} softmaxes per verification (max possible 9), {:.3} accepted per step",
+        "QuantSpecDecoder/verify: {:.2} softmaxes per verification (max possible 9), {:.2} of them with exponentials, {:.3} accepted per step",
         st.softmaxes as f64 / st.steps as f64,
+        st.exp_passes as f64 / st.steps as f64,
         st.accepted_per_step()
     );
     let (group, id) = benches::seed_row("quant_spec_decode/verify");

@@ -542,6 +542,62 @@ pub fn softmax_weights_into(x: &[f32], max: f32, temperature: f32, out: &mut [f3
     simd::softmax_rows::exp_weights_into(x, max, inv_t, out)
 }
 
+/// Two-sided bounds on the total [`softmax_weights_into`] returns, without exponentials:
+/// `Some((lo, hi))` with `lo <= total <= hi` and `hi / lo < 1.07`; `None` if the temperature is
+/// so small that `2²³ · log₂e / temperature` overflows `f32`, or `x` is empty or longer than
+/// 2 000 000.
+///
+/// One pass reads each `2^((xᵢ - max) / T · log₂e)` as the linear interpolation between
+/// integer exponents that the bits of `(exponent + 127) · 2²³` give for free (Schraudolph,
+/// 1999): it lies above the exponential by a factor in `[1, 1.0615]`. The bounds add
+/// margins for every rounding of both passes (`1e-4` per term, `(n/32 + 8) · 2⁻²³` for the
+/// `f32` sum) and rely on the total being `>= 1` (the maximum's weight is exactly 1). With
+/// them a lazy softmax decides most comparisons against a probability without the
+/// exponentials: a speculative verifier accepts or rejects a draft token exactly when the
+/// bounds leave no doubt, and computes the total only when they do.
+///
+/// Same preconditions as [`softmax_weights_into`]: `max` is the maximum of `x`, and `x` holds no
+/// NaN or `+inf` (validate first, e.g. with [`max_below_inf`]); otherwise the result is
+/// meaningless.
+///
+/// # Panics
+/// If `temperature` is not finite and `> 0`.
+///
+/// # Performance
+/// One vectorised pass of a subtract, multiply, add, clamp and conversion per element (AVX2
+/// when available), about a third of [`softmax_weights_into`]; no allocation.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::{softmax_total_bounds, softmax_weights_into};
+/// let x = [0.5f32, -1.0, 2.0, 0.0];
+/// let (lo, hi) = softmax_total_bounds(&x, 2.0, 0.7).unwrap();
+/// let mut w = [0.0f32; 4];
+/// let total = softmax_weights_into(&x, 2.0, 0.7, &mut w);
+/// assert!(lo <= total && total <= hi);
+/// assert!(hi / lo < 1.07);
+/// ```
+pub fn softmax_total_bounds(x: &[f32], max: f32, temperature: f32) -> Option<(f64, f64)> {
+    /// `max (1 + f) / 2^f` over `f` in `[0, 1)` is 1.061476 (at `f = 1/ln 2 - 1`).
+    const INTERP: f64 = 1.061_5;
+    /// Per-term slack for the roundings of both passes (~2.2e-5 derived, see the module docs
+    /// of `simd::softmax_rows`) and the subnormal / flushed tails.
+    const TERM: f64 = 1e-4;
+    let inv_t = inv_temperature(temperature);
+    if x.is_empty() || x.len() > 2_000_000 {
+        return None;
+    }
+    let c1 = (f64::from(inv_t) * 8_388_608.0 * std::f64::consts::LOG2_E) as f32;
+    if !c1.is_finite() {
+        return None;
+    }
+    let s = f64::from(simd::softmax_rows::exp_bound_sum(x, max, c1));
+    let gamma = (x.len() as f64 / 32.0 + 8.0) * f64::from(f32::EPSILON);
+    let lo = s / ((1.0 + gamma) * INTERP * (1.0 + TERM));
+    let hi = s * (1.0 + gamma) / (1.0 - TERM);
+    Some((lo, hi))
+}
+
 /// The ordering of top-k: larger value first, then lower index first. `-0.0` and `0.0` are the
 /// same value; anything else (NaN, outside the contract) is ordered by [`f32::total_cmp`] so the
 /// order stays total and sorting never panics.

@@ -7,6 +7,13 @@
 //!   [`exp_shifted_into`](super::exp_shifted_into) (the unnormalised softmax), with their sum
 //!   accumulated in `f64` so that it is the sum of the stored values to within `f64` rounding
 //!   (`~n · 2⁻⁵³` relative) instead of `f32` rounding.
+//! - [`exp_bound_sum`]: `Σ 2^sᵢ` with `sᵢ = (xᵢ - m) · inv_t · log₂e`, each power of two
+//!   replaced by its linear interpolation between integer exponents, read straight from the
+//!   bits of `(sᵢ + 127) · 2²³` (Schraudolph, "A Fast, Compact Approximation of the Exponential
+//!   Function", Neural Computation 1999): no polynomial, about a third of the work of the
+//!   exponentials. The interpolation lies above the exponential by a factor in
+//!   `[1, 1.0615]`, which makes the sum a cheap two-sided bound on the softmax normaliser
+//!   (see [`ops::softmax_total_bounds`](crate::ops::softmax_total_bounds)).
 //!
 //! # Agreement with the scalar twins
 //! - [`max_below_inf`]: same comparisons lane by lane: the maximum is exact on both paths (for
@@ -18,6 +25,9 @@
 //!   pins the two together bit for bit), and sums them in `f64` in the same order (lane `l`
 //!   accumulates elements `l, l + 8, …`, then the lanes pairwise), so the sum is bit-identical
 //!   to the twin's sum of the same values.
+//! - [`exp_bound_sum`]: the same `f32` operations lane by lane (subtract, multiply, add, clamp,
+//!   truncate, reinterpret; no FMA) and the same summation order (32 lane sums, then a fixed
+//!   tree), so the twins are **bit-identical**.
 
 use super::{Isa, isa};
 
@@ -106,6 +116,61 @@ pub(crate) fn lane_sum_f64(x: &[f32]) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
+/// `127 · 2²³`: the biased exponent of 1.0 in the bits of an `f32`.
+pub(crate) const BOUND_BIAS: f32 = 1_065_353_216.0;
+/// `2²³`: the smallest clamped value of `y`, the bits of `2⁻¹²⁶` (no subnormals, no negative
+/// bit patterns; `-inf` lands here).
+pub(crate) const BOUND_FLOOR: f32 = 8_388_608.0;
+
+/// `Σᵢ Aᵢ` in `f32` (32 lane sums, then a fixed tree), where `Aᵢ` is the `f32` whose bits are
+/// the integer part of `max(((xᵢ - m) · c1) + 127·2²³, 2²³)`: with `c1 = inv_t · 2²³ · log₂e`,
+/// the linear interpolation of `2^(sᵢ)` between integer exponents, `sᵢ = (xᵢ - m) · inv_t ·
+/// log₂e`, floored at `2⁻¹²⁶`. Requires `xᵢ <= m` or `-inf` (no NaN) and a finite `c1 > 0`.
+pub(crate) fn exp_bound_sum(x: &[f32], m: f32, c1: f32) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::exp_bound_sum_avx2(x, m, c1) },
+        Isa::Scalar => exp_bound_sum_scalar(x, m, c1),
+    }
+}
+
+/// One term of [`exp_bound_sum`].
+fn bound_term(v: f32, m: f32, c1: f32) -> f32 {
+    let y = (v - m) * c1 + BOUND_BIAS;
+    let y = if y > BOUND_FLOOR { y } else { BOUND_FLOOR };
+    // `y` is in [2²³, 2³⁰]: the truncating conversion is exact in range, the bits positive.
+    f32::from_bits(y as i32 as u32)
+}
+
+/// Scalar twin of [`exp_bound_sum`], bit-identical to it.
+pub(crate) fn exp_bound_sum_scalar(x: &[f32], m: f32, c1: f32) -> f32 {
+    let mut acc = [0.0f32; 32];
+    let c32 = x.chunks_exact(32);
+    let rest = c32.remainder();
+    for c in c32 {
+        for l in 0..32 {
+            acc[l] += bound_term(c[l], m, c1);
+        }
+    }
+    let c8 = rest.chunks_exact(8);
+    let tail = c8.remainder();
+    for c in c8 {
+        for l in 0..8 {
+            acc[l] += bound_term(c[l], m, c1);
+        }
+    }
+    for (l, &v) in tail.iter().enumerate() {
+        acc[l] += bound_term(v, m, c1);
+    }
+    let mut s = [0.0f32; 8];
+    for (j, sj) in s.iter_mut().enumerate() {
+        *sj = (acc[j] + acc[j + 8]) + (acc[j + 16] + acc[j + 24]);
+    }
+    let t = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
@@ -177,6 +242,61 @@ mod x86 {
         let m = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
         let ok = _mm256_movemask_ps(_mm256_and_ps(ok0, ok1)) == 0xff;
         (hmax(m), ok)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_bound_sum_avx2(x: &[f32], m: f32, c1: f32) -> f32 {
+        use std::arch::x86_64::{
+            _mm256_cmpgt_epi32, _mm256_cvttps_epi32, _mm256_set1_epi32 as set1_i,
+            _mm256_setr_epi32, _mm256_setzero_ps,
+        };
+        let (vm, vc1) = (_mm256_set1_ps(m), _mm256_set1_ps(c1));
+        let (bias, floor) = (
+            _mm256_set1_ps(super::BOUND_BIAS),
+            _mm256_set1_ps(super::BOUND_FLOOR),
+        );
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let c32 = x.chunks_exact(32);
+        let rest = c32.remainder();
+        for c in c32 {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `c` is exactly 32 floats long and `8 * k + 8 <= 32`; unaligned load.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) };
+                let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vc1), bias);
+                let t = _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(y, floor)));
+                *a = _mm256_add_ps(*a, t);
+            }
+        }
+        let c8 = rest.chunks_exact(8);
+        let tail = c8.remainder();
+        for c in c8 {
+            // SAFETY: `c` is exactly 8 floats long; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vc1), bias);
+            let t = _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(y, floor)));
+            acc[0] = _mm256_add_ps(acc[0], t);
+        }
+        if !tail.is_empty() {
+            let mut buf = [0.0f32; 8];
+            buf[..tail.len()].copy_from_slice(tail);
+            // SAFETY: `buf` is an 8-float array; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(buf.as_ptr()) };
+            let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vc1), bias);
+            let t = _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(y, floor)));
+            // Lanes at or past the tail's length add exactly 0.
+            let keep = _mm256_cmpgt_epi32(
+                set1_i(tail.len() as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            acc[0] = _mm256_add_ps(acc[0], _mm256_and_ps(t, _mm256_castsi256_ps(keep)));
+        }
+        // s = (acc0 + acc1) + (acc2 + acc3); t_j = s_j + s_{j+4}; (t0 + t2) + (t1 + t3).
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let t =
+            std::arch::x86_64::_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let u = std::arch::x86_64::_mm_add_ps(t, _mm_movehl_ps(t, t));
+        let r = std::arch::x86_64::_mm_add_ss(u, _mm_shuffle_ps::<0b01>(u, u));
+        std::arch::x86_64::_mm_cvtss_f32(r)
     }
 
     /// `exp` of eight lanes, bit for bit the `x86::exp8` of `simd.rs` (which is private to that
@@ -298,6 +418,79 @@ mod tests {
                         y[rng.random_range(0..n)] = bad;
                         assert!(!max_below_inf(&y).1, "n={n}, {bad}");
                         assert!(!max_below_inf_scalar(&y).1, "n={n}, {bad}");
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn exp_bound_sum_twins_are_bit_identical() {
+        squish_testkit::prop::check("simd_exp_bound_sum_twins", 20, |rng| {
+            for n in lengths() {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-100.0f32..10.0)).collect();
+                for v in x.iter_mut() {
+                    if rng.random_bool(0.05) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let (m, _) = max_below_inf(&x);
+                let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+                let c1 = rng.random_range(0.01f32..1e9);
+                assert_eq!(
+                    exp_bound_sum(&x, m, c1).to_bits(),
+                    exp_bound_sum_scalar(&x, m, c1).to_bits(),
+                    "n={n}"
+                );
+            }
+        });
+    }
+
+    /// The bounds hold on both paths, over logits of every scale (down to the flush-to-zero
+    /// range), temperatures from 0.05 to 20, lengths up to 65 536, masked entries, rows
+    /// dominated by one token and flat rows; and they stay tight.
+    #[test]
+    fn softmax_total_bounds_hold() {
+        use crate::ops::{softmax_total_bounds, softmax_weights_into};
+        squish_testkit::prop::check("softmax_total_bounds_hold", 40, |rng| {
+            for n in lengths().chain([32_000, 65_536]) {
+                if n == 0 {
+                    continue;
+                }
+                let scale = [0.0f32, 1e-3, 1.0, 5.0, 30.0, 300.0][rng.random_range(0..6)];
+                let mut x: Vec<f32> = (0..n)
+                    .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                    .collect();
+                for v in x.iter_mut() {
+                    if rng.random_bool(0.03) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let i = rng.random_range(0..n);
+                x[i] = rng.random_range(-5.0f32..5.0) * scale;
+                let m = max_below_inf(&x).0;
+                if m == f32::NEG_INFINITY {
+                    continue;
+                }
+                let t = [0.05f32, 0.3, 0.7, 1.0, 1.5, 20.0][rng.random_range(0..6)];
+                let mut w = vec![0.0f32; n];
+                let total = softmax_weights_into(&x, m, t, &mut w);
+                let (lo, hi) = softmax_total_bounds(&x, m, t).unwrap();
+                assert!(lo <= total && total <= hi, "n={n}: {lo} <= {total} <= {hi}");
+                assert!(hi / lo < 1.07, "n={n}: {lo} .. {hi}");
+                // Each term on its own (the worst-case factor is reached per term).
+                let (lo1, hi1) = softmax_total_bounds(&x[i..=i], x[i], t).unwrap();
+                assert!(lo1 <= 1.0 && 1.0 <= hi1);
+                for j in 0..n.min(64) {
+                    let mut one = [0.0f32];
+                    let wj = softmax_weights_into(&x[j..=j], m, t, &mut one);
+                    let a = f64::from(exp_bound_sum(&x[j..=j], m, {
+                        let inv_t = 1.0 / t;
+                        (f64::from(inv_t) * 8_388_608.0 * std::f64::consts::LOG2_E) as f32
+                    }));
+                    if wj >= f64::from(f32::MIN_POSITIVE) * 2.0 {
+                        let r = a / wj;
+                        assert!((1.0 - 1e-4..=1.0615 * (1.0 + 1e-4)).contains(&r), "{r}");
                     }
                 }
             }
