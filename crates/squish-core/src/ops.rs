@@ -542,6 +542,22 @@ pub fn softmax_weights_into(x: &[f32], max: f32, temperature: f32, out: &mut [f3
     simd::softmax_rows::exp_weights_into(x, max, inv_t, out)
 }
 
+/// Per-term slack of the interpolated exponentials of [`softmax_total_bounds`]: each term
+/// `Aᵢ` is at least `(1 - BOUND_TERM)` times the weight [`softmax_weights_into`] stores (the
+/// roundings of both passes derive ~2.2e-5; subnormal / flushed tails are covered too).
+pub(crate) const BOUND_TERM: f64 = 1e-4;
+
+/// `2²³ · log₂e / temperature` in `f32`, the scale of the interpolated exponentials, or `None`
+/// if it overflows.
+///
+/// # Panics
+/// If `temperature` is not finite and `> 0`.
+pub(crate) fn bound_scale(temperature: f32) -> Option<f32> {
+    let inv_t = inv_temperature(temperature);
+    let c1 = (f64::from(inv_t) * 8_388_608.0 * std::f64::consts::LOG2_E) as f32;
+    c1.is_finite().then_some(c1)
+}
+
 /// Two-sided bounds on the total [`softmax_weights_into`] returns, without exponentials:
 /// `Some((lo, hi))` with `lo <= total <= hi` and `hi / lo < 1.07`; `None` if the temperature is
 /// so small that `2²³ · log₂e / temperature` overflows `f32`, or `x` is empty or longer than
@@ -580,17 +596,11 @@ pub fn softmax_weights_into(x: &[f32], max: f32, temperature: f32, out: &mut [f3
 pub fn softmax_total_bounds(x: &[f32], max: f32, temperature: f32) -> Option<(f64, f64)> {
     /// `max (1 + f) / 2^f` over `f` in `[0, 1)` is 1.061476 (at `f = 1/ln 2 - 1`).
     const INTERP: f64 = 1.061_5;
-    /// Per-term slack for the roundings of both passes (~2.2e-5 derived, see the module docs
-    /// of `simd::softmax_rows`) and the subnormal / flushed tails.
-    const TERM: f64 = 1e-4;
-    let inv_t = inv_temperature(temperature);
+    const TERM: f64 = BOUND_TERM;
     if x.is_empty() || x.len() > 2_000_000 {
         return None;
     }
-    let c1 = (f64::from(inv_t) * 8_388_608.0 * std::f64::consts::LOG2_E) as f32;
-    if !c1.is_finite() {
-        return None;
-    }
+    let c1 = bound_scale(temperature)?;
     let s = f64::from(simd::softmax_rows::exp_bound_sum(x, max, c1));
     let gamma = (x.len() as f64 / 32.0 + 8.0) * f64::from(f32::EPSILON);
     let lo = s / ((1.0 + gamma) * INTERP * (1.0 + TERM));

@@ -30,7 +30,7 @@
 //! and the correction / bonus is the argmax.
 
 use rand::{Rng, RngExt};
-use squish_core::{ConfigError, ShapeError, ops};
+use squish_core::{ConfigError, ShapeError, ops, sampling};
 
 use crate::error::{Error, Result};
 
@@ -592,10 +592,16 @@ impl VerifyScratch {
                 let row = &target[node * vocab..(node + 1) * vocab];
                 let mut pl = LazyRow::new(row_max(row, "verify target", node)?);
                 out.softmaxes += 1;
+                // Whether `r` holds a residual (after a rejection at this node).
+                let mut residual_built = false;
                 let mut child = self.first_child[node];
                 if child == NONE {
-                    let mass = pl.exact_total(row, t, &mut r, out);
-                    out.next_token = sample_weights(&r, mass, rng) as u32;
+                    let lazy = LazySample {
+                        row,
+                        t,
+                        force_exact: self.force_exact,
+                    };
+                    out.next_token = lazy.sample(&mut pl, &mut r, None, rng, out) as u32;
                     out.next_kind = NextKind::Bonus;
                     return Ok(());
                 }
@@ -672,6 +678,27 @@ impl VerifyScratch {
                         node = c;
                         continue 'nodes;
                     }
+                    if self.next_sibling[c] == NONE && !residual_built {
+                        // The only rejection at this node: the correction is drawn from
+                        // norm(max(0, p − q)) by rejection from p, without building it.
+                        let lazy = LazySample {
+                            row,
+                            t,
+                            force_exact: self.force_exact,
+                        };
+                        let residual = Residual {
+                            x,
+                            q: if greedy {
+                                None
+                            } else {
+                                Some((&mut ql, qrow_scores, &mut q[..]))
+                            },
+                        };
+                        out.next_token =
+                            lazy.sample(&mut pl, &mut r, Some(residual), rng, out) as u32;
+                        out.next_kind = NextKind::Correction;
+                        return Ok(());
+                    }
                     // Rejected: r ← norm(max(0, r − q)) needs the rows in full.
                     let mut mass = pl.exact_total(row, t, &mut r, out);
                     if greedy {
@@ -689,6 +716,7 @@ impl VerifyScratch {
                     }
                     // `r` now holds the residual: its weights and total stand for the row.
                     pl.exact = Some(mass);
+                    residual_built = true;
                     child = self.next_sibling[c];
                 }
                 // Every child was rejected, so the residual is exact.
@@ -1016,6 +1044,11 @@ impl LazyRow {
         if let Some(mass) = self.exact {
             return (mass, mass);
         }
+        self.cheap_bounds(scores, t)
+    }
+
+    /// The bounds of [`ops::softmax_total_bounds`] on the row's total (computed once).
+    fn cheap_bounds(&mut self, scores: &[f32], t: f32) -> (f64, f64) {
         *self.bounds.get_or_insert_with(|| {
             ops::softmax_total_bounds(scores, self.m, t).unwrap_or((0.0, f64::INFINITY))
         })
@@ -1036,6 +1069,118 @@ impl LazyRow {
         out.exp_passes += 1;
         self.exact = Some(mass);
         mass
+    }
+}
+
+/// Tries before an exact fallback: proposals per sample from `p`, samples from `p` per
+/// residual draw. Each proposal succeeds with probability > 0.93 and each residual candidate
+/// with probability `TV(p, q)` (the probability of the rejection that led here), so the
+/// fallback is rare; whatever the outcome of the tries, the token drawn follows the
+/// distribution exactly (the fallback samples the same distribution exactly).
+const PROPOSALS: u32 = 8;
+const RESIDUAL_TRIES: u32 = 8;
+
+/// The residual of a rejection: `norm(max(0, p − q))` with `q` one-hot at `x` (greedy draft)
+/// or the draft row's softmax.
+struct Residual<'a> {
+    x: usize,
+    q: Option<(&'a mut LazyRow, &'a [f32], &'a mut [f32])>,
+}
+
+/// Draws the bonus or a correction token from a row read lazily (its totals bounded, not
+/// computed): rejection sampling, so the drawn token follows the distribution exactly.
+struct LazySample<'a> {
+    row: &'a [f32],
+    t: f32,
+    force_exact: bool,
+}
+
+impl LazySample<'_> {
+    /// A token from `p` (the row's softmax), or with `residual` from `norm(max(0, p − q))`:
+    /// candidates are drawn from `p` ([`sampling::propose_softmax`]) and accepted with
+    /// probability `max(0, 1 − q(i) / p(i))` (1 for `i != x` when `q` is one-hot), decided
+    /// from the bounds on the totals when they leave no doubt. After too many tries, the exact
+    /// totals and an explicit residual. `r` is the row's buffer.
+    fn sample<R: Rng + ?Sized>(
+        &self,
+        pl: &mut LazyRow,
+        r: &mut [f32],
+        mut residual: Option<Residual<'_>>,
+        rng: &mut R,
+        out: &mut VerifyOutput,
+    ) -> usize {
+        let (row, t) = (self.row, self.t);
+        // Proposals need the cheap pass's bound (even where the exact total is known).
+        let scan_hi = pl.cheap_bounds(row, t).1;
+        if scan_hi.is_finite() {
+            'candidates: for _ in 0..RESIDUAL_TRIES {
+                let mut proposed = None;
+                for _ in 0..PROPOSALS {
+                    proposed = sampling::propose_softmax(row, pl.m, t, scan_hi, rng);
+                    if proposed.is_some() {
+                        break;
+                    }
+                }
+                let Some(i) = proposed else {
+                    break 'candidates;
+                };
+                let Some(res) = residual.as_mut() else {
+                    return i;
+                };
+                let Some((ql, q_scores, q)) = res.q.as_mut() else {
+                    // One-hot q: max(0, p − q) is p without x.
+                    if i != res.x {
+                        return i;
+                    }
+                    continue;
+                };
+                let qi_w = ql.weight(q_scores, i, t, q);
+                let pi_w = pl.weight(row, i, t, r);
+                if qi_w <= 0.0 {
+                    return i;
+                }
+                let u = rng.random::<f64>();
+                // Accept iff u < 1 − (qi_w / Zq) / (pi_w / Zp), decided from the bounds when
+                // they leave no doubt.
+                let base = f64::from(qi_w) / f64::from(pi_w);
+                if !self.force_exact {
+                    let (p_lo, p_hi) = pl.bounds(row, t);
+                    let (q_lo, q_hi) = ql.bounds(q_scores, t);
+                    if u + 1e-9 < 1.0 - base * p_hi / q_lo {
+                        return i;
+                    }
+                    if u - 1e-9 >= 1.0 - base * p_lo / q_hi {
+                        continue;
+                    }
+                }
+                let p_mass = pl.exact_total(row, t, r, out);
+                let q_mass = ql.exact_total(q_scores, t, q, out);
+                if u < 1.0 - (f64::from(qi_w) / q_mass) / (f64::from(pi_w) / p_mass) {
+                    return i;
+                }
+                // Keep drawing lazily: the rows are exact now, the weights read from them
+                // are the same values.
+            }
+        }
+        // Exact: the row in full (and the residual built), then inverse CDF.
+        let mut mass = pl.exact_total(row, t, r, out);
+        if let Some(res) = residual {
+            match res.q {
+                None => {
+                    mass -= f64::from(r[res.x]);
+                    r[res.x] = 0.0;
+                }
+                Some((ql, q_scores, q)) => {
+                    let q_mass = ql.exact_total(q_scores, t, q, out);
+                    mass = subtract_scaled(r, q, (mass / q_mass) as f32);
+                    if mass <= 0.0 {
+                        r.copy_from_slice(q);
+                        mass = q_mass;
+                    }
+                }
+            }
+        }
+        sample_weights(r, mass, rng)
     }
 }
 
@@ -1286,7 +1431,7 @@ mod tests {
             } else {
                 let r = rows[i] as usize;
                 let q = ops::softmax(&draft[r * vocab..(r + 1) * vocab], temperature);
-                squish_core::sampling::sample_categorical(&q, rng).unwrap() as u32
+                sampling::sample_categorical(&q, rng).unwrap() as u32
             };
         }
         Case {

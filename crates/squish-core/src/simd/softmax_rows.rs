@@ -171,6 +171,56 @@ pub(crate) fn exp_bound_sum_scalar(x: &[f32], m: f32, c1: f32) -> f32 {
     (t[0] + t[2]) + (t[1] + t[3])
 }
 
+/// The inverse-CDF scan over the terms `Aᵢ` of [`exp_bound_sum`]: the first index whose
+/// cumulative sum exceeds `target`, or `None` if the total does not. The sum runs in `f64`
+/// over blocks of 8 (each block summed `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`,
+/// added to the running sum; a block the running sum crosses is then walked term by term,
+/// and if rounding carries `target` past it, its last index is returned). Every term is
+/// positive, so index `i` is returned for `target` in an interval of length `Aᵢ` (up to `f64`
+/// rounding).
+pub(crate) fn exp_bound_scan(x: &[f32], m: f32, c1: f32, target: f64) -> Option<usize> {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected before `Avx2Fma` was cached.
+        Isa::Avx2Fma => unsafe { x86::exp_bound_scan_avx2(x, m, c1, target) },
+        Isa::Scalar => exp_bound_scan_scalar(x, m, c1, target),
+    }
+}
+
+/// One term of [`exp_bound_sum`] (the `f32` operations of every lane).
+pub(crate) fn exp_bound_term(v: f32, m: f32, c1: f32) -> f32 {
+    bound_term(v, m, c1)
+}
+
+/// Walks one block (at most 8 terms) whose sum carries the running sum `cum` past `target`.
+fn walk_block(block: &[f32], base: usize, m: f32, c1: f32, cum: f64, target: f64) -> usize {
+    let mut inner = cum;
+    for (j, &v) in block.iter().enumerate() {
+        inner += f64::from(bound_term(v, m, c1));
+        if target < inner {
+            return base + j;
+        }
+    }
+    base + block.len() - 1
+}
+
+/// Scalar twin of [`exp_bound_scan`], bit-identical to it.
+pub(crate) fn exp_bound_scan_scalar(x: &[f32], m: f32, c1: f32, target: f64) -> Option<usize> {
+    let mut cum = 0.0f64;
+    for (bi, block) in x.chunks(8).enumerate() {
+        let mut a = [0.0f64; 8];
+        for (aj, &v) in a.iter_mut().zip(block) {
+            *aj = f64::from(bound_term(v, m, c1));
+        }
+        let next = cum + (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+        if target < next {
+            return Some(walk_block(block, bi * 8, m, c1, cum, target));
+        }
+        cum = next;
+    }
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
@@ -297,6 +347,49 @@ mod x86 {
         let u = std::arch::x86_64::_mm_add_ps(t, _mm_movehl_ps(t, t));
         let r = std::arch::x86_64::_mm_add_ss(u, _mm_shuffle_ps::<0b01>(u, u));
         std::arch::x86_64::_mm_cvtss_f32(r)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_bound_scan_avx2(x: &[f32], m: f32, c1: f32, target: f64) -> Option<usize> {
+        use std::arch::x86_64::{_mm_add_pd, _mm256_cvttps_epi32, _mm256_hadd_pd};
+        let (vm, vc1) = (_mm256_set1_ps(m), _mm256_set1_ps(c1));
+        let (bias, floor) = (
+            _mm256_set1_ps(super::BOUND_BIAS),
+            _mm256_set1_ps(super::BOUND_FLOOR),
+        );
+        let mut cum = 0.0f64;
+        let c8 = x.chunks_exact(8);
+        let tail = c8.remainder();
+        for (bi, c) in c8.enumerate() {
+            // SAFETY: `c` is exactly 8 floats long; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vc1), bias);
+            let a = _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(y, floor)));
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(a));
+            // [a0 + a1, a4 + a5, a2 + a3, a6 + a7]
+            let h = _mm256_hadd_pd(lo, hi);
+            // [(a0 + a1) + (a2 + a3), (a4 + a5) + (a6 + a7)]
+            let s = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd::<1>(h));
+            let bs = _mm_cvtsd_f64(_mm_add_pd(s, _mm_unpackhi_pd(s, s)));
+            let next = cum + bs;
+            if target < next {
+                return Some(super::walk_block(c, bi * 8, m, c1, cum, target));
+            }
+            cum = next;
+        }
+        if !tail.is_empty() {
+            let mut a = [0.0f64; 8];
+            for (aj, &v) in a.iter_mut().zip(tail) {
+                *aj = f64::from(super::bound_term(v, m, c1));
+            }
+            let next = cum + (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+            if target < next {
+                let base = x.len() - tail.len();
+                return Some(super::walk_block(tail, base, m, c1, cum, target));
+            }
+        }
+        None
     }
 
     /// `exp` of eight lanes, bit for bit the `x86::exp8` of `simd.rs` (which is private to that
@@ -491,6 +584,59 @@ mod tests {
                     if wj >= f64::from(f32::MIN_POSITIVE) * 2.0 {
                         let r = a / wj;
                         assert!((1.0 - 1e-4..=1.0615 * (1.0 + 1e-4)).contains(&r), "{r}");
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn exp_bound_scan_twins_agree_with_a_naive_scan() {
+        squish_testkit::prop::check("simd_exp_bound_scan", 20, |rng| {
+            for n in lengths().filter(|&n| n > 0) {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-30.0f32..3.0)).collect();
+                for v in x.iter_mut() {
+                    if rng.random_bool(0.05) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let (m, _) = max_below_inf(&x);
+                let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+                let c1 = rng.random_range(1e5f32..1e8);
+                let terms: Vec<f64> = x
+                    .iter()
+                    .map(|&v| f64::from(exp_bound_term(v, m, c1)))
+                    .collect();
+                let total: f64 = terms.iter().sum();
+                // The f32 sum of the same terms is within its rounding of the total.
+                let s = f64::from(exp_bound_sum(&x, m, c1));
+                assert!((s - total).abs() <= 1e-5 * total, "n={n}: {s} vs {total}");
+                for k in 0..20 {
+                    let target = if k == 0 {
+                        total * 1.000_001
+                    } else {
+                        rng.random::<f64>() * total
+                    };
+                    let got = exp_bound_scan(&x, m, c1, target);
+                    assert_eq!(got, exp_bound_scan_scalar(&x, m, c1, target), "n={n}");
+                    if k == 0 {
+                        assert_eq!(got, None);
+                        continue;
+                    }
+                    // Naive sequential inverse CDF: equal unless the target is within
+                    // rounding of a boundary.
+                    let mut cum = 0.0;
+                    let naive = terms.iter().position(|&a| {
+                        cum += a;
+                        target < cum
+                    });
+                    if got != naive {
+                        let i = got.unwrap_or(n - 1);
+                        let before: f64 = terms[..i].iter().sum();
+                        let near = (target - before)
+                            .abs()
+                            .min((target - before - terms[i]).abs());
+                        assert!(near <= 1e-12 * total, "n={n}: {got:?} vs {naive:?}");
                     }
                 }
             }
