@@ -173,11 +173,10 @@ pub(crate) fn exp_bound_sum_scalar(x: &[f32], m: f32, c1: f32) -> f32 {
 
 /// The inverse-CDF scan over the terms `Aᵢ` of [`exp_bound_sum`]: the first index whose
 /// cumulative sum exceeds `target`, or `None` if the total does not. The sum runs in `f64`
-/// over blocks of 8 (each block summed `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`,
-/// added to the running sum; a block the running sum crosses is then walked term by term,
-/// and if rounding carries `target` past it, its last index is returned). Every term is
-/// positive, so index `i` is returned for `target` in an interval of length `Aᵢ` (up to `f64`
-/// rounding).
+/// over blocks of 32 (each block summed in the fixed order of [`block_sum`], added to the
+/// running sum; a block the running sum crosses is then walked term by term, and if rounding
+/// carries `target` past it, its last index is returned). Every term is positive, so index
+/// `i` is returned for `target` in an interval of length `Aᵢ` (up to `f64` rounding).
 pub(crate) fn exp_bound_scan(x: &[f32], m: f32, c1: f32, target: f64) -> Option<usize> {
     match isa() {
         #[cfg(target_arch = "x86_64")]
@@ -192,7 +191,28 @@ pub(crate) fn exp_bound_term(v: f32, m: f32, c1: f32) -> f32 {
     bound_term(v, m, c1)
 }
 
-/// Walks one block (at most 8 terms) whose sum carries the running sum `cum` past `target`.
+/// The sum of a block of 32 terms (zero-padded) in the order of the AVX2 kernel: lanes
+/// `vⱼ = ((t[j] + t[j+4]) + (t[j+8] + t[j+12])) + ((t[j+16] + t[j+20]) + (t[j+24] + t[j+28]))`
+/// for `j < 4`, then `(v0 + v2) + (v1 + v3)`.
+fn block_sum(t: &[f64; 32]) -> f64 {
+    let mut v = [0.0f64; 4];
+    for (j, vj) in v.iter_mut().enumerate() {
+        *vj = ((t[j] + t[j + 4]) + (t[j + 8] + t[j + 12]))
+            + ((t[j + 16] + t[j + 20]) + (t[j + 24] + t[j + 28]));
+    }
+    (v[0] + v[2]) + (v[1] + v[3])
+}
+
+/// The terms of a block of at most 32 values, zero-padded.
+fn block_terms(block: &[f32], m: f32, c1: f32) -> [f64; 32] {
+    let mut t = [0.0f64; 32];
+    for (tj, &v) in t.iter_mut().zip(block) {
+        *tj = f64::from(bound_term(v, m, c1));
+    }
+    t
+}
+
+/// Walks one block (at most 32 terms) whose sum carries the running sum `cum` past `target`.
 fn walk_block(block: &[f32], base: usize, m: f32, c1: f32, cum: f64, target: f64) -> usize {
     let mut inner = cum;
     for (j, &v) in block.iter().enumerate() {
@@ -207,14 +227,10 @@ fn walk_block(block: &[f32], base: usize, m: f32, c1: f32, cum: f64, target: f64
 /// Scalar twin of [`exp_bound_scan`], bit-identical to it.
 pub(crate) fn exp_bound_scan_scalar(x: &[f32], m: f32, c1: f32, target: f64) -> Option<usize> {
     let mut cum = 0.0f64;
-    for (bi, block) in x.chunks(8).enumerate() {
-        let mut a = [0.0f64; 8];
-        for (aj, &v) in a.iter_mut().zip(block) {
-            *aj = f64::from(bound_term(v, m, c1));
-        }
-        let next = cum + (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+    for (bi, block) in x.chunks(32).enumerate() {
+        let next = cum + block_sum(&block_terms(block, m, c1));
         if target < next {
-            return Some(walk_block(block, bi * 8, m, c1, cum, target));
+            return Some(walk_block(block, bi * 32, m, c1, cum, target));
         }
         cum = next;
     }
@@ -351,39 +367,43 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn exp_bound_scan_avx2(x: &[f32], m: f32, c1: f32, target: f64) -> Option<usize> {
-        use std::arch::x86_64::{_mm_add_pd, _mm256_cvttps_epi32, _mm256_hadd_pd};
+        use std::arch::x86_64::{_mm_add_pd, _mm256_cvttps_epi32};
         let (vm, vc1) = (_mm256_set1_ps(m), _mm256_set1_ps(c1));
         let (bias, floor) = (
             _mm256_set1_ps(super::BOUND_BIAS),
             _mm256_set1_ps(super::BOUND_FLOOR),
         );
         let mut cum = 0.0f64;
-        let c8 = x.chunks_exact(8);
-        let tail = c8.remainder();
-        for (bi, c) in c8.enumerate() {
-            // SAFETY: `c` is exactly 8 floats long; unaligned load.
-            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
-            let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vc1), bias);
-            let a = _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(y, floor)));
-            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));
-            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(a));
-            // [a0 + a1, a4 + a5, a2 + a3, a6 + a7]
-            let h = _mm256_hadd_pd(lo, hi);
-            // [(a0 + a1) + (a2 + a3), (a4 + a5) + (a6 + a7)]
-            let s = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd::<1>(h));
+        let c32 = x.chunks_exact(32);
+        let tail = c32.remainder();
+        for (bi, c) in c32.enumerate() {
+            // (lo_k + hi_k) per 8 terms k, lanes j < 4: t[8k + j] + t[8k + j + 4].
+            let mut pair = [_mm256_setzero_pd(); 4];
+            for (k, pk) in pair.iter_mut().enumerate() {
+                // SAFETY: `c` is exactly 32 floats long and `8 * k + 8 <= 32`; unaligned load.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) };
+                let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vc1), bias);
+                let a = _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(y, floor)));
+                *pk = _mm256_add_pd(
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(a)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(a)),
+                );
+            }
+            let v = _mm256_add_pd(
+                _mm256_add_pd(pair[0], pair[1]),
+                _mm256_add_pd(pair[2], pair[3]),
+            );
+            // [v0 + v2, v1 + v3], then their sum.
+            let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
             let bs = _mm_cvtsd_f64(_mm_add_pd(s, _mm_unpackhi_pd(s, s)));
             let next = cum + bs;
             if target < next {
-                return Some(super::walk_block(c, bi * 8, m, c1, cum, target));
+                return Some(super::walk_block(c, bi * 32, m, c1, cum, target));
             }
             cum = next;
         }
         if !tail.is_empty() {
-            let mut a = [0.0f64; 8];
-            for (aj, &v) in a.iter_mut().zip(tail) {
-                *aj = f64::from(super::bound_term(v, m, c1));
-            }
-            let next = cum + (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+            let next = cum + super::block_sum(&super::block_terms(tail, m, c1));
             if target < next {
                 let base = x.len() - tail.len();
                 return Some(super::walk_block(tail, base, m, c1, cum, target));
