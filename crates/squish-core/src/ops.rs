@@ -544,29 +544,34 @@ pub fn softmax_weights_into(x: &[f32], max: f32, temperature: f32, out: &mut [f3
 
 /// Per-term slack of the interpolated exponentials of [`softmax_total_bounds`]: each term
 /// `Aᵢ` is at least `(1 - BOUND_TERM)` times the weight [`softmax_weights_into`] stores (the
-/// roundings of both passes derive ~2.2e-5; subnormal / flushed tails are covered too).
-pub(crate) const BOUND_TERM: f64 = 1e-4;
+/// roundings of both passes derive below 1e-4, the rounded offset of the fused multiply-add
+/// included; subnormal / flushed tails are covered too).
+pub(crate) const BOUND_TERM: f64 = 3e-4;
 
 /// `2²³ · log₂e / temperature` in `f32`, the scale of the interpolated exponentials, or `None`
-/// if it overflows.
+/// if it overflows or the offset `127·2²³ - max · scale` of the fused multiply-add exceeds
+/// `2³³` in magnitude (`|max| / temperature` above ~700), where its rounding would exceed the
+/// margin.
 ///
 /// # Panics
 /// If `temperature` is not finite and `> 0`.
-pub(crate) fn bound_scale(temperature: f32) -> Option<f32> {
+pub(crate) fn bound_scale(max: f32, temperature: f32) -> Option<f32> {
     let inv_t = inv_temperature(temperature);
     let c1 = (f64::from(inv_t) * 8_388_608.0 * std::f64::consts::LOG2_E) as f32;
-    c1.is_finite().then_some(c1)
+    let offset = f64::from(simd::softmax_rows::BOUND_BIAS) - f64::from(max) * f64::from(c1);
+    (c1.is_finite() && offset.abs() <= 8_589_934_592.0).then_some(c1)
 }
 
 /// Two-sided bounds on the total [`softmax_weights_into`] returns, without exponentials:
 /// `Some((lo, hi))` with `lo <= total <= hi` and `hi / lo < 1.07`; `None` if the temperature is
-/// so small that `2²³ · log₂e / temperature` overflows `f32`, or `x` is empty or longer than
+/// so small that `2²³ · log₂e / temperature` overflows `f32`, if `|max| / temperature` exceeds
+/// ~700 (see the margins below), or `x` is empty or longer than
 /// 2 000 000.
 ///
 /// One pass reads each `2^((xᵢ - max) / T · log₂e)` as the linear interpolation between
 /// integer exponents that the bits of `(exponent + 127) · 2²³` give for free (Schraudolph,
 /// 1999): it lies above the exponential by a factor in `[1, 1.0615]`. The bounds add
-/// margins for every rounding of both passes (`1e-4` per term, `(n/32 + 8) · 2⁻²³` for the
+/// margins for every rounding of both passes (`3e-4` per term, `(n/32 + 8) · 2⁻²³` for the
 /// `f32` sum) and rely on the total being `>= 1` (the maximum's weight is exactly 1). With
 /// them a lazy softmax decides most comparisons against a probability without the
 /// exponentials: a speculative verifier accepts or rejects a draft token exactly when the
@@ -600,7 +605,7 @@ pub fn softmax_total_bounds(x: &[f32], max: f32, temperature: f32) -> Option<(f6
     if x.is_empty() || x.len() > 2_000_000 {
         return None;
     }
-    let c1 = bound_scale(temperature)?;
+    let c1 = bound_scale(max, temperature)?;
     let s = f64::from(simd::softmax_rows::exp_bound_sum(x, max, c1));
     let gamma = (x.len() as f64 / 32.0 + 8.0) * f64::from(f32::EPSILON);
     let lo = s / ((1.0 + gamma) * INTERP * (1.0 + TERM));

@@ -208,7 +208,7 @@ pub(crate) fn inverse_cdf<W: Weight>(probs: &[W], u: f64) -> usize {
 /// `u · bound_hi`; `None` if `u · bound_hi` lies past their total) and accepted with
 /// probability `wᵢ / (C · Aᵢ)`, where `wᵢ` is its weight as
 /// [`ops::softmax_weights_into`](crate::ops::softmax_weights_into) stores it (one
-/// exponential) and `C = 1 / (1 - 1e-4)` bounds `wᵢ / Aᵢ`. So `P(Some(i)) = wᵢ / (C ·
+/// exponential) and `C = 1 / (1 - 3e-4)` bounds `wᵢ / Aᵢ`. So `P(Some(i)) = wᵢ / (C ·
 /// bound_hi)`: with `bound_hi` the `hi` of `softmax_total_bounds` on the same row, `Some` has
 /// probability above 0.93. Loop until `Some` (or, to bound the work, a few times and then
 /// sample from the full softmax: the outcome is still exactly softmax-distributed).
@@ -248,7 +248,7 @@ pub fn propose_softmax<R: Rng + ?Sized>(
     bound_hi: f64,
     rng: &mut R,
 ) -> Option<usize> {
-    let c1 = crate::ops::bound_scale(temperature)?;
+    let c1 = crate::ops::bound_scale(max, temperature)?;
     let target = rng.random::<f64>() * bound_hi;
     let i = crate::simd::softmax_rows::exp_bound_scan(x, max, c1, target)?;
     let a = f64::from(crate::simd::softmax_rows::exp_bound_term(x[i], max, c1));
