@@ -28,6 +28,25 @@
 //!
 //! With temperature 0 the target is greedy: the child equal to the target's argmax is accepted,
 //! and the correction / bonus is the argmax.
+//!
+//! # Lazy rows
+//! With plain temperature sampling from logits (no top-k, no top-p) a row is never normalised
+//! in full unless it must be. An acceptance `u < p(x) / q(x)` needs the two tokens' weights
+//! `exp((l - max) / T)` (one exponential each) and the two softmax totals; the totals are first
+//! only bounded, to within ~6%, by one pass without exponentials
+//! ([`ops::softmax_total_bounds`]). When the bounds
+//! leave no doubt the decision is the one the exact totals give; otherwise the exact totals
+//! (an exponential pass, [`VerifyOutput::exp_passes`]) decide. The bonus token, and the
+//! correction after a node's last rejection, are drawn by rejection sampling: candidates from
+//! the interpolated exponentials accepted with `w / (C · A)`
+//! ([`sampling::propose_softmax`]) give exact draws from `p`, and a candidate `i` from `p`
+//! accepted with `max(0, 1 − q(i) / p(i))` is an exact draw from `norm(max(0, p − q))`
+//! (decided from the bounds, like the acceptances). After a few failed tries the exact
+//! distribution is built and sampled instead, which leaves the outcome exactly distributed.
+//! Only a rejection followed by a sibling test builds the residual explicitly. A unit test
+//! checks that the lazy path and a path deciding everything from the exact totals give the
+//! same outcomes for the same random draws; the exact-enumeration and chi-squared tests of
+//! the components cover the rest.
 
 use rand::{Rng, RngExt};
 use squish_core::{ConfigError, ShapeError, ops, sampling};
@@ -871,7 +890,10 @@ impl VerifyScratch {
 ///
 /// Verification is lossless only if each draft token was drawn from the distribution the
 /// verifier computes for its draft row; with top-k or top-p, drafting with this warper (same
-/// [`Sampling`], same [`Scores`]) guarantees that, to the bit.
+/// [`Sampling`], same [`Scores`]) guarantees that, to the bit. With plain temperature sampling
+/// from logits the verifier reads a row as its unnormalised weights over their `f64` total
+/// (the same `f32` weights this warper scales by the reciprocal of their `f32` sum), so each
+/// probability agrees with this warper's to within one `f32` rounding (relative `2⁻²⁴`).
 ///
 /// # Example
 /// ```

@@ -14,6 +14,9 @@
 //!   exponentials. The interpolation lies above the exponential by a factor in
 //!   `[1, 1.0615]`, which makes the sum a cheap two-sided bound on the softmax normaliser
 //!   (see [`ops::softmax_total_bounds`](crate::ops::softmax_total_bounds)).
+//! - [`exp_bound_scan`]: the inverse-CDF scan over the same terms (blocks of 32 summed in
+//!   `f64`), the proposal step of
+//!   [`sampling::propose_softmax`](crate::sampling::propose_softmax).
 //!
 //! # Agreement with the scalar twins
 //! - [`max_below_inf`]: same comparisons lane by lane: the maximum is exact on both paths (for
