@@ -32,10 +32,10 @@
 //! # Lazy rows
 //! With plain temperature sampling from logits (no top-k, no top-p) a row is never normalised
 //! in full unless it must be. An acceptance `u < p(x) / q(x)` needs the two tokens' weights
-//! `exp((l - max) / T)` (one exponential each) and the two softmax totals; the totals are first
-//! only bounded, to within ~6%, by one pass without exponentials
-//! ([`ops::softmax_total_bounds`]). When the bounds
-//! leave no doubt the decision is the one the exact totals give; otherwise the exact totals
+//! `exp((l - max) / T)` (one exponential each) and the two softmax totals; each row gets one
+//! validating maximum pass, and its total is first only bounded, to within ~6%, by one pass
+//! without exponentials ([`ops::softmax_total_bounds`]). When the bounds leave no doubt the
+//! decision is the one the exact totals give; otherwise the exact totals
 //! (an exponential pass, [`VerifyOutput::exp_passes`]) decide. The bonus token, and the
 //! correction after a node's last rejection, are drawn by rejection sampling: candidates from
 //! the interpolated exponentials accepted with `w / (C · A)`
@@ -258,9 +258,9 @@ impl VerifyOutput {
 
     /// Rows whose exponentials over the whole vocabulary this verification computed (the
     /// expensive part of a softmax): every normalised row with top-k, top-p or probability
-    /// scores; with plain sampling from logits only the rows a sample is drawn from (bonus or
-    /// correction), the rows of a rejection's residual, and the rows where the cheap bounds
-    /// could not decide an acceptance.
+    /// scores; with plain sampling from logits only the rows where the cheap bounds could not
+    /// decide a comparison, the rows of a residual built for a further sibling test, and the
+    /// rows of a bonus / correction draw whose rejection-sampling tries all failed (rare).
     pub fn exp_passes(&self) -> u32 {
         self.exp_passes
     }
@@ -585,9 +585,12 @@ impl VerifyScratch {
     /// two tokens' weights and the two totals, and the totals are first only bounded (to within
     /// ~6%, without exponentials). When the bounds decide the comparison, the decision is the
     /// one the exact totals give; otherwise the exact totals are computed and decide it as
-    /// [`run_sampled`](Self::run_sampled) would. Rows are computed in full only for a
-    /// rejection's residual, a sample, or an undecided comparison. Same validation, same
-    /// random draws, same outcome as computing every row exactly (a test checks this).
+    /// [`run_sampled`](Self::run_sampled) would. The bonus and the correction after a node's
+    /// last rejection are drawn by exact rejection sampling ([`LazySample`]). Rows are computed
+    /// in full only for an undecided comparison, a residual built for a further sibling test,
+    /// or a draw whose tries all failed. Same validation as `run_sampled`, and the same
+    /// outcome as deciding every comparison from the exact totals, for the same random draws
+    /// (a test checks this).
     fn run_lazy<R: Rng + ?Sized>(
         &mut self,
         params: &Params,
