@@ -682,15 +682,32 @@ impl VerifyScratch {
                     let accept = match decided {
                         Some(a) => a,
                         None => {
+                            // One row exact first: with the other still bounded, the
+                            // comparison is often decided (half the uncertainty).
                             let mass = pl.exact_total(row, t, &mut r, out);
-                            let qx = if greedy {
-                                1.0
-                            } else {
-                                // The total first: it fills `q`.
-                                let q_mass = ql.exact_total(qrow_scores, t, &mut q, out);
-                                f64::from(q[x]) / q_mass
-                            };
-                            u * qx < f64::from(r[x]) / mass
+                            let mut again = None;
+                            if !greedy && ql.exact.is_none() && !self.force_exact {
+                                let (q_lo, q_hi) = ql.bounds(qrow_scores, t);
+                                let base = f64::from(rx_w) / f64::from(qx_w) / mass;
+                                if u < base * q_lo * (1.0 - 1e-9) {
+                                    again = Some(true);
+                                } else if u >= base * q_hi * (1.0 + 1e-9) {
+                                    again = Some(false);
+                                }
+                            }
+                            match again {
+                                Some(a) => a,
+                                None => {
+                                    let qx = if greedy {
+                                        1.0
+                                    } else {
+                                        // The total first: it fills `q`.
+                                        let q_mass = ql.exact_total(qrow_scores, t, &mut q, out);
+                                        f64::from(q[x]) / q_mass
+                                    };
+                                    u * qx < f64::from(r[x]) / mass
+                                }
+                            }
                         }
                     };
                     if accept {
@@ -1179,6 +1196,16 @@ impl LazySample<'_> {
                     }
                 }
                 let p_mass = pl.exact_total(row, t, r, out);
+                if !self.force_exact && ql.exact.is_none() {
+                    // With `p` exact, `q` still bounded: often decided already.
+                    let (q_lo, q_hi) = ql.bounds(q_scores, t);
+                    if u + 1e-9 < 1.0 - base * p_mass / q_lo {
+                        return i;
+                    }
+                    if u - 1e-9 >= 1.0 - base * p_mass / q_hi {
+                        continue;
+                    }
+                }
                 let q_mass = ql.exact_total(q_scores, t, q, out);
                 if u < 1.0 - (f64::from(qi_w) / q_mass) / (f64::from(pi_w) / p_mass) {
                     return i;
