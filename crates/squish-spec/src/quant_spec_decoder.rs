@@ -239,8 +239,8 @@ impl QuantSpecDecoder {
     /// decide almost every acceptance exactly, and the bonus or the correction
     /// (`norm(max(0, p − q))`, never built) is drawn by exact rejection sampling from the bounded
     /// rows; a row's exponentials are computed ([`VerifyOutput::exp_passes`]) only when the
-    /// bounds cannot decide. At the seed's 4 × 8192 (7.1 rows read, 0.18 with exponentials) it
-    /// took 11.3-20 µs on a loaded 2-core VM (70-125 µs before). With top-k, top-p or
+    /// bounds cannot decide. At the seed's 4 × 8192 (7.1 rows read, 0.14 with exponentials) it
+    /// took 10.7-11.5 µs on a shared 2-core VM (57-61 µs before). With top-k, top-p or
     /// probability rows, each row read is warped in full, one `O(vocab)` pass on rejection and
     /// one sampling pass for the final token.
     pub fn verify_into<R: Rng + ?Sized>(

@@ -224,7 +224,7 @@ impl TreeVerifier {
     /// decide, or to build the residual after a rejection that has further siblings to test.
     /// The bonus and the correction after a node's last rejection are drawn by exact rejection
     /// sampling from the bounded rows. The seed's 3 × 4 tree over 4096 tokens (6.5 rows, 2.0
-    /// with exponentials) took 15.6-29 µs on a loaded 2-core VM (28-56 µs before). With top-k,
+    /// with exponentials) took 12.9-15.6 µs on a shared 2-core VM (29-33 µs before). With top-k,
     /// top-p or probability rows, every row read is warped in full (a softmax, plus the top-k /
     /// top-p selection), one `O(vocab)` pass per rejection and one sampling pass for the final
     /// token.
