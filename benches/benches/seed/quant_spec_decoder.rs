@@ -8,8 +8,26 @@
 //! - `verify`: a chain of 4 draft tokens sampled from standard-normal draft logits, verified
 //!   against independent standard-normal target logits (5 rows); each iteration is one full
 //!   verification with a fresh random outcome (the RNG advances), so the time is the mean over
-//!   outcomes. The bench prints the mean softmaxes per verification before timing: 7.10 of
-//!   at most 9 (2.74 of 4 drafts accepted per step) on this input.
+//!   outcomes. The bench prints the means per verification before timing: 7.09 rows of 8192
+//!   logits normalised of at most 9, only 0.14 of them with exponentials (2.72 of 4 drafts
+//!   accepted per step) on this input. Rows are read lazily: a validating maximum pass and a
+//!   pass bounding the softmax total without exponentials (one FMA per logit) decide almost
+//!   every acceptance exactly; the bonus and the correction are drawn by exact rejection
+//!   sampling from the bounded rows.
+//!
+//!   | `verify` | median | ns per normalised logit |
+//!   |---|---:|---:|
+//!   | before (full softmax of every row read; last full run) | 75.0 µs | 1.29 |
+//!   | before, 3 interleaved runs (criterion defaults) | 60.8 / 56.6 / 58.2 µs | 0.97-1.05 |
+//!   | lazy rows, same interleaved runs | 11.5 / 10.8 / 10.7 µs | 0.18-0.20 |
+//!   | seed target (13× Python's 148.1 µs) | ≤ 11.4 µs | |
+//!
+//!   Met only just: 5.2-5.4× faster than the previous code next to it on the shared VM (load
+//!   ~2.7), which ran it faster than in the last full run (56-61 vs 75 µs); at the full run's
+//!   speed the same ratio gives ~14 µs, above the target. What remains is two passes over each
+//!   of the ~7 rows read (maximum with validation ~0.35 µs, bounds ~0.5 µs per 8192 logits,
+//!   min-of-200 on this VM): every row tested needs its normaliser bounded, fusing the two
+//!   passes measured only 4%, and both passes run near the VM's load / FP throughput.
 
 use std::hint::black_box;
 
@@ -62,8 +80,9 @@ pub(crate) fn benches(c: &mut Criterion) {
     }
     let st = dec.stats();
     eprintln!(
-        "QuantSpecDecoder/verify: {:.2} softmaxes per verification (max possible 9), {:.3} accepted per step",
+        "QuantSpecDecoder/verify: {:.2} softmaxes per verification (max possible 9), {:.2} of them with exponentials, {:.3} accepted per step",
         st.softmaxes as f64 / st.steps as f64,
+        st.exp_passes as f64 / st.steps as f64,
         st.accepted_per_step()
     );
     let (group, id) = benches::seed_row("quant_spec_decode/verify");

@@ -713,6 +713,143 @@ pub fn log_sum_exp(x: &[f32], temperature: f32) -> f32 {
     m * inv_t + simd::exp_shifted_sum(x, m, inv_t).ln()
 }
 
+/// The largest element of `x`, validated in the same pass: `None` if `x` is empty or holds a
+/// NaN or `+inf` (`-inf`, a masked logit, is allowed; a row of only `-inf` gives
+/// `Some(-inf)`).
+///
+/// Validation and [`max`] fused into one vectorised pass (AVX2 when available): what a
+/// lazy softmax reads first.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::max_below_inf;
+/// assert_eq!(max_below_inf(&[1.0, f32::NEG_INFINITY, 3.5]), Some(3.5));
+/// assert_eq!(max_below_inf(&[1.0, f32::NAN]), None);
+/// assert_eq!(max_below_inf(&[f32::INFINITY]), None);
+/// assert_eq!(max_below_inf(&[]), None);
+/// ```
+pub fn max_below_inf(x: &[f32]) -> Option<f32> {
+    if x.is_empty() {
+        return None;
+    }
+    let (m, ok) = simd::softmax_rows::max_below_inf(x);
+    ok.then_some(m)
+}
+
+/// The unnormalised softmax of `x / temperature`: writes `exp((xᵢ - max) / T)` into `out`
+/// and returns their sum, accumulated in `f64`.
+///
+/// The stored values are bit for bit those [`softmax_into`] computes before it scales them,
+/// and the returned total is their sum to within `f64` rounding, so `outᵢ / total` is the
+/// softmax without an `f32` normalisation pass (and without its rounding). A sampler can
+/// draw from `out` directly with `u · total`; an acceptance test needs one element and the
+/// total.
+///
+/// `max` should be the maximum of `x` (e.g. from [`max_below_inf`]): every exponent is then
+/// `<= 0` and the maximum contributes exactly 1, so the total is `>= 1`. `-inf` entries give
+/// exactly 0.
+///
+/// # Panics
+/// If `out.len() != x.len()`, or `temperature` is not finite and `> 0`.
+///
+/// # Performance
+/// One vectorised pass (the exponentials dominate; the `f64` sum costs two conversions and
+/// two adds per eight elements), no allocation.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::{softmax, softmax_weights_into};
+/// let x = [1.0f32, 2.0, f32::NEG_INFINITY];
+/// let mut w = [0.0f32; 3];
+/// let total = softmax_weights_into(&x, 2.0, 1.0, &mut w);
+/// assert_eq!(w[1], 1.0);
+/// assert_eq!(w[2], 0.0);
+/// let p = softmax(&x, 1.0);
+/// assert!((f64::from(w[0]) / total - f64::from(p[0])).abs() < 1e-7);
+/// ```
+pub fn softmax_weights_into(x: &[f32], max: f32, temperature: f32, out: &mut [f32]) -> f64 {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "softmax_weights_into: out has length {}, expected {}",
+        out.len(),
+        x.len()
+    );
+    let inv_t = inv_temperature(temperature);
+    simd::softmax_rows::exp_weights_into(x, max, inv_t, out)
+}
+
+/// Per-term slack of the interpolated exponentials of [`softmax_total_bounds`]: each term
+/// `Aᵢ` is at least `(1 - BOUND_TERM)` times the weight [`softmax_weights_into`] stores (the
+/// roundings of both passes derive below 1e-4, the rounded offset of the fused multiply-add
+/// included; subnormal / flushed tails are covered too).
+pub(crate) const BOUND_TERM: f64 = 3e-4;
+
+/// `2²³ · log₂e / temperature` in `f32`, the scale of the interpolated exponentials, or `None`
+/// if it overflows or the offset `127·2²³ - max · scale` of the fused multiply-add exceeds
+/// `2³³` in magnitude (`|max| / temperature` above ~700), where its rounding would exceed the
+/// margin.
+///
+/// # Panics
+/// If `temperature` is not finite and `> 0`.
+pub(crate) fn bound_scale(max: f32, temperature: f32) -> Option<f32> {
+    let inv_t = inv_temperature(temperature);
+    let c1 = (f64::from(inv_t) * 8_388_608.0 * std::f64::consts::LOG2_E) as f32;
+    let offset = f64::from(simd::softmax_rows::BOUND_BIAS) - f64::from(max) * f64::from(c1);
+    (c1.is_finite() && offset.abs() <= 8_589_934_592.0).then_some(c1)
+}
+
+/// Two-sided bounds on the total [`softmax_weights_into`] returns, without exponentials:
+/// `Some((lo, hi))` with `lo <= total <= hi` and `hi / lo < 1.07`; `None` if the temperature is
+/// so small that `2²³ · log₂e / temperature` overflows `f32`, if `|max| / temperature` exceeds
+/// ~700 (see the margins below), or `x` is empty or longer than
+/// 2 000 000.
+///
+/// One pass reads each `2^((xᵢ - max) / T · log₂e)` as the linear interpolation between
+/// integer exponents that the bits of `(exponent + 127) · 2²³` give for free (Schraudolph,
+/// 1999): it lies above the exponential by a factor in `[1, 1.0615]`. The bounds add
+/// margins for every rounding of both passes (`3e-4` per term, `(n/32 + 8) · 2⁻²³` for the
+/// `f32` sum) and rely on the total being `>= 1` (the maximum's weight is exactly 1). With
+/// them a lazy softmax decides most comparisons against a probability without the
+/// exponentials: a speculative verifier accepts or rejects a draft token exactly when the
+/// bounds leave no doubt, and computes the total only when they do.
+///
+/// Same preconditions as [`softmax_weights_into`]: `max` is the maximum of `x`, and `x` holds no
+/// NaN or `+inf` (validate first, e.g. with [`max_below_inf`]); otherwise the result is
+/// meaningless.
+///
+/// # Panics
+/// If `temperature` is not finite and `> 0`.
+///
+/// # Performance
+/// One vectorised pass of a subtract, multiply, add, clamp and conversion per element (AVX2
+/// when available), about a third of [`softmax_weights_into`]; no allocation.
+///
+/// # Example
+/// ```
+/// use squish_core::ops::{softmax_total_bounds, softmax_weights_into};
+/// let x = [0.5f32, -1.0, 2.0, 0.0];
+/// let (lo, hi) = softmax_total_bounds(&x, 2.0, 0.7).unwrap();
+/// let mut w = [0.0f32; 4];
+/// let total = softmax_weights_into(&x, 2.0, 0.7, &mut w);
+/// assert!(lo <= total && total <= hi);
+/// assert!(hi / lo < 1.07);
+/// ```
+pub fn softmax_total_bounds(x: &[f32], max: f32, temperature: f32) -> Option<(f64, f64)> {
+    /// `max (1 + f) / 2^f` over `f` in `[0, 1)` is 1.061476 (at `f = 1/ln 2 - 1`).
+    const INTERP: f64 = 1.061_5;
+    const TERM: f64 = BOUND_TERM;
+    if x.is_empty() || x.len() > 2_000_000 {
+        return None;
+    }
+    let c1 = bound_scale(max, temperature)?;
+    let s = f64::from(simd::softmax_rows::exp_bound_sum(x, max, c1));
+    let gamma = (x.len() as f64 / 32.0 + 8.0) * f64::from(f32::EPSILON);
+    let lo = s / ((1.0 + gamma) * INTERP * (1.0 + TERM));
+    let hi = s * (1.0 + gamma) / (1.0 - TERM);
+    Some((lo, hi))
+}
+
 /// The ordering of top-k: larger value first, then lower index first. `-0.0` and `0.0` are the
 /// same value; anything else (NaN, outside the contract) is ordered by [`f32::total_cmp`] so the
 /// order stays total and sorting never panics.

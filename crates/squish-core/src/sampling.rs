@@ -199,6 +199,65 @@ pub(crate) fn inverse_cdf<W: Weight>(probs: &[W], u: f64) -> usize {
     probs.iter().rposition(|p| p.to_f64() > 0.0).unwrap_or(0)
 }
 
+/// One proposal of an exact rejection sampler for `softmax(x / temperature)` that computes no
+/// exponentials over the row: `Some(i)` with probability exactly proportional to the softmax
+/// weight of `i` (so, conditioned on `Some`, `i` follows the softmax), or `None`.
+///
+/// An index is proposed from the interpolated exponentials `Aᵢ` of
+/// [`ops::softmax_total_bounds`](crate::ops::softmax_total_bounds) (an inverse-CDF scan,
+/// `u · bound_hi`; `None` if `u · bound_hi` lies past their total) and accepted with
+/// probability `wᵢ / (C · Aᵢ)`, where `wᵢ` is its weight as
+/// [`ops::softmax_weights_into`](crate::ops::softmax_weights_into) stores it (one
+/// exponential) and `C = 1 / (1 - 3e-4)` bounds `wᵢ / Aᵢ`. So `P(Some(i)) = wᵢ / (C ·
+/// bound_hi)`: with `bound_hi` the `hi` of `softmax_total_bounds` on the same row, `Some` has
+/// probability above 0.93. Loop until `Some` (or, to bound the work, a few times and then
+/// sample from the full softmax: the outcome is still exactly softmax-distributed).
+///
+/// `x` holds no NaN or `+inf`, `max` is its maximum and `bound_hi` is at least the total of
+/// the `Aᵢ` (the `hi` of `softmax_total_bounds` for the same `x`, `max` and `temperature`, or
+/// anything larger); otherwise the result is meaningless. Draws one `f64` from `rng`, and a
+/// second one if an index was proposed.
+///
+/// # Panics
+/// If `temperature` is not finite and `> 0`.
+///
+/// # Performance
+/// An inverse-CDF scan over the interpolated exponentials (about half a
+/// `softmax_total_bounds` pass on average, stopping at the proposed index) and two
+/// exponentials; no allocation. Returns `None` without proposing if the temperature is too
+/// small for the interpolation (see `softmax_total_bounds`).
+///
+/// # Example
+/// ```
+/// use rand::{SeedableRng, rngs::StdRng};
+/// use squish_core::{ops, sampling::propose_softmax};
+/// let x = [0.0f32, 2.0, -1.0, f32::NEG_INFINITY];
+/// let (_, hi) = ops::softmax_total_bounds(&x, 2.0, 1.0).unwrap();
+/// let mut rng = StdRng::seed_from_u64(3);
+/// let i = loop {
+///     if let Some(i) = propose_softmax(&x, 2.0, 1.0, hi, &mut rng) {
+///         break i;
+///     }
+/// };
+/// assert!(i < 3); // the masked token is never drawn
+/// ```
+pub fn propose_softmax<R: Rng + ?Sized>(
+    x: &[f32],
+    max: f32,
+    temperature: f32,
+    bound_hi: f64,
+    rng: &mut R,
+) -> Option<usize> {
+    let c1 = crate::ops::bound_scale(max, temperature)?;
+    let target = rng.random::<f64>() * bound_hi;
+    let i = crate::simd::softmax_rows::exp_bound_scan(x, max, c1, target)?;
+    let a = f64::from(crate::simd::softmax_rows::exp_bound_term(x[i], max, c1));
+    let mut w = [0.0f32];
+    crate::ops::softmax_weights_into(&x[i..=i], max, temperature, &mut w);
+    let u = rng.random::<f64>();
+    (u * a < f64::from(w[0]) * (1.0 - crate::ops::BOUND_TERM)).then_some(i)
+}
+
 /// Writes the speculative-decoding residual distribution `norm(max(0, p - q))` into `out` and
 /// returns the residual mass `Σ max(0, pᵢ - qᵢ)` (computed in `f64`, before normalisation).
 ///
@@ -359,5 +418,60 @@ mod tests {
                 assert_eq!(inverse_cdf(&w, u), expected, "u={u} w={w:?}");
             }
         });
+    }
+
+    /// `propose_softmax`, looped until it proposes, follows the softmax exactly: chi-squared
+    /// (10 positive categories, 9 degrees of freedom, p = 0.001 critical value 27.877) against
+    /// the f64 softmax, for several temperatures and scales; masked tokens are never drawn; the
+    /// test has power (one logit moved by 0.2 · T is rejected).
+    #[test]
+    fn propose_softmax_follows_the_softmax() {
+        use rand::SeedableRng;
+        let chi2 = |counts: &[u64], p: &[f64]| -> f64 {
+            let n: u64 = counts.iter().sum();
+            counts
+                .iter()
+                .zip(p)
+                .filter(|&(_, &pi)| pi > 0.0)
+                .map(|(&c, &pi)| (c as f64 - pi * n as f64).powi(2) / (pi * n as f64))
+                .sum()
+        };
+        let softmax64 = |x: &[f32], t: f64| -> Vec<f64> {
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = x
+                .iter()
+                .map(|&v| ((f64::from(v) - f64::from(m)) / t).exp())
+                .collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0100);
+        for (t, scale) in [(1.0f32, 1.0f32), (0.5, 2.0), (2.0, 0.7), (1.0, 4.0)] {
+            let mut x: Vec<f32> = (0..10)
+                .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                .collect();
+            x.insert(4, f32::NEG_INFINITY);
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (_, hi) = crate::ops::softmax_total_bounds(&x, m, t).unwrap();
+            let mut counts = [0u64; 11];
+            let (mut proposals, draws) = (0u64, 200_000u64);
+            for _ in 0..draws {
+                loop {
+                    proposals += 1;
+                    if let Some(i) = propose_softmax(&x, m, t, hi, &mut rng) {
+                        counts[i] += 1;
+                        break;
+                    }
+                }
+            }
+            assert_eq!(counts[4], 0);
+            let p = softmax64(&x, f64::from(t));
+            let stat = chi2(&counts, &p);
+            assert!(stat < 27.877, "T {t}: chi2 {stat}, counts {counts:?}");
+            assert!(proposals < draws * 108 / 100, "{proposals} proposals");
+            let mut y = x.clone();
+            y[0] += 0.2 * t;
+            assert!(chi2(&counts, &softmax64(&y, f64::from(t))) > 27.877);
+        }
     }
 }

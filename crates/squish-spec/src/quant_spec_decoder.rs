@@ -230,10 +230,19 @@ impl QuantSpecDecoder {
     /// the statistics are unchanged.
     ///
     /// # Performance
-    /// No allocation once `out` has seen a chain of this length. Per tested position one
-    /// softmax of the target row and one of the draft row (none of the draft for greedy
-    /// drafts), one `O(vocab)` pass on rejection, one sampling pass for the final token; greedy
-    /// sampling does one argmax per position and no softmax.
+    /// No allocation once `out` has seen a chain of this length. Per tested position the target
+    /// row and the draft row (none for greedy drafts) are normalised; greedy sampling does one
+    /// argmax per position and no softmax.
+    ///
+    /// With plain temperature sampling from logits (no top-k / top-p) rows are read lazily: a
+    /// validating maximum pass and a pass bounding the softmax total without exponentials
+    /// decide almost every acceptance exactly, and the bonus or the correction
+    /// (`norm(max(0, p − q))`, never built) is drawn by exact rejection sampling from the bounded
+    /// rows; a row's exponentials are computed ([`VerifyOutput::exp_passes`]) only when the
+    /// bounds cannot decide. At the seed's 4 × 8192 (7.1 rows read, 0.14 with exponentials) it
+    /// took 10.7-11.5 µs on a shared 2-core VM (57-61 µs before). With top-k, top-p or
+    /// probability rows, each row read is warped in full, one `O(vocab)` pass on rejection and
+    /// one sampling pass for the final token.
     pub fn verify_into<R: Rng + ?Sized>(
         &mut self,
         draft_tokens: &[u32],

@@ -28,6 +28,25 @@
 //!
 //! With temperature 0 the target is greedy: the child equal to the target's argmax is accepted,
 //! and the correction / bonus is the argmax.
+//!
+//! # Lazy rows
+//! With plain temperature sampling from logits (no top-k, no top-p) a row is never normalised
+//! in full unless it must be. An acceptance `u < p(x) / q(x)` needs the two tokens' weights
+//! `exp((l - max) / T)` (one exponential each) and the two softmax totals; each row gets one
+//! validating maximum pass, and its total is first only bounded, to within ~6%, by one pass
+//! without exponentials ([`ops::softmax_total_bounds`]). When the bounds leave no doubt the
+//! decision is the one the exact totals give; otherwise the exact totals
+//! (an exponential pass, [`VerifyOutput::exp_passes`]) decide. The bonus token, and the
+//! correction after a node's last rejection, are drawn by rejection sampling: candidates from
+//! the interpolated exponentials accepted with `w / (C · A)`
+//! ([`sampling::propose_softmax`]) give exact draws from `p`, and a candidate `i` from `p`
+//! accepted with `max(0, 1 − q(i) / p(i))` is an exact draw from `norm(max(0, p − q))`
+//! (decided from the bounds, like the acceptances). After a few failed tries the exact
+//! distribution is built and sampled instead, which leaves the outcome exactly distributed.
+//! Only a rejection followed by a sibling test builds the residual explicitly. A unit test
+//! checks that the lazy path and a path deciding everything from the exact totals give the
+//! same outcomes for the same random draws; the exact-enumeration and chi-squared tests of
+//! the components cover the rest.
 
 use rand::{Rng, RngExt};
 use squish_core::{ConfigError, ShapeError, ops, sampling};
@@ -177,6 +196,7 @@ pub struct VerifyOutput {
     drafted: usize,
     per_depth: Vec<DepthStats>,
     softmaxes: u32,
+    exp_passes: u32,
 }
 
 impl VerifyOutput {
@@ -225,10 +245,24 @@ impl VerifyOutput {
         &self.per_depth
     }
 
-    /// Distributions materialised by this verification (each a softmax over the vocabulary, or
-    /// the equivalent warping of a probability row); greedy mode needs none.
+    /// Rows this verification normalised: one per visited node's target row and one per
+    /// distinct draft row tested (a softmax over the vocabulary, or the warping of a
+    /// probability row); greedy mode needs none.
+    ///
+    /// With plain sampling from logits (no top-k / top-p) a row is read lazily: validated with
+    /// its maximum, then often only bounded by a pass without exponentials;
+    /// [`exp_passes`](Self::exp_passes) counts the rows whose exponentials were computed.
     pub fn softmaxes(&self) -> u32 {
         self.softmaxes
+    }
+
+    /// Rows whose exponentials over the whole vocabulary this verification computed (the
+    /// expensive part of a softmax): every normalised row with top-k, top-p or probability
+    /// scores; with plain sampling from logits only the rows where the cheap bounds could not
+    /// decide a comparison, the rows of a residual built for a further sibling test, and the
+    /// rows of a bonus / correction draw whose rejection-sampling tries all failed (rare).
+    pub fn exp_passes(&self) -> u32 {
+        self.exp_passes
     }
 
     /// Writes the emitted tokens (accepted, then the next token) into `out` after clearing it.
@@ -252,8 +286,11 @@ pub struct VerifyStats {
     pub corrections: u64,
     /// Bonus tokens emitted.
     pub bonuses: u64,
-    /// Distributions materialised (softmaxes or probability-row warps).
+    /// Rows normalised (softmaxes or probability-row warps, lazily bounded or exact), as
+    /// [`VerifyOutput::softmaxes`].
     pub softmaxes: u64,
+    /// Rows whose exponentials were computed, as [`VerifyOutput::exp_passes`].
+    pub exp_passes: u64,
     /// Counts per depth: index 0 is depth 1.
     pub per_depth: Vec<DepthStats>,
 }
@@ -283,6 +320,7 @@ impl VerifyStats {
             NextKind::Bonus => self.bonuses += 1,
         }
         self.softmaxes += u64::from(out.softmaxes);
+        self.exp_passes += u64::from(out.exp_passes);
         if self.per_depth.len() < out.per_depth.len() {
             self.per_depth
                 .resize(out.per_depth.len(), DepthStats::default());
@@ -358,7 +396,8 @@ pub(crate) struct Params {
 pub(crate) struct VerifyScratch {
     /// The residual at the node being verified, unnormalised (its total is tracked in f64).
     r: Vec<f32>,
-    /// The warped draft distribution of `q_row`.
+    /// The weights of the warped draft distribution of `q_row`, unnormalised (their total is
+    /// returned by [`weights_into`](Self::weights_into)).
     q: Vec<f32>,
     /// Index buffer for top-k / top-p.
     idx: Vec<usize>,
@@ -370,6 +409,8 @@ pub(crate) struct VerifyScratch {
     next_sibling: Vec<u32>,
     /// Depth of each node (root 0).
     depth: Vec<u32>,
+    /// Decide every acceptance from the exact totals (tests compare it with the lazy path).
+    force_exact: bool,
 }
 
 impl VerifyScratch {
@@ -409,6 +450,7 @@ impl VerifyScratch {
         out.path.clear();
         out.drafted = n;
         out.softmaxes = 0;
+        out.exp_passes = 0;
         out.per_depth.clear();
         for node in 1..=n {
             let d = self.depth[node] as usize;
@@ -417,8 +459,13 @@ impl VerifyScratch {
             }
             out.per_depth[d - 1].drafted += 1;
         }
-        if params.sampling.is_greedy() {
+        let s = &params.sampling;
+        let plain =
+            params.scores == Scores::Logits && !(s.top_k > 0 && s.top_k < vocab) && s.top_p >= 1.0;
+        if s.is_greedy() {
             self.run_greedy(params, &tree, target, out)
+        } else if plain {
+            self.run_lazy(params, &tree, target, draft, rng, out)
         } else {
             self.run_sampled(params, &tree, target, draft, rng, out)
         }
@@ -533,6 +580,196 @@ impl VerifyScratch {
         }
     }
 
+    /// [`run_sampled`](Self::run_sampled) for plain sampling from logits (temperature only),
+    /// reading each row lazily ([`LazyRow`]): an acceptance `u < p(x) / q(x)` needs only the
+    /// two tokens' weights and the two totals, and the totals are first only bounded (to within
+    /// ~6%, without exponentials). When the bounds decide the comparison, the decision is the
+    /// one the exact totals give; otherwise the exact totals are computed and decide it as
+    /// [`run_sampled`](Self::run_sampled) would. The bonus and the correction after a node's
+    /// last rejection are drawn by exact rejection sampling ([`LazySample`]). Rows are computed
+    /// in full only for an undecided comparison, a residual built for a further sibling test,
+    /// or a draw whose tries all failed. Same validation as `run_sampled`, and the same
+    /// outcome as deciding every comparison from the exact totals, for the same random draws
+    /// (a test checks this).
+    fn run_lazy<R: Rng + ?Sized>(
+        &mut self,
+        params: &Params,
+        tree: &TreeRef<'_>,
+        target: &[f32],
+        draft: &[f32],
+        rng: &mut R,
+        out: &mut VerifyOutput,
+    ) -> Result<()> {
+        let vocab = params.vocab;
+        let t = params.sampling.temperature;
+        let mut r = std::mem::take(&mut self.r);
+        let mut q = std::mem::take(&mut self.q);
+        r.resize(vocab, 0.0);
+        q.resize(vocab, 0.0);
+        let result = (|| {
+            let mut q_row = NONE;
+            let mut ql = LazyRow::new(0.0);
+            let mut node = 0usize;
+            'nodes: loop {
+                let row = &target[node * vocab..(node + 1) * vocab];
+                let mut pl = LazyRow::new(row_max(row, "verify target", node)?);
+                out.softmaxes += 1;
+                // Whether `r` holds a residual (after a rejection at this node).
+                let mut residual_built = false;
+                let mut child = self.first_child[node];
+                if child == NONE {
+                    let lazy = LazySample {
+                        row,
+                        t,
+                        force_exact: self.force_exact,
+                    };
+                    out.next_token = lazy.sample(&mut pl, &mut r, None, rng, out) as u32;
+                    out.next_kind = NextKind::Bonus;
+                    return Ok(());
+                }
+                while child != NONE {
+                    let c = child as usize;
+                    let depth = self.depth[c] as usize - 1;
+                    out.per_depth[depth].tested += 1;
+                    let x = tree.tokens[c - 1] as usize;
+                    let qrow = tree.row(c - 1);
+                    let greedy = qrow == GREEDY_DRAFT;
+                    let qrow_scores = if greedy {
+                        &[][..]
+                    } else {
+                        let start = qrow as usize * vocab;
+                        &draft[start..start + vocab]
+                    };
+                    if !greedy && qrow != q_row {
+                        ql = LazyRow::new(row_max(qrow_scores, "verify draft", qrow as usize)?);
+                        out.softmaxes += 1;
+                        q_row = qrow;
+                    }
+                    // The tokens' weights: as the full passes store them (the residual's once
+                    // a rejection has replaced the row).
+                    let qx_w = if greedy {
+                        1.0
+                    } else {
+                        ql.weight(qrow_scores, x, t, &q)
+                    };
+                    if qx_w <= 0.0 {
+                        return Err(Error::ImpossibleDraft {
+                            node: c - 1,
+                            token: x as u32,
+                        });
+                    }
+                    let rx_w = pl.weight(row, x, t, &r);
+                    let u = rng.random::<f64>();
+                    // Accept iff u < (rx_w / Zp) / (qx_w / Zq): decided from the bounds on the
+                    // totals when they leave no doubt (the 1e-9 margin dwarfs the f64 rounding
+                    // of the exact test below).
+                    let mut decided = None;
+                    if !self.force_exact && (pl.exact.is_none() || (!greedy && ql.exact.is_none()))
+                    {
+                        let (p_lo, p_hi) = pl.bounds(row, t);
+                        let (q_lo, q_hi) = if greedy {
+                            (1.0, 1.0)
+                        } else {
+                            ql.bounds(qrow_scores, t)
+                        };
+                        let base = f64::from(rx_w) / f64::from(qx_w);
+                        if u < base * q_lo / p_hi * (1.0 - 1e-9) {
+                            decided = Some(true);
+                        } else if u >= base * q_hi / p_lo * (1.0 + 1e-9) {
+                            decided = Some(false);
+                        }
+                    }
+                    let accept = match decided {
+                        Some(a) => a,
+                        None => {
+                            // One row exact first: with the other still bounded, the
+                            // comparison is often decided (half the uncertainty).
+                            let mass = pl.exact_total(row, t, &mut r, out);
+                            let mut again = None;
+                            if !greedy && ql.exact.is_none() && !self.force_exact {
+                                let (q_lo, q_hi) = ql.bounds(qrow_scores, t);
+                                let base = f64::from(rx_w) / f64::from(qx_w) / mass;
+                                if u < base * q_lo * (1.0 - 1e-9) {
+                                    again = Some(true);
+                                } else if u >= base * q_hi * (1.0 + 1e-9) {
+                                    again = Some(false);
+                                }
+                            }
+                            match again {
+                                Some(a) => a,
+                                None => {
+                                    let qx = if greedy {
+                                        1.0
+                                    } else {
+                                        // The total first: it fills `q`.
+                                        let q_mass = ql.exact_total(qrow_scores, t, &mut q, out);
+                                        f64::from(q[x]) / q_mass
+                                    };
+                                    u * qx < f64::from(r[x]) / mass
+                                }
+                            }
+                        }
+                    };
+                    if accept {
+                        out.per_depth[depth].accepted += 1;
+                        out.accepted.push(x as u32);
+                        out.path.push(c - 1);
+                        node = c;
+                        continue 'nodes;
+                    }
+                    if self.next_sibling[c] == NONE && !residual_built {
+                        // The only rejection at this node: the correction is drawn from
+                        // norm(max(0, p − q)) by rejection from p, without building it.
+                        let lazy = LazySample {
+                            row,
+                            t,
+                            force_exact: self.force_exact,
+                        };
+                        let residual = Residual {
+                            x,
+                            q: if greedy {
+                                None
+                            } else {
+                                Some((&mut ql, qrow_scores, &mut q[..]))
+                            },
+                        };
+                        out.next_token =
+                            lazy.sample(&mut pl, &mut r, Some(residual), rng, out) as u32;
+                        out.next_kind = NextKind::Correction;
+                        return Ok(());
+                    }
+                    // Rejected: r ← norm(max(0, r − q)) needs the rows in full.
+                    let mut mass = pl.exact_total(row, t, &mut r, out);
+                    if greedy {
+                        // r(x) < mass here (else u * 1 < r(x) / mass = 1 had accepted).
+                        mass -= f64::from(r[x]);
+                        r[x] = 0.0;
+                    } else {
+                        let q_mass = ql.exact_total(qrow_scores, t, &mut q, out);
+                        mass = subtract_scaled(&mut r, &q, (mass / q_mass) as f32);
+                        if mass <= 0.0 {
+                            // As in `run_sampled`: only through rounding.
+                            r.copy_from_slice(&q);
+                            mass = q_mass;
+                        }
+                    }
+                    // `r` now holds the residual: its weights and total stand for the row.
+                    pl.exact = Some(mass);
+                    residual_built = true;
+                    child = self.next_sibling[c];
+                }
+                // Every child was rejected, so the residual is exact.
+                let mass = pl.exact_total(row, t, &mut r, out);
+                out.next_token = sample_weights(&r, mass, rng) as u32;
+                out.next_kind = NextKind::Correction;
+                return Ok(());
+            }
+        })();
+        self.r = r;
+        self.q = q;
+        result
+    }
+
     fn run_sampled<R: Rng + ?Sized>(
         &mut self,
         params: &Params,
@@ -549,17 +786,19 @@ impl VerifyScratch {
         q.resize(vocab, 0.0);
         let result = (|| {
             let mut q_row = NONE;
+            let mut q_mass = 1.0f64;
             let mut node = 0usize;
             'nodes: loop {
                 let row = &target[node * vocab..(node + 1) * vocab];
-                self.warp_into(params, row, "verify target", node, &mut r)?;
+                // `r` holds the target's weights, `mass` their total (the sum of the stored
+                // f32 values, in f64): a target that is certain of a token then accepts it
+                // with probability exactly 1.
+                let mut mass = self.weights_into(params, row, "verify target", node, &mut r)?;
                 out.softmaxes += 1;
-                // The exact total of the stored f32 values (1 up to rounding): a target that
-                // is certain of a token then accepts it with probability exactly 1.
-                let mut mass = sum_f64(&r);
+                out.exp_passes += 1;
                 let mut child = self.first_child[node];
                 if child == NONE {
-                    out.next_token = sampling::sample_categorical(&r, rng)? as u32;
+                    out.next_token = sample_weights(&r, mass, rng) as u32;
                     out.next_kind = NextKind::Bonus;
                     return Ok(());
                 }
@@ -575,11 +814,18 @@ impl VerifyScratch {
                         if qrow != q_row {
                             let start = qrow as usize * vocab;
                             let row = &draft[start..start + vocab];
-                            self.warp_into(params, row, "verify draft", qrow as usize, &mut q)?;
+                            q_mass = self.weights_into(
+                                params,
+                                row,
+                                "verify draft",
+                                qrow as usize,
+                                &mut q,
+                            )?;
                             out.softmaxes += 1;
+                            out.exp_passes += 1;
                             q_row = qrow;
                         }
-                        f64::from(q[x])
+                        f64::from(q[x]) / q_mass
                     };
                     if qx <= 0.0 {
                         return Err(Error::ImpossibleDraft {
@@ -602,17 +848,18 @@ impl VerifyScratch {
                         mass -= f64::from(r[x]);
                         r[x] = 0.0;
                     } else {
-                        mass = subtract_scaled(&mut r, &q, mass as f32);
+                        // r / mass − q / q_mass, scaled by mass.
+                        mass = subtract_scaled(&mut r, &q, (mass / q_mass) as f32);
                         if mass <= 0.0 {
-                            // Only reachable through rounding (r / mass == q to within f32
-                            // precision, when rejection has probability ~0): r / mass ~ q.
+                            // Only reachable through rounding (r / mass == q / q_mass to within
+                            // f32 precision, when rejection has probability ~0): r / mass ~ q.
                             r.copy_from_slice(&q);
-                            mass = 1.0;
+                            mass = q_mass;
                         }
                     }
                     child = self.next_sibling[c];
                 }
-                out.next_token = sampling::sample_categorical(&r, rng)? as u32;
+                out.next_token = sample_weights(&r, mass, rng) as u32;
                 out.next_kind = NextKind::Correction;
                 return Ok(());
             }
@@ -620,6 +867,20 @@ impl VerifyScratch {
         self.r = r;
         self.q = q;
         result
+    }
+
+    /// Writes the warped distribution of `row` into `out` and returns its total (the sum of
+    /// the stored values, in f64, 1 up to rounding).
+    fn weights_into(
+        &mut self,
+        params: &Params,
+        row: &[f32],
+        context: &'static str,
+        row_index: usize,
+        out: &mut [f32],
+    ) -> Result<f64> {
+        self.warp_into(params, row, context, row_index, out)?;
+        Ok(sum_f64(out))
     }
 
     /// Writes the warped, normalised distribution of `row` into `out`.
@@ -649,7 +910,10 @@ impl VerifyScratch {
 ///
 /// Verification is lossless only if each draft token was drawn from the distribution the
 /// verifier computes for its draft row; with top-k or top-p, drafting with this warper (same
-/// [`Sampling`], same [`Scores`]) guarantees that, to the bit.
+/// [`Sampling`], same [`Scores`]) guarantees that, to the bit. With plain temperature sampling
+/// from logits the verifier reads a row as its unnormalised weights over their `f64` total
+/// (the same `f32` weights this warper scales by the reciprocal of their `f32` sum), so each
+/// probability agrees with this warper's to within one `f32` rounding (relative `2⁻²⁴`).
 ///
 /// # Example
 /// ```
@@ -784,6 +1048,243 @@ fn warp_row(
     }
 }
 
+/// A row of logits read lazily by [`VerifyScratch::run_lazy`]: its maximum, then bounds on
+/// its total (computed once, on demand), then its weights in a buffer and their exact total.
+struct LazyRow {
+    /// The row's maximum (the softmax shift).
+    m: f32,
+    /// `(lo, hi)` around the exact total, once computed; `(0, inf)` if unavailable.
+    bounds: Option<(f64, f64)>,
+    /// The exact total of the weights held in the row's buffer, once computed (after a
+    /// rejection, the residual's).
+    exact: Option<f64>,
+}
+
+impl LazyRow {
+    fn new(m: f32) -> Self {
+        Self {
+            m,
+            bounds: None,
+            exact: None,
+        }
+    }
+
+    /// The weight of token `x`: from the buffer once it holds the row, else computed alone,
+    /// bit for bit the value the full pass stores.
+    fn weight(&self, scores: &[f32], x: usize, t: f32, buf: &[f32]) -> f32 {
+        if self.exact.is_some() {
+            buf[x]
+        } else {
+            let mut one = [0.0f32];
+            ops::softmax_weights_into(&scores[x..=x], self.m, t, &mut one);
+            one[0]
+        }
+    }
+
+    /// Bounds on the total (exact once known).
+    fn bounds(&mut self, scores: &[f32], t: f32) -> (f64, f64) {
+        if let Some(mass) = self.exact {
+            return (mass, mass);
+        }
+        self.cheap_bounds(scores, t)
+    }
+
+    /// The bounds of [`ops::softmax_total_bounds`] on the row's total (computed once).
+    fn cheap_bounds(&mut self, scores: &[f32], t: f32) -> (f64, f64) {
+        *self.bounds.get_or_insert_with(|| {
+            ops::softmax_total_bounds(scores, self.m, t).unwrap_or((0.0, f64::INFINITY))
+        })
+    }
+
+    /// Writes the weights into `buf` (once) and returns their exact total.
+    fn exact_total(
+        &mut self,
+        scores: &[f32],
+        t: f32,
+        buf: &mut [f32],
+        out: &mut VerifyOutput,
+    ) -> f64 {
+        if let Some(mass) = self.exact {
+            return mass;
+        }
+        let mass = ops::softmax_weights_into(scores, self.m, t, buf);
+        out.exp_passes += 1;
+        self.exact = Some(mass);
+        mass
+    }
+}
+
+/// Tries before an exact fallback: proposals per sample from `p`, samples from `p` per
+/// residual draw. Each proposal succeeds with probability > 0.93 and each residual candidate
+/// with probability `TV(p, q)` (the probability of the rejection that led here), so the
+/// fallback is rare; whatever the outcome of the tries, the token drawn follows the
+/// distribution exactly (the fallback samples the same distribution exactly).
+const PROPOSALS: u32 = 8;
+const RESIDUAL_TRIES: u32 = 8;
+
+/// The residual of a rejection: `norm(max(0, p − q))` with `q` one-hot at `x` (greedy draft)
+/// or the draft row's softmax.
+struct Residual<'a> {
+    x: usize,
+    q: Option<(&'a mut LazyRow, &'a [f32], &'a mut [f32])>,
+}
+
+/// Draws the bonus or a correction token from a row read lazily (its totals bounded, not
+/// computed): rejection sampling, so the drawn token follows the distribution exactly.
+struct LazySample<'a> {
+    row: &'a [f32],
+    t: f32,
+    force_exact: bool,
+}
+
+impl LazySample<'_> {
+    /// A token from `p` (the row's softmax), or with `residual` from `norm(max(0, p − q))`:
+    /// candidates are drawn from `p` ([`sampling::propose_softmax`]) and accepted with
+    /// probability `max(0, 1 − q(i) / p(i))` (1 for `i != x` when `q` is one-hot), decided
+    /// from the bounds on the totals when they leave no doubt. After too many tries, the exact
+    /// totals and an explicit residual. `r` is the row's buffer.
+    fn sample<R: Rng + ?Sized>(
+        &self,
+        pl: &mut LazyRow,
+        r: &mut [f32],
+        mut residual: Option<Residual<'_>>,
+        rng: &mut R,
+        out: &mut VerifyOutput,
+    ) -> usize {
+        let (row, t) = (self.row, self.t);
+        // Proposals need the cheap pass's bound (even where the exact total is known).
+        let scan_hi = pl.cheap_bounds(row, t).1;
+        if scan_hi.is_finite() {
+            'candidates: for _ in 0..RESIDUAL_TRIES {
+                let mut proposed = None;
+                for _ in 0..PROPOSALS {
+                    proposed = sampling::propose_softmax(row, pl.m, t, scan_hi, rng);
+                    if proposed.is_some() {
+                        break;
+                    }
+                }
+                let Some(i) = proposed else {
+                    break 'candidates;
+                };
+                let Some(res) = residual.as_mut() else {
+                    return i;
+                };
+                let Some((ql, q_scores, q)) = res.q.as_mut() else {
+                    // One-hot q: max(0, p − q) is p without x.
+                    if i != res.x {
+                        return i;
+                    }
+                    continue;
+                };
+                let qi_w = ql.weight(q_scores, i, t, q);
+                let pi_w = pl.weight(row, i, t, r);
+                if qi_w <= 0.0 {
+                    return i;
+                }
+                let u = rng.random::<f64>();
+                // Accept iff u < 1 − (qi_w / Zq) / (pi_w / Zp), decided from the bounds when
+                // they leave no doubt.
+                let base = f64::from(qi_w) / f64::from(pi_w);
+                if !self.force_exact {
+                    let (p_lo, p_hi) = pl.bounds(row, t);
+                    let (q_lo, q_hi) = ql.bounds(q_scores, t);
+                    if u + 1e-9 < 1.0 - base * p_hi / q_lo {
+                        return i;
+                    }
+                    if u - 1e-9 >= 1.0 - base * p_lo / q_hi {
+                        continue;
+                    }
+                }
+                let p_mass = pl.exact_total(row, t, r, out);
+                if !self.force_exact && ql.exact.is_none() {
+                    // With `p` exact, `q` still bounded: often decided already.
+                    let (q_lo, q_hi) = ql.bounds(q_scores, t);
+                    if u + 1e-9 < 1.0 - base * p_mass / q_lo {
+                        return i;
+                    }
+                    if u - 1e-9 >= 1.0 - base * p_mass / q_hi {
+                        continue;
+                    }
+                }
+                let q_mass = ql.exact_total(q_scores, t, q, out);
+                if u < 1.0 - (f64::from(qi_w) / q_mass) / (f64::from(pi_w) / p_mass) {
+                    return i;
+                }
+                // Keep drawing lazily: the rows are exact now, the weights read from them
+                // are the same values.
+            }
+        }
+        // Exact: the row in full (and the residual built), then inverse CDF.
+        let mut mass = pl.exact_total(row, t, r, out);
+        if let Some(res) = residual {
+            match res.q {
+                None => {
+                    mass -= f64::from(r[res.x]);
+                    r[res.x] = 0.0;
+                }
+                Some((ql, q_scores, q)) => {
+                    let q_mass = ql.exact_total(q_scores, t, q, out);
+                    mass = subtract_scaled(r, q, (mass / q_mass) as f32);
+                    if mass <= 0.0 {
+                        r.copy_from_slice(q);
+                        mass = q_mass;
+                    }
+                }
+            }
+        }
+        sample_weights(r, mass, rng)
+    }
+}
+
+/// The maximum of a row of logits, validated in the same pass; the errors of
+/// [`validate_row`] (NaN / `+inf`, only `-inf`).
+fn row_max(row: &[f32], context: &'static str, row_index: usize) -> Result<f32> {
+    match ops::max_below_inf(row) {
+        Some(m) if m > f32::NEG_INFINITY => Ok(m),
+        _ => {
+            validate_row(row, Scores::Logits, context, row_index)?;
+            Err(squish_core::Error::InvalidDistribution {
+                context,
+                reason: format!("row {row_index} is empty"),
+            }
+            .into())
+        }
+    }
+}
+
+/// Draws an index `i` with probability `w[i] / total`, where `w` is finite and `>= 0` and
+/// `total > 0` is its sum to within f64 rounding (as the verifier tracks it): inverse CDF in
+/// f64, one `f64` drawn from `rng` (as [`squish_core::sampling::sample_categorical`], which would validate
+/// and sum `w` again). Whole blocks of 64 weights are skipped by their sum; a zero weight is
+/// never returned, and if rounding carries `u` past a block's (or the row's) end, the last
+/// positive weight there is.
+fn sample_weights<R: Rng + ?Sized>(w: &[f32], total: f64, rng: &mut R) -> usize {
+    const BLOCK: usize = 64;
+    let u = rng.random::<f64>() * total;
+    let mut cum = 0.0f64;
+    for (bi, b) in w.chunks(BLOCK).enumerate() {
+        let next = cum + sum_f64(b);
+        if u < next {
+            let mut inner = cum;
+            let mut last_positive = None;
+            for (j, &v) in b.iter().enumerate() {
+                if v > 0.0 {
+                    inner += f64::from(v);
+                    last_positive = Some(j);
+                    if u < inner {
+                        return bi * BLOCK + j;
+                    }
+                }
+            }
+            if let Some(j) = last_positive {
+                return bi * BLOCK + j;
+            }
+        }
+        cum = next;
+    }
+    w.iter().rposition(|&v| v > 0.0).unwrap_or(0)
+}
+
 /// `r ← max(0, r − mass · q)`; returns the new total (in f64).
 fn subtract_scaled(r: &mut [f32], q: &[f32], mass: f32) -> f64 {
     const LANES: usize = 8;
@@ -901,4 +1402,155 @@ pub(crate) fn validate_row(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    /// One random case: a tree of chains hanging from the root (some drafts greedy, draft rows
+    /// shared by siblings), logits of a random scale, a random temperature.
+    struct Case {
+        vocab: usize,
+        parents: Vec<u32>,
+        tokens: Vec<u32>,
+        rows: Vec<u32>,
+        target: Vec<f32>,
+        draft: Vec<f32>,
+        temperature: f32,
+    }
+
+    fn case(rng: &mut StdRng) -> Case {
+        let vocab = [2, 7, 33, 300, 4099][rng.random_range(0..5)];
+        let branches = rng.random_range(1..=3);
+        let len = rng.random_range(1..=4);
+        let scale = [0.1f32, 1.0, 3.0, 20.0][rng.random_range(0..4)];
+        let (mut parents, mut tokens, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        let mut n_rows = 1u32;
+        for b in 0..branches {
+            for d in 0..len {
+                let (parent, row) = if d == 0 {
+                    (0, 0)
+                } else {
+                    n_rows += 1;
+                    ((b * len + d) as u32, n_rows - 1)
+                };
+                parents.push(parent);
+                rows.push(if rng.random_bool(0.2) {
+                    GREEDY_DRAFT
+                } else {
+                    row
+                });
+                tokens.push(0);
+            }
+        }
+        let n = tokens.len();
+        let logits = |rng: &mut StdRng, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    if rng.random_bool(0.05) {
+                        f32::NEG_INFINITY
+                    } else {
+                        rng.random_range(-1.0f32..1.0) * scale
+                    }
+                })
+                .collect()
+        };
+        let mut target = logits(rng, (n + 1) * vocab);
+        let mut draft = logits(rng, n_rows as usize * vocab);
+        // Every row keeps a finite logit.
+        for row in target.chunks_mut(vocab).chain(draft.chunks_mut(vocab)) {
+            row[0] = 0.0;
+        }
+        // Sometimes the draft equals the target (everything accepted, ratios exactly 1).
+        if rng.random_bool(0.2) {
+            for (i, &r) in rows.iter().enumerate() {
+                if r != GREEDY_DRAFT {
+                    let p = parents[i] as usize;
+                    let src = target[p * vocab..(p + 1) * vocab].to_vec();
+                    draft[r as usize * vocab..(r as usize + 1) * vocab].copy_from_slice(&src);
+                }
+            }
+        }
+        let temperature = [0.3f32, 1.0, 2.5][rng.random_range(0..3)];
+        // Draft tokens: from the draft row's softmax, or the target's argmax for greedy ones.
+        for i in 0..n {
+            tokens[i] = if rows[i] == GREEDY_DRAFT {
+                rng.random_range(0..vocab as u32)
+            } else {
+                let r = rows[i] as usize;
+                let q = ops::softmax(&draft[r * vocab..(r + 1) * vocab], temperature);
+                sampling::sample_categorical(&q, rng).unwrap() as u32
+            };
+        }
+        Case {
+            vocab,
+            parents,
+            tokens,
+            rows,
+            target,
+            draft,
+            temperature,
+        }
+    }
+
+    /// The lazy path (bounds first) and the exact path (every total computed) give the same
+    /// outcome for the same random draws, on random trees, vocabularies, scales and
+    /// temperatures; the lazy path never computes more exponentials.
+    #[test]
+    fn lazy_decisions_equal_exact_decisions() {
+        let (mut lazy_passes, mut exact_passes, mut decided) = (0u64, 0u64, 0u64);
+        squish_testkit::prop::check("verify_lazy_equals_exact", 60, |rng| {
+            let c = case(rng);
+            let params = Params {
+                vocab: c.vocab,
+                sampling: Sampling::with_temperature(c.temperature),
+                scores: Scores::Logits,
+            };
+            let tree = TreeRef {
+                parents: Parents::Explicit(&c.parents),
+                tokens: &c.tokens,
+                rows: DraftRows::Explicit(&c.rows),
+            };
+            let mut lazy = VerifyScratch::default();
+            let mut exact = VerifyScratch {
+                force_exact: true,
+                ..VerifyScratch::default()
+            };
+            let seed = rng.random::<u64>();
+            let (mut rl, mut re) = (StdRng::seed_from_u64(seed), StdRng::seed_from_u64(seed));
+            let (mut ol, mut oe) = (VerifyOutput::new(), VerifyOutput::new());
+            for _ in 0..50 {
+                let a = lazy.run(&params, tree, &c.target, &c.draft, &mut rl, &mut ol);
+                let b = exact.run(&params, tree, &c.target, &c.draft, &mut re, &mut oe);
+                assert_eq!(a.is_ok(), b.is_ok());
+                if a.is_err() {
+                    // Only a greedy draft of a token the target masks... or a masked draft.
+                    continue;
+                }
+                assert!(
+                    ol.exp_passes <= oe.exp_passes,
+                    "{} > {}: {ol:?} {oe:?} {:?}",
+                    ol.exp_passes,
+                    oe.exp_passes,
+                    c.rows
+                );
+                let exp_passes = ol.exp_passes;
+                ol.exp_passes = oe.exp_passes;
+                assert_eq!(ol, oe, "vocab {}", c.vocab);
+                ol.exp_passes = exp_passes;
+                lazy_passes += u64::from(ol.exp_passes);
+                exact_passes += u64::from(oe.exp_passes);
+                decided += u64::from(oe.softmaxes);
+            }
+        });
+        // The bounds decided most comparisons: far fewer exponential passes.
+        assert!(
+            2 * lazy_passes < exact_passes,
+            "{lazy_passes} vs {exact_passes} ({decided} rows)"
+        );
+    }
 }
