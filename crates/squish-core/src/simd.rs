@@ -802,7 +802,7 @@ mod x86 {
     /// (no subnormal results); inputs above 88.37 saturate to `f32::MAX`-ish / inf. Relative
     /// error against a correctly rounded `exp` is within a few ulp (see the tests).
     #[target_feature(enable = "avx2,fma")]
-    fn exp8(x: __m256) -> __m256 {
+    pub(super) fn exp8(x: __m256) -> __m256 {
         const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
         const HI: f32 = 88.376_26;
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));

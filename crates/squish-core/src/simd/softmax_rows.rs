@@ -23,9 +23,8 @@
 //!   valid input; `-0.0` and `0.0` compare equal, so either may be returned), the flag is the
 //!   same.
 //! - [`exp_weights_into`]: each path stores bit for bit what its
-//!   [`exp_shifted_into`](super::exp_shifted_into) stores (the AVX2 path uses the same
-//!   polynomial, duplicated here because `simd.rs`'s `x86::exp8` is private to that file; a test
-//!   pins the two together bit for bit), and sums them in `f64` in the same order (lane `l`
+//!   [`exp_shifted_into`](super::exp_shifted_into) stores (the AVX2 path calls the same
+//!   `x86::exp8` of `simd.rs`; a test pins the two together bit for bit), and sums them in `f64` in the same order (lane `l`
 //!   accumulates elements `l, l + 8, …`, then the lanes pairwise), so the sum is bit-identical
 //!   to the twin's sum of the same values.
 //! - [`exp_bound_sum`], [`exp_bound_scan`]: the same `f32` operations lane by lane (one fused
@@ -252,14 +251,12 @@ pub(crate) fn exp_bound_scan_scalar(x: &[f32], m: f32, c1: f32, target: f64) -> 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m256, __m256d, _CMP_LT_OQ, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _mm_add_pd,
-        _mm_cvtsd_f64, _mm_max_ps, _mm_movehl_ps, _mm_shuffle_ps, _mm_unpackhi_pd,
-        _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps, _mm256_andnot_ps,
+        __m256, __m256d, _CMP_LT_OQ, _mm_add_pd, _mm_cvtsd_f64, _mm_max_ps, _mm_movehl_ps,
+        _mm_shuffle_ps, _mm_unpackhi_pd, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps,
         _mm256_castpd256_pd128, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cmp_ps,
-        _mm256_cvtps_epi32, _mm256_cvtps_pd, _mm256_extractf128_pd, _mm256_extractf128_ps,
-        _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps,
-        _mm256_movemask_ps, _mm256_mul_ps, _mm256_round_ps, _mm256_set1_epi32, _mm256_set1_ps,
-        _mm256_setzero_pd, _mm256_slli_epi32, _mm256_storeu_ps, _mm256_sub_ps,
+        _mm256_cvtps_pd, _mm256_extractf128_pd, _mm256_extractf128_ps, _mm256_fmadd_ps,
+        _mm256_loadu_ps, _mm256_max_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_set1_ps,
+        _mm256_setzero_pd, _mm256_storeu_ps, _mm256_sub_ps,
     };
 
     /// Largest lane of `v` (no NaN expected).
@@ -424,41 +421,6 @@ mod x86 {
         None
     }
 
-    /// `exp` of eight lanes, bit for bit the `x86::exp8` of `simd.rs` (which is private to that
-    /// file); `exp_weights_match_exp_shifted_into` pins the two together.
-    #[target_feature(enable = "avx2,fma")]
-    fn exp8(x: __m256) -> __m256 {
-        const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
-        const HI: f32 = 88.376_26;
-        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));
-        let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(HI)), _mm256_set1_ps(LO));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let y = _mm256_fmadd_ps(
-            p,
-            _mm256_mul_ps(r, r),
-            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-        );
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        )));
-        _mm256_andnot_ps(underflow, _mm256_mul_ps(y, pow2))
-    }
-
     /// Adds the eight lanes of `e` to the `f64` lane sums `lo` (lanes 0-3) and `hi` (4-7).
     #[target_feature(enable = "avx2,fma")]
     fn add_f64(e: __m256, lo: &mut __m256d, hi: &mut __m256d) {
@@ -477,7 +439,7 @@ mod x86 {
         for (o, xc) in co.by_ref().zip(cx) {
             // SAFETY: `xc` and `o` are exactly 8 floats long; unaligned load / store.
             unsafe {
-                let e = exp8(_mm256_mul_ps(
+                let e = crate::simd::x86::exp8(_mm256_mul_ps(
                     _mm256_sub_ps(_mm256_loadu_ps(xc.as_ptr()), vm),
                     vt,
                 ));
@@ -491,7 +453,7 @@ mod x86 {
             // SAFETY: `tail` and `buf` are 8-float arrays; unaligned load / store. The `-inf`
             // padding gives exactly 0, which leaves the lane sums unchanged.
             unsafe {
-                let e = exp8(_mm256_mul_ps(
+                let e = crate::simd::x86::exp8(_mm256_mul_ps(
                     _mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vm),
                     vt,
                 ));
