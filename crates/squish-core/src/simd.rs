@@ -1018,7 +1018,7 @@ mod x86 {
 
     /// The eight lanes of a block's four 8-value loads, as one array.
     #[target_feature(enable = "avx2,fma")]
-    fn load4(x: &[f32; 32]) -> [__m256; 4] {
+    pub(super) fn load4(x: &[f32; 32]) -> [__m256; 4] {
         // SAFETY: `x` holds 32 floats, so the 8 floats at offsets 0, 8, 16 and 24 are in
         // bounds; `loadu` has no alignment requirement.
         unsafe {

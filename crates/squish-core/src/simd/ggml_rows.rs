@@ -183,21 +183,6 @@ mod x86 {
     /// `0.5 - 2⁻²⁵`, the largest `f32` below one half.
     const BELOW_HALF: f32 = 0.499_999_97;
 
-    /// The four 8-value loads of a block.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn load4(x: &[f32; 32]) -> [__m256; 4] {
-        // SAFETY: `x` holds 32 floats, so the 8 at offsets 0, 8, 16 and 24 are in bounds;
-        // `loadu` has no alignment requirement.
-        unsafe {
-            [
-                _mm256_loadu_ps(x.as_ptr()),
-                _mm256_loadu_ps(x.as_ptr().add(8)),
-                _mm256_loadu_ps(x.as_ptr().add(16)),
-                _mm256_loadu_ps(x.as_ptr().add(24)),
-            ]
-        }
-    }
-
     /// Lane-wise maximum of the `|x|` bit patterns of a block (as non-negative `i32`, whose
     /// order is the order of the magnitudes; NaN and infinity compare above every finite value).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -418,7 +403,7 @@ mod x86 {
     fn q8_0_scales(xs: &[[f32; 32]; CHUNK], ids: &mut [f32; CHUNK], hs: &mut [u16; CHUNK]) -> bool {
         let mut m = [_mm256_setzero_si256(); CHUNK];
         for (m, xb) in m.iter_mut().zip(xs) {
-            *m = abs_bits_max(&load4(xb));
+            *m = abs_bits_max(&crate::simd::x86::load4(xb));
         }
         let amax_bits = reduce8_max_epi32(&m);
         if any_non_finite(amax_bits) {
@@ -438,7 +423,7 @@ mod x86 {
     fn q8_0_codes(xb: &[f32; 32], id: f32, qs: &mut [i8; 32]) {
         let (sign, below_half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(BELOW_HALF));
         let vid = _mm256_set1_ps(id);
-        let v = load4(xb);
+        let v = crate::simd::x86::load4(xb);
         let mut ints = [_mm256_setzero_si256(); 4];
         for (i, &v) in ints.iter_mut().zip(&v) {
             // No clamp to ±127: |x * id| <= 127.00003 (module docs), so it never binds.
@@ -469,7 +454,7 @@ mod x86 {
             let mut mx = [_mm256_setzero_ps(); 2];
             let mut mn = [_mm256_setzero_ps(); 2];
             for ((mx, mn), xb) in mx.iter_mut().zip(&mut mn).zip(xp) {
-                let v = load4(xb);
+                let v = crate::simd::x86::load4(xb);
                 *mx = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
                 *mn = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
             }
@@ -535,7 +520,7 @@ mod x86 {
         let mut bytes = [_mm256_setzero_si256(); 2];
         for (bytes, (x, id)) in bytes.iter_mut().zip([(xa, ida), (xb, idb)]) {
             let vid = _mm256_set1_ps(id);
-            let v = load4(x);
+            let v = crate::simd::x86::load4(x);
             let mut c = [_mm256_setzero_si256(); 4];
             for (c, &v) in c.iter_mut().zip(&v) {
                 *c = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, vid), off));
