@@ -998,6 +998,10 @@ fn top_k_packed(x: &[f32], k: usize, out: &mut Vec<usize>) {
         top_k_packed_heap(x, k, out);
         return;
     }
+    if k.saturating_mul(2) <= x.len() && top_k_by_threshold(x, k, out) {
+        return;
+    }
+    out.clear();
     out.extend(
         x.iter()
             .enumerate()
@@ -1011,6 +1015,36 @@ fn top_k_packed(x: &[f32], k: usize, out: &mut Vec<usize>) {
     for o in out.iter_mut() {
         *o &= 0xffff_ffff;
     }
+}
+
+/// [`top_k_packed`] narrowed by a value threshold: bisection on the finite range of `x` finds
+/// `t` with `count(x >= t) >= k`, stopping once at most `k + k/8` values pass (or the interval
+/// cannot shrink, e.g. on ties); only the positions with `x >= t` are packed and sorted. Exact:
+/// the `k`-th largest value is `>= t` whenever `k` values are, so every member of the top `k`
+/// (ties at the `k`-th value included) is a candidate, and the packed order decides among them.
+/// Each count is one vectorised pass (`simd::select`), far cheaper than selection's passes
+/// over packed keys. Returns `false`, with `out` unspecified, when `x` holds a NaN or an
+/// infinity (the caller then selects among all). `1 <= 2k <= x.len()`.
+#[cfg(target_pointer_width = "64")]
+fn top_k_by_threshold(x: &[f32], k: usize, out: &mut Vec<usize>) -> bool {
+    let Some(t) = simd::select::top_k_threshold(x, k) else {
+        return false;
+    };
+    out.clear();
+    simd::select::positions_ge(x, t, out);
+    for o in out.iter_mut() {
+        *o |= (descending_key(x[*o]) as usize) << 32;
+    }
+    if out.len() > 2 * k {
+        out.select_nth_unstable(k - 1);
+        out.truncate(k);
+    }
+    out.sort_unstable();
+    out.truncate(k);
+    for o in out.iter_mut() {
+        *o &= 0xffff_ffff;
+    }
+    true
 }
 
 #[cfg(test)]

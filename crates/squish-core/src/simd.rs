@@ -100,6 +100,7 @@ pub(crate) mod ggml_rows;
 pub(crate) mod grouped_rows;
 mod rows;
 pub(crate) use rows::{all_finite, fold_min_max, fold_min_max_copy};
+pub(crate) mod select;
 pub(crate) mod softmax_rows;
 
 /// The instruction set the kernels dispatch to.

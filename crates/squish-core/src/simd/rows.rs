@@ -2,7 +2,6 @@
 //! batched dot product behind [`dot_rows`](super::dot_rows) and the fused min / max / finiteness
 //! fold behind [`fold_min_max`]. Part of the `simd` module (the one place `unsafe` is allowed).
 
-#[cfg(target_arch = "x86_64")]
 use super::{Isa, isa};
 
 /// `lo[c] = min(lo[c], rows[r][c])`, `hi[c] = max(hi[c], rows[r][c])` over every row `r` of
@@ -154,15 +153,31 @@ pub(super) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn hsum8(v: &[__m256; 8]) -> __m256 {
-        // [v_r lo + hi | v_{r+1} lo + hi]: the four `s_i` of two rows.
-        let mut w = [_mm256_setzero_ps(); 4];
-        for (p, w) in w.iter_mut().enumerate() {
-            let (a, b) = (v[2 * p], v[2 * p + 1]);
-            *w = _mm256_add_ps(
-                _mm256_permute2f128_ps::<0x20>(a, b),
-                _mm256_permute2f128_ps::<0x31>(a, b),
-            );
-        }
+        let w = [
+            hsum_pair(v[0], v[1]),
+            hsum_pair(v[2], v[3]),
+            hsum_pair(v[4], v[5]),
+            hsum_pair(v[6], v[7]),
+        ];
+        hsum_finish(&w)
+    }
+
+    /// The first step of [`hsum8`] for two rows `a`, `b`: `[a lo + a hi | b lo + b hi]`, the
+    /// four `s_i` of each. Callers fold rows in pairs as they are computed, so only four
+    /// vectors stay live per eight rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum_pair(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    }
+
+    /// The rest of [`hsum8`] from the four [`hsum_pair`] results of rows (0, 1) … (6, 7).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum_finish(w: &[__m256; 4]) -> __m256 {
         // [r.s0+r.s2, r.s1+r.s3, t.(..), t.(..) | r+1 .., t+1 ..] for row pairs (r, t).
         let u01 = _mm256_add_ps(
             _mm256_shuffle_ps::<0b01_00_01_00>(w[0], w[1]),
@@ -235,12 +250,13 @@ pub(super) mod x86 {
         let (blocks, rest_out) = out.as_chunks_mut::<8>();
         let batched = blocks.len() * 8 * d;
         for (o, rows8) in blocks.iter_mut().zip(rows[..batched].chunks_exact(8 * d)) {
-            let mut v = [_mm256_setzero_ps(); 8];
-            for (v, row) in v.iter_mut().zip(rows8.chunks_exact(d)) {
-                *v = row_sums::<B>(&q, row);
+            let mut w = [_mm256_setzero_ps(); 4];
+            for (w, pair) in w.iter_mut().zip(rows8.chunks_exact(2 * d)) {
+                let (a, b) = pair.split_at(d);
+                *w = hsum_pair(row_sums::<B>(&q, a), row_sums::<B>(&q, b));
             }
             // SAFETY: `o` is exactly 8 floats long; `storeu` is unaligned.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), hsum8(&v)) };
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), hsum_finish(&w)) };
         }
         for (o, row) in rest_out.iter_mut().zip(rows[batched..].chunks_exact(d)) {
             *o = super::super::x86::dot_avx2_fma(x, row);

@@ -419,15 +419,23 @@ fn dot_rows_equals_dot_per_row() {
     });
 }
 
-/// `k` between `n / 16` and `n / 4` (selection narrowed by a sampled threshold), with ties,
-/// signed zeros, infinities and adversarial orders (sorted, reversed, one repeated value), against
-/// the full-sort oracle.
+/// `k` between `n / 16` and `n / 4` (selection narrowed by a bisected value threshold), with
+/// ties, signed zeros, infinities, extremes and adversarial orders (sorted, reversed, one
+/// repeated value), against the full-sort oracle.
 #[test]
 fn top_k_mid_k_equals_full_sort() {
     let mut out = Vec::new();
     check("ops_top_k_mid_k", 150, |rng| {
         let n = rng.random_range(16..3000);
-        let mut x: Vec<f32> = match rng.random_range(0..5) {
+        let mut x: Vec<f32> = match rng.random_range(0..6) {
+            // Extremes whose difference overflows, and subnormals.
+            5 => (0..n)
+                .map(|_| match rng.random_range(0..3) {
+                    0 => f32::MAX,
+                    1 => -f32::MAX,
+                    _ => f32::from_bits(rng.random_range(0..0x0080_0000)),
+                })
+                .collect(),
             0 => (0..n)
                 .map(|_| rng.random_range(0..7) as f32 - 3.0)
                 .collect(),
