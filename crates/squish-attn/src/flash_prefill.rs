@@ -538,7 +538,9 @@ impl FlashPrefillKernel {
         }
         // Finite inputs can still overflow f32: logits beyond its range (lse), or weighted sums
         // of huge values (out). One vectorisable scan, then the exact row on failure.
-        let finite = |x: &[f32]| x.iter().fold(true, |ok, v| ok & v.is_finite());
+        // The vectorised scan of `check_finite` (its error is only built on failure); the
+        // per-row search below runs only when something overflowed.
+        let finite = |x: &[f32]| check_finite("FlashPrefillKernel output", x).is_ok();
         if !(finite(lse) && finite(out)) {
             let rows = h * shape.q_len;
             let i = (0..rows)
