@@ -8,17 +8,17 @@
 //! Each iteration times one call (the index and the `Selection` scratch are reused, so the
 //! timed path does not allocate).
 //!
-//! Where the time goes (2-core AVX2 VM, quiet, criterion medians and a standalone
-//! best-of-300 loop for the parts):
+//! Where the time goes (2-core AVX2 VM, quiet: criterion medians, and a standalone best-of-300
+//! loop for the parts):
 //!
 //! | row | target | median | parts |
 //! |---|---|---|---|
-//! | `build` | ≤ 25.7 µs (5×) | 21.2 µs (6.1×) | one AVX2 pass per page copies the keys and folds min / max / finiteness (`ops::fold_min_max_copy`); bound by moving 512 KiB through L2/L3 |
-//! | `query` | ≤ 11.2 µs (8×) | 13.6 µs (6.6×): **not met** | 8 × `ops::dot_rows_into` over 256 × 64 keys: 7.0 µs, bound by reading the 512 KiB of keys from L3 (they do not fit this core's 512 KiB L2 with anything else); 8 × `ops::top_k_into` (k = 32 of 256, packed-key selection): 4.8 µs |
+//! | `build` | ≤ 25.7 µs (5×) | 20.1 µs (6.4×) | one AVX2 pass per page copies the keys and folds min / max / finiteness (`ops::fold_min_max_copy`); bound by moving 512 KiB through L2/L3 |
+//! | `query` | ≤ 11.2 µs (8×) | 11.2 µs (8.0×), at the target | 8 × `ops::dot_rows_into` over 256 × 64 keys: ~7 µs, bound by the L2→L1 / L3 bandwidth for 512 KiB of keys (5.9 µs even when one head's 64 KiB is re-read from L2); 8 × `ops::top_k_into` (k = 32 of 256: bisected threshold, then ~36 candidates sorted): ~2.5 µs |
 //!
-//! The top-k selection is what is left to win on `query`: std's `select_nth_unstable` on 256
-//! packed keys costs ~0.4 µs per head; a sampled-threshold prefilter and a bounded heap were
-//! both measured slower at this `n / k = 8` (kept out).
+//! `query` has no margin: what is left is the key scan's bandwidth (exact `f32` keys) and the
+//! selection's ~0.3 µs per head. A bounded heap, a sampled threshold and software prefetch of
+//! the next head's keys were all measured slower (kept out).
 
 use std::hint::black_box;
 
