@@ -385,8 +385,10 @@ impl SparseAttnIndex {
                     store.page_max[p * d..(p + 1) * d].copy_from_slice(&saved[d..]);
                 }
             }
-            // The fold saw a NaN or infinity, so the scan reports it.
+            // The fold's flag is exact (squish-core tests it against `is_finite`), so the scan
+            // finds the element; never fall through to appending after a rollback.
             err?;
+            unreachable!("fold_min_max_copy flagged a value that check_finite accepts");
         }
         self.seq += n;
         Ok(())

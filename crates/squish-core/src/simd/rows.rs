@@ -146,25 +146,15 @@ pub(super) mod x86 {
         _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
     }
 
-    /// The horizontal sums of eight vectors at once, each with exactly the additions of
-    /// `simd::x86::hsum`: `s_i = v_i + v_{i+4}`, then `(s_0 + s_2) + (s_1 + s_3)`. Every
+    /// The horizontal sums of eight rows' vectors at once, in two steps ([`hsum_pair`] per pair
+    /// of rows as they are computed, then [`hsum_finish`]), each lane with exactly the additions
+    /// of `simd::x86::hsum`: `s_i = v_i + v_{i+4}`, then `(s_0 + s_2) + (s_1 + s_3)`. Every
     /// addition pairs the same two values as there (IEEE addition is commutative, so only the
-    /// tree matters), hence each lane is bit-identical to `hsum` of that vector.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum8(v: &[__m256; 8]) -> __m256 {
-        let w = [
-            hsum_pair(v[0], v[1]),
-            hsum_pair(v[2], v[3]),
-            hsum_pair(v[4], v[5]),
-            hsum_pair(v[6], v[7]),
-        ];
-        hsum_finish(&w)
-    }
-
-    /// The first step of [`hsum8`] for two rows `a`, `b`: `[a lo + a hi | b lo + b hi]`, the
-    /// four `s_i` of each. Callers fold rows in pairs as they are computed, so only four
-    /// vectors stay live per eight rows.
+    /// tree matters), hence each lane is bit-identical to `hsum` of that row's vector.
+    ///
+    /// This first step takes two rows `a`, `b` to `[a lo + a hi | b lo + b hi]`, the four `s_i`
+    /// of each. Callers fold rows in pairs as they are computed, so only four vectors stay live
+    /// per eight rows.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn hsum_pair(a: __m256, b: __m256) -> __m256 {
@@ -174,7 +164,7 @@ pub(super) mod x86 {
         )
     }
 
-    /// The rest of [`hsum8`] from the four [`hsum_pair`] results of rows (0, 1) … (6, 7).
+    /// The rest of the batched horizontal sum from the four [`hsum_pair`] results of rows (0, 1) … (6, 7).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn hsum_finish(w: &[__m256; 4]) -> __m256 {
@@ -196,7 +186,7 @@ pub(super) mod x86 {
     }
 
     /// `out[j] = dot_avx2_fma(x, row j)` bit for bit: eight rows at a time share one batched
-    /// horizontal sum ([`hsum8`]); the scalar tail of each row (`len % 8` values) is then added
+    /// horizontal sum ([`hsum_pair`], [`hsum_finish`]); the scalar tail of each row (`len % 8` values) is then added
     /// in order, as `dot_avx2_fma` does; leftover rows take `dot_avx2_fma` itself.
     /// `x` is non-empty and `rows.len() == out.len() * x.len()` (checked by the callers).
     ///
@@ -215,12 +205,13 @@ pub(super) mod x86 {
         let (blocks, rest_out) = out.as_chunks_mut::<8>();
         let batched = blocks.len() * 8 * d;
         for (o, rows8) in blocks.iter_mut().zip(rows[..batched].chunks_exact(8 * d)) {
-            let mut v = [_mm256_setzero_ps(); 8];
-            for (v, row) in v.iter_mut().zip(rows8.chunks_exact(d)) {
-                *v = partial_sums(x, row);
+            let mut w = [_mm256_setzero_ps(); 4];
+            for (w, pair) in w.iter_mut().zip(rows8.chunks_exact(2 * d)) {
+                let (a, b) = pair.split_at(d);
+                *w = hsum_pair(partial_sums(x, a), partial_sums(x, b));
             }
             // SAFETY: `o` is exactly 8 floats long; `storeu` is unaligned.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), hsum8(&v)) };
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), hsum_finish(&w)) };
             if tail != 0 {
                 for (s, row) in o.iter_mut().zip(rows8.chunks_exact(d)) {
                     for (&a, &b) in x[d - tail..].iter().zip(&row[d - tail..]) {
@@ -521,7 +512,7 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn hsum8_is_the_single_vector_hsum_per_lane() {
+    fn batched_hsum_is_the_single_vector_hsum_per_lane() {
         if isa() != Isa::Avx2Fma {
             return;
         }
