@@ -32,8 +32,8 @@
 //! so the exponentials are base 2, computed by Cephes' `exp2f` minimax polynomial on
 //! `[-1/2, 1/2]` with the exponent built from the bits of a rounded float (in
 //! [`squish_core::ops::online_softmax_cols_exp2`]); its relative error is below `2.5e-7`
-//! (tested against `f64`) and results below `2⁻¹²⁶` are flushed to 0, i.e. a key whose
-//! probability is under `1.2e-38` times the row's largest gets exactly 0. Each query row is
+//! (tested against `f64`) and results at or below `2^-126.5` are flushed to 0, i.e. a key whose
+//! probability is at most `8.3e-39` times the row's largest gets exactly 0. Each query row is
 //! computed by the same operations whatever tile or vector lane it lands in (scores summed over
 //! the channels in order, probabilities over the keys in order; masked keys add exact zeros),
 //! which is why the query tile size and continuation never change a bit. Outputs agree with a
@@ -49,10 +49,12 @@
 //! probabilities, no output tile) and needing no horizontal reductions. Both products are
 //! [`squish_core::ops::gemm_into`] (runtime-dispatched AVX2 + FMA, a 6 × 16 register block of
 //! twelve accumulators, strided reads of `A`); the softmax step is
-//! [`squish_core::ops::online_softmax_cols_exp2`] (eight queries per vector, four exponentials
-//! in flight). On a tile that crosses the diagonal, blocks of six keys are multiplied only from
-//! the first group of 16 queries that sees one of them, and each group sums only the keys its
-//! last query sees. Single-threaded, allocation-free, no `unsafe` in this crate.
+//! [`squish_core::ops::online_softmax_cols_exp2`] (eight queries per vector, one or two
+//! exponentials per step, successive rows overlapped). On a tile that crosses the diagonal,
+//! each band of keys first seen by the same group of 16 queries is multiplied (one product
+//! call) only from that group on, only that group's hidden scores are set to `-inf`, and each
+//! group sums only the keys its last query sees. Single-threaded, allocation-free, no `unsafe`
+//! in this crate.
 //!
 //! Measured on a 2-core AMD EPYC Zen 3 VM at ≈ 3.2 GHz, whose AVX2 + FMA peak is 32
 //! flop/cycle ≈ 102 GFLOP/s (the machine was shared and loaded; the figures are the fastest
@@ -76,9 +78,6 @@ use crate::{Error, Result};
 /// Query columns of the score tile handled as one group on a tile that crosses the diagonal
 /// (the column width of the product's register block).
 const GROUP: usize = 16;
-/// Keys per product call on a tile that crosses the diagonal (the row height of the product's
-/// register block): blocks of keys that no query of a group sees are skipped.
-const KEY_BLOCK: usize = 6;
 /// Vector width the query tile is padded to.
 const LANES: usize = 8;
 
@@ -559,9 +558,9 @@ impl FlashPrefillKernel {
     /// Per query tile: `Qᵀ` (scaled by `scale·log₂e`) is packed once; per key tile, the scores
     /// `Sᵀ = K·Qᵀ` (keys × queries), the online softmax down each query's column, and
     /// `O ← diag(alpha)·O + P·V` straight into the output rows, reading `K`, `V` and `P` where
-    /// they lie. On a tile that crosses the diagonal, the score blocks no query sees are
-    /// skipped and each group of [`GROUP`] queries sums only the keys its last query sees;
-    /// masked scores are `-inf`, so they weigh exactly 0.
+    /// they lie. On a tile that crosses the diagonal, the scores of a band of keys are computed
+    /// from the first group of [`GROUP`] queries that sees one of them, and each group sums
+    /// only the keys its last query sees; masked scores are `-inf`, so they weigh exactly 0.
     fn head(
         &mut self,
         shape: AttnShape,
@@ -630,23 +629,31 @@ impl FlashPrefillKernel {
                     ops::gemm_into(pv(rows, cols), &sc.s, vt, o, scale);
                     continue;
                 }
-                // The tile crosses the diagonal. Scores of each block of keys, from the first
-                // group of queries that sees one of them.
-                for j0 in (0..cols).step_by(KEY_BLOCK) {
+                // The tile crosses the diagonal. Scores of each band of keys whose first
+                // seeing query lies in the same group, from that group's first column on
+                // (one product call per band).
+                let mut j0 = 0;
+                while j0 < cols {
+                    // Query column `i` sees key `j` iff `first + i >= k0 + j`.
                     let c0 = (k0 + j0).saturating_sub(first) / GROUP * GROUP;
-                    let kb = KEY_BLOCK.min(cols - j0);
+                    let j1 = (first + c0 + GROUP).saturating_sub(k0).clamp(j0 + 1, cols);
                     ops::gemm_into(
-                        scores(kb, w - c0),
+                        scores(j1 - j0, w - c0),
                         &kt[j0 * d..],
                         &sc.qt[c0..],
                         &mut sc.s[j0 * bp + c0..],
                         None,
                     );
+                    j0 = j1;
                 }
-                // Mask: key `j` is unseen by the queries before position `k0 + j`.
+                // Mask: key `j` is unseen by the query columns before `hide`. Only the group
+                // holding column `hide - 1` reads row `j` and hides some of it (an earlier
+                // group's last query does not see key `j`, so its softmax stops above row
+                // `j`), so only that group's hidden columns are set to `-inf`.
                 for j in 0..cols {
                     let hide = (k0 + j).saturating_sub(first).min(w);
-                    sc.s[j * bp..][..hide].fill(f32::NEG_INFINITY);
+                    let from = hide / GROUP * GROUP;
+                    sc.s[j * bp + from..j * bp + hide].fill(f32::NEG_INFINITY);
                 }
                 for g0 in (0..rows).step_by(GROUP) {
                     let gw = GROUP.min(w - g0);

@@ -314,10 +314,10 @@ pub fn gemm_into(
 /// The number of columns is `m.len()`. Masked logits are `-inf` and get probability exactly 0.
 /// Every reduction runs down the columns, so no horizontal sum or maximum is needed.
 ///
-/// `2^x` is Cephes' `exp2f` polynomial (relative error below `2.5e-7`; arguments below `-126`
-/// give exactly 0), evaluated by Estrin's scheme with FMAs on the AVX2 path and by Horner's
-/// rule with separate multiplies and adds on the portable one, so results may differ in the
-/// last bit between machines.
+/// `2^x` is Cephes' `exp2f` polynomial (relative error below `2.5e-7` on `[-126, 0]`;
+/// arguments at or below `-126.5` give exactly 0, those in `(-126.5, -126)` a subnormal close
+/// to `2^x`), evaluated by Horner's rule with FMAs on the AVX2 path and with separate multiplies
+/// and adds on the portable one, so results may differ in the last bit between machines.
 ///
 /// # Panics
 /// If `l` or `alpha` do not have `m.len()` values, `ld < m.len()`, or `s` is shorter than

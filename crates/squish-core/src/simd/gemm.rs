@@ -20,12 +20,13 @@
 //!   vertical (lane-wise), so no horizontal sum or maximum is needed. The exponential is
 //!   Cephes' `exp2f` (degree-6 minimax polynomial on `[-1/2, 1/2]`, exponent from the bits of a
 //!   rounded float): the twin evaluates it by Horner's rule with separate multiplies and adds,
-//!   the AVX2 kernel by Estrin's scheme with FMAs (four dependent steps instead of six); each
-//!   is within `2.5e-7` (relative) of the exact `2^x` (tested against `f64`),
-//!   and arguments below `-126` (including `-inf`, a masked score) give exactly 0 (the twin
-//!   clamps them to `-126` first, the AVX2 kernel skips that no-op and only zeroes them at the
-//!   end). The AVX2 kernel evaluates two rows × two 8-column blocks side by side (four
-//!   polynomial chains in flight).
+//!   the AVX2 kernel by Horner's rule with FMAs; each is within `2.5e-7` (relative) of the exact
+//!   `2^x` on `[-126, 0]` (tested against `f64`). Both clamp the argument to `-127` first and
+//!   build `2^n` by shifting the bits of `x + 1.5·2^23 + 127` (see `EXP2_MAGIC`), which gives
+//!   `+0.0` for `n = -127`: arguments at or below `-126.5` (including `-inf`, a masked score)
+//!   give exactly 0, those in `(-126.5, -126)` a subnormal close to `2^x`. The AVX2 kernel
+//!   evaluates one row × one or two 8-column blocks per step; the out-of-order core overlaps
+//!   the rows.
 //!
 //! - [`transpose_scaled`]: `dst[c·ldd + r] = src[r·cols + c] · scale` (packing a query tile
 //!   as one column per query); AVX2 8 × 8 register transposes, bit-identical twin.
@@ -311,13 +312,13 @@ pub(crate) fn online_softmax_cols_exp2_scalar(
 
 /// `2^x` for `x ≤ 0` (and `-inf`), branch-free so that loops over it vectorise: the portable
 /// twin of the AVX2 `exp2x8` (see the module docs). Relative error below `2.5e-7` on
-/// `[-126, 0]`; `x < -126` gives exactly 0; NaN stays NaN.
+/// `[-126, 0]`; `x ≤ -126.5` gives exactly 0 and `(-126.5, -126)` a subnormal close to `2^x`;
+/// NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp2_scalar(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    let xc = if x < -126.0 { -126.0 } else { x };
-    let t = xc + MAGIC;
-    let n = t - MAGIC;
+    let xc = if x < -127.0 { -127.0 } else { x };
+    let t = xc + EXP2_MAGIC;
+    let n = t - EXP2_MAGIC;
     let f = xc - n;
     let p = EXP2_P[0];
     let p = p * f + EXP2_P[1];
@@ -326,10 +327,9 @@ pub(crate) fn exp2_scalar(x: f32) -> f32 {
     let p = p * f + EXP2_P[4];
     let p = p * f + EXP2_P[5];
     let p = p * f + EXP2_P[6];
-    // t's bits are 0x4B40_0000 + n; (n + 127) << 23 is 2^n.
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
-    let r = p * scale;
-    if x < -126.0 { 0.0 } else { r }
+    // See `EXP2_MAGIC`: 2^n, or 0 for n = -127.
+    let scale = f32::from_bits(t.to_bits() << 23);
+    p * scale
 }
 
 /// Checks the slices of [`transpose_scaled`].
@@ -391,6 +391,13 @@ pub(crate) fn transpose_scaled_scalar(
     }
 }
 
+/// `1.5 · 2^23 + 127`: for an argument `x` in `[-127, 1/2]`, `t = x + EXP2_MAGIC` is
+/// `EXP2_MAGIC + n` exactly, `n` the integer nearest `x` (on a tie, the one with `n + 127`
+/// even; `|x - n| ≤ 1/2` either way), and the low 9 bits of `t`'s bit pattern are `n + 127`,
+/// so `t.to_bits() << 23` is the bit pattern of `2^n` (of `+0.0` for `n = -127`, which
+/// flushes the result to 0).
+const EXP2_MAGIC: f32 = 12_583_039.0;
+
 /// Cephes' `exp2f` coefficients, highest degree first.
 const EXP2_P: [f32; 7] = [
     1.535_336_2e-4,
@@ -405,15 +412,15 @@ const EXP2_P: [f32; 7] = [
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m256, __m256i, _CMP_EQ_OQ, _CMP_LT_OQ, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps,
-        _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_cmpgt_epi32,
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_max_ps,
-        _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_set1_epi32, _mm256_set1_ps,
-        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_slli_epi32,
-        _mm256_storeu_ps, _mm256_sub_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+        __m256, __m256i, _CMP_EQ_OQ, _mm256_add_ps, _mm256_andnot_ps, _mm256_castps_si256,
+        _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_cmpgt_epi32, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_max_ps, _mm256_mul_ps,
+        _mm256_permute2f128_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32,
+        _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_slli_epi32, _mm256_storeu_ps, _mm256_sub_ps,
+        _mm256_unpackhi_ps, _mm256_unpacklo_ps,
     };
 
-    use super::{EXP2_P, MR};
+    use super::{EXP2_MAGIC, EXP2_P, MR};
     use crate::ops::GemmLayout;
 
     /// `p + j`, or null if `p` is null (no row scale).
@@ -691,26 +698,24 @@ mod x86 {
     }
 
     /// [`exp2x8`] on `N` independent vectors, step by step across them, so that the
-    /// out-of-order core sees `N` dependency chains side by side (the polynomial alone is six
-    /// dependent FMAs). Each lane's arithmetic is that of [`exp2x8`].
+    /// out-of-order core sees `N` dependency chains side by side. Each lane's arithmetic is
+    /// that of [`exp2x8`].
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn exp2x8n<const N: usize>(x: [__m256; N]) -> [__m256; N] {
-        let magic = _mm256_set1_ps(12_582_912.0);
-        let lo = _mm256_set1_ps(-126.0);
+        let magic = _mm256_set1_ps(EXP2_MAGIC);
+        let lo = _mm256_set1_ps(-127.0);
         let mut t = [_mm256_setzero_ps(); N];
         let mut f = [_mm256_setzero_ps(); N];
         for k in 0..N {
-            // No clamp to -126 as in the twin: every lane below -126 is zeroed at the end, and
-            // on the others the clamp is a no-op, so the results are the same. A lane below
-            // -126 may carry garbage, an infinity or NaN until then (a masked `-inf` gives
-            // NaN), and a subnormal product only in narrow windows such as [-126.5, -126).
-            t[k] = _mm256_add_ps(x[k], magic);
-            f[k] = _mm256_sub_ps(x[k], _mm256_sub_ps(t[k], magic));
+            // The twin's clamp: `max(lo, x)` is `x` when `x` is NaN (`maxps` returns its
+            // second operand then), so NaN propagates as in the twin.
+            let xc = _mm256_max_ps(lo, x[k]);
+            t[k] = _mm256_add_ps(xc, magic);
+            f[k] = _mm256_sub_ps(xc, _mm256_sub_ps(t[k], magic));
         }
-        // Estrin's scheme (depth 4 instead of Horner's 6 dependent FMAs; the polynomial is the
-        // same, the rounding slightly different):
-        // p = (c0 + c1·f) + f²·((c2 + c3·f) + f²·((c4 + c5·f) + c6·f²)), cᵢ of degree i.
+        // Horner's rule with FMAs: six dependent FMAs per vector, but one multiply fewer than
+        // Estrin's scheme (which measured no faster: the FMA pipes, not the latency, bound it).
         let [c6, c5, c4, c3, c2, c1, c0] = EXP2_P;
         let (c0, c1, c2, c3) = (
             _mm256_set1_ps(c0),
@@ -721,22 +726,18 @@ mod x86 {
         let (c4, c5, c6) = (_mm256_set1_ps(c4), _mm256_set1_ps(c5), _mm256_set1_ps(c6));
         let mut p = [_mm256_setzero_ps(); N];
         for k in 0..N {
-            let f2 = _mm256_mul_ps(f[k], f[k]);
-            let p01 = _mm256_fmadd_ps(c1, f[k], c0);
-            let p23 = _mm256_fmadd_ps(c3, f[k], c2);
-            let p45 = _mm256_fmadd_ps(c5, f[k], c4);
-            let p46 = _mm256_fmadd_ps(c6, f2, p45);
-            let p26 = _mm256_fmadd_ps(p46, f2, p23);
-            p[k] = _mm256_fmadd_ps(p26, f2, p01);
+            let mut q = _mm256_fmadd_ps(c6, f[k], c5);
+            q = _mm256_fmadd_ps(q, f[k], c4);
+            q = _mm256_fmadd_ps(q, f[k], c3);
+            q = _mm256_fmadd_ps(q, f[k], c2);
+            q = _mm256_fmadd_ps(q, f[k], c1);
+            p[k] = _mm256_fmadd_ps(q, f[k], c0);
         }
         let mut r = [_mm256_setzero_ps(); N];
         for k in 0..N {
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_castps_si256(t[k]),
-                _mm256_set1_epi32(127 - 0x4B40_0000),
-            ));
-            let v = _mm256_mul_ps(p[k], _mm256_castsi256_ps(bits));
-            r[k] = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x[k], lo), v);
+            // See `EXP2_MAGIC`: 2^n, or 0 for n = -127.
+            let bits = _mm256_slli_epi32::<23>(_mm256_castps_si256(t[k]));
+            r[k] = _mm256_mul_ps(p[k], _mm256_castsi256_ps(bits));
         }
         r
     }
@@ -801,29 +802,10 @@ mod x86 {
             shift[b] = _mm256_andnot_ps(empty, mx[b]);
             a[b] = exp2x8(_mm256_sub_ps(m_old[b], shift[b]));
         }
-        // Two rows per step (2·NB exponentials side by side), the sums still row by row.
-        let mut j = 0;
-        while j + 2 <= rows {
-            let rows2 = [s.wrapping_add(j * ld), s.wrapping_add((j + 1) * ld)];
-            let mut x = [[_mm256_setzero_ps(); NB]; 2];
-            for (xr, row) in x.iter_mut().zip(rows2) {
-                for (b, xb) in xr.iter_mut().enumerate() {
-                    // SAFETY: rows `j, j + 1 < rows` are in bounds (the function's contract).
-                    let v = unsafe { load::<MASKED>(row.add(8 * b), mask) };
-                    *xb = _mm256_sub_ps(v, shift[b]);
-                }
-            }
-            let e = [exp2x8n(x[0]), exp2x8n(x[1])];
-            for (er, row) in e.iter().zip(rows2) {
-                for (b, &eb) in er.iter().enumerate() {
-                    // SAFETY: as for the loads.
-                    unsafe { store::<MASKED>(row.add(8 * b), eb, mask) };
-                    sum[b] = _mm256_add_ps(sum[b], eb);
-                }
-            }
-            j += 2;
-        }
-        if j < rows {
+        // One row per step (NB exponentials side by side); successive rows are independent
+        // but for the sums, so the out-of-order core overlaps them. (Two rows per step ran
+        // out of registers and spilled.)
+        for j in 0..rows {
             let row = s.wrapping_add(j * ld);
             let mut x = [_mm256_setzero_ps(); NB];
             for (b, xb) in x.iter_mut().enumerate() {
@@ -889,7 +871,7 @@ mod x86 {
             unsafe { softmax_blocks::<2, false>(s, ld, rows, m, l, a, full) };
             c0 += 16;
         }
-        if c0 + 8 <= cols {
+        while c0 + 8 <= cols {
             let (s, m, l, a) = (
                 sp.wrapping_add(c0),
                 mp.wrapping_add(c0),
@@ -1107,13 +1089,42 @@ mod tests {
         );
         assert_eq!(exp2_scalar(0.0), 1.0);
         assert_eq!(exp2_scalar(-1.0), 0.5);
-        assert_eq!(exp2_scalar(-126.5), 0.0);
-        assert_eq!(exp2_scalar(f32::NEG_INFINITY), 0.0);
-        let mut v = [0.0, -1.0, -126.5, f32::NEG_INFINITY, -126.0];
+        // The flush edge: 0 at or below -126.5 (and for -inf), a subnormal within two units
+        // of the subnormal grid (2^-149) of 2^x on (-126.5, -126).
+        let edge = |got: f32, x: f32| {
+            assert!(
+                (f64::from(got) - f64::from(x).exp2()).abs() <= 2.0 * 2f64.powi(-149),
+                "2^{x}: {got:e}"
+            );
+        };
+        for (x, want) in [
+            (-126.5f32, 0.0f32),
+            (-126.6, 0.0),
+            (-127.0, 0.0),
+            (-1e9, 0.0),
+            (f32::NEG_INFINITY, 0.0),
+        ] {
+            assert_eq!(exp2_scalar(x), want);
+        }
+        edge(exp2_scalar(-126.4), -126.4);
+        edge(exp2_scalar(-126.25), -126.25);
+        assert!(exp2_scalar(f32::NAN).is_nan());
+        let mut v = [
+            0.0,
+            -1.0,
+            -126.5,
+            f32::NEG_INFINITY,
+            -1e9,
+            -126.0,
+            -126.4,
+            -126.25,
+        ];
         let (mut m, mut l, mut alpha) = ([0.0f32], [0.0f32], [0.0f32]);
-        online_softmax_cols_exp2(&mut v, 1, 5, &mut m, &mut l, &mut alpha);
-        assert_eq!(v[..4], [1.0, 0.5, 0.0, 0.0]);
-        assert_eq!(v[4], (-126.0f32).exp2());
+        online_softmax_cols_exp2(&mut v, 1, 8, &mut m, &mut l, &mut alpha);
+        assert_eq!(v[..5], [1.0, 0.5, 0.0, 0.0, 0.0]);
+        assert_eq!(v[5], (-126.0f32).exp2());
+        edge(v[6], -126.4);
+        edge(v[7], -126.25);
     }
 
     #[test]
@@ -1223,7 +1234,7 @@ mod tests {
                 let mut sum = 0.0;
                 for j in 0..rows {
                     let want = arg(s[j * ld + i]).exp2();
-                    let want = if want < 2f64.powi(-126) { 0.0 } else { want };
+                    let want = if want <= 2f64.powf(-126.5) { 0.0 } else { want };
                     sum += want;
                     for got in [sx[j * ld + i], sy[j * ld + i]] {
                         assert!(
