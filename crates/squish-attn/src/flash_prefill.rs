@@ -675,14 +675,20 @@ impl FlashPrefillKernel {
                     ops::gemm_into(pv(g_rows, keys), &sc.s[g0..], vt, &mut o[g0 * d..], scale);
                 }
             }
-            // One division per row, then the log-sum-exp in natural units.
-            for (r, orow) in o.chunks_exact_mut(d).enumerate() {
-                let (m, l) = (sc.m[r], sc.l[r]);
+            // One division per row, then the log-sum-exp in natural units (the tile's
+            // logarithms in one vectorised pass).
+            let lse = &mut lse[i0..i0 + rows];
+            ops::log2_into(&sc.l[..rows], lse);
+            for ((orow, lv), (&m, &l)) in o
+                .chunks_exact_mut(d)
+                .zip(lse.iter_mut())
+                .zip(sc.m.iter().zip(&sc.l))
+            {
                 let inv = 1.0 / l;
                 for x in orow {
                     *x *= inv;
                 }
-                lse[i0 + r] = (m + l.log2()) * std::f32::consts::LN_2;
+                *lv = (m + *lv) * std::f32::consts::LN_2;
             }
         }
     }

@@ -453,3 +453,74 @@ fn top_k_mid_k_equals_full_sort() {
         assert_eq!(out, top_k_oracle(&x, k), "n={n} k={k}");
     });
 }
+
+/// `log2_into` is within 2.5e-7 relative (1e-7 absolute below |log2 x| = 1) of f64's log2.
+fn assert_log2_close(x: f32, got: f32) {
+    let want = f64::from(x).log2();
+    let err = (f64::from(got) - want).abs();
+    assert!(
+        err <= 2.5e-7 * want.abs() || err <= 1e-7,
+        "log2({x:e}) = {got} vs {want} (error {err:e})"
+    );
+}
+
+#[test]
+fn log2_into_matches_f64_over_the_whole_positive_range() {
+    // Every 997th positive finite f32 bit pattern: subnormals, every binade, both halves of
+    // each mantissa range, and the neighbourhood of 1.
+    let mut xs: Vec<f32> = (1..0x7F80_0000u32)
+        .step_by(997)
+        .map(f32::from_bits)
+        .collect();
+    xs.extend((-2000..=2000).map(|i| 1.0 + i as f32 * f32::EPSILON));
+    xs.extend([
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        1.0,
+        2.0,
+        0.5,
+        std::f32::consts::SQRT_2,
+    ]);
+    let mut out = vec![0.0; xs.len()];
+    ops::log2_into(&xs, &mut out);
+    for (&x, &got) in xs.iter().zip(&out) {
+        assert_log2_close(x, got);
+    }
+    // Exact powers of two are exact.
+    for k in -149i32..=127 {
+        let x = if k >= -126 {
+            f32::from_bits(((k + 127) as u32) << 23)
+        } else {
+            f32::from_bits(1 << (k + 149))
+        };
+        let mut o = [0.0];
+        ops::log2_into(&[x], &mut o);
+        assert_eq!(o[0], k as f32, "log2(2^{k})");
+    }
+}
+
+#[test]
+fn log2_into_special_values() {
+    let x = [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        -1.0,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::MIN_POSITIVE,
+    ];
+    let mut out = [0.0f32; 7];
+    ops::log2_into(&x, &mut out);
+    assert_eq!(
+        out[..3],
+        [f32::NEG_INFINITY, f32::NEG_INFINITY, f32::INFINITY]
+    );
+    assert!(out[3..].iter().all(|v| v.is_nan()), "{out:?}");
+}
+
+#[test]
+#[should_panic(expected = "log2_into: out has length 1, expected 2")]
+fn log2_into_length_mismatch_panics() {
+    ops::log2_into(&[1.0, 2.0], &mut [0.0]);
+}
