@@ -175,6 +175,7 @@ pub enum NextKind {
 
 /// Counts at one depth of the draft tree (depth 1 = the children of the root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct DepthStats {
     /// Draft tokens at this depth.
     pub drafted: u64,
@@ -188,6 +189,7 @@ pub struct DepthStats {
 ///
 /// Reuse one value across calls: its buffers keep their capacity.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct VerifyOutput {
     accepted: Vec<u32>,
     path: Vec<usize>,
@@ -275,6 +277,7 @@ impl VerifyOutput {
 
 /// Running totals over many verifications.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct VerifyStats {
     /// Verification steps.
     pub steps: u64,
