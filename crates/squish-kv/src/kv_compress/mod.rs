@@ -786,15 +786,13 @@ fn anomaly_error(a: Anomaly, offset: usize, ks: &[f32], vs: &[f32]) -> Error {
     .into()
 }
 
-/// Index of the first NaN or infinity in `x`, found with a vectorisable scan first.
+/// Index of the first NaN or infinity in `x` (squish-core's AVX2 scan first).
 fn first_non_finite(x: &[f32]) -> Option<usize> {
-    let all_finite = x
-        .chunks(256)
-        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
-    if all_finite {
-        None
-    } else {
-        x.iter().position(|v| !v.is_finite())
+    match squish_core::check_finite("KvCompressor", x) {
+        Ok(()) => None,
+        Err(squish_core::Error::NonFinite { index, .. }) => Some(index),
+        // `check_finite` reports nothing else; treat it as the first element should it change.
+        Err(_) => Some(0),
     }
 }
 
