@@ -250,6 +250,21 @@ fn quantize_draft_is_q4_0() {
     );
     assert_eq!((qd.rows(), qd.vocab()), (4, vocab));
     assert_eq!(qd.bytes_held(), 4 * vocab / 32 * 18);
+    // The buffer is reused without stale blocks (a shorter and a same-length call), and a NaN
+    // is an error that leaves the draft empty.
+    let mut again = QuantizedDraft::new();
+    let other = data::normal_vec(&mut rng, 4 * vocab, 1.0, 3.0);
+    dec.quantize_draft_into(&other[..2 * vocab], &mut again)
+        .unwrap();
+    dec.quantize_draft_into(&other, &mut again).unwrap();
+    assert_eq!(
+        again.blocks(),
+        quant::quantize_q4_0(&other).unwrap().as_slice()
+    );
+    let mut bad = other.clone();
+    bad[3 * vocab + 5] = f32::NAN;
+    assert!(dec.quantize_draft_into(&bad, &mut again).is_err());
+    assert_eq!((again.rows(), again.blocks().len()), (0, 0));
     let mut back = vec![0.0; 4 * vocab];
     qd.dequantize_into(&mut back);
     for (b, (x, y)) in logits.chunks(32).zip(back.chunks(32)).enumerate() {
