@@ -1,8 +1,8 @@
 //! `QuantSpecDecoder` at the seed's configuration `n_draft=4,vocab=8192`:
 //! - `quantize_draft`: packs 4 × 8192 standard-normal draft logits into GGML `Q4_0` blocks:
 //!   `squish_core::quant::quantize_row_q4_0`'s whole-row AVX2 kernel (~0.15 ns per value; a
-//!   standalone loop over 32 768 values went 19.5 → 5.0 µs) after the decoder clears and
-//!   re-zeroes its 18 KiB block buffer. Target ≤ 8.2 µs: the last full run gave 21.7 µs; on the
+//!   standalone loop over 32 768 values went 19.5 → 5.0 µs) into the decoder's reused block
+//!   buffer (no longer zeroed again on each call). Target ≤ 8.2 µs: the last full run gave 21.7 µs; on the
 //!   loaded VM, before and after binaries run alternately gave 36 → 9.6–11.3 µs (the VM about
 //!   1.7x slower than in the full run), i.e. about 6 µs on a quiet VM.
 //! - `verify`: a chain of 4 draft tokens sampled from standard-normal draft logits, verified
