@@ -1207,27 +1207,32 @@ mod x86 {
         let main = cols / 8 * 8;
         if GROUPED {
             // The groups of consecutive rows are consecutive in `packed` and `out`: one flat
-            // sequence, one broadcast per group, `gs / 8` steps inside it (by four when
-            // `gs % 32 == 0`).
+            // sequence, one broadcast per group.
             let groups = out.len() / gs;
             assert!(zs.len() == groups && ss.len() == groups);
             assert_eq!(packed.len(), out.len() * B as usize / 8);
-            for (g, (&z, &s)) in zs.iter().zip(ss).enumerate() {
+            // Two walking pointers (the code and output offsets derived from a group index
+            // cost the loop a multiply and masks per group, about 10 % of the compressor's
+            // decompression): blocks of 32, then of 8.
+            let (mut p, mut y) = (pp, yp);
+            for (&z, &s) in zs.iter().zip(ss) {
                 let (z, s) = (_mm256_set1_ps(z), _mm256_set1_ps(s));
-                let mut c = g * gs;
-                let end = c + gs;
-                while c + 32 <= end {
+                for _ in 0..gs / 32 {
                     for k in 0..4 {
-                        let ck = c + 8 * k;
-                        // SAFETY: `ck + 8 <= end <= out.len()`; its codes lie in `packed`.
-                        unsafe { decode8::<B>(pp.add(at(ck)), z, s, yp.add(ck)) };
+                        // SAFETY: the groups tile `out` exactly (`groups * gs == out.len()`)
+                        // and `packed` holds their codes (`out.len() * B / 8` bytes), so the 8
+                        // values at `y + 8k` and their `B` code bytes at `p + at(8k)` are in
+                        // bounds.
+                        unsafe { decode8::<B>(p.add(at(8 * k)), z, s, y.add(8 * k)) };
                     }
-                    c += 32;
+                    p = p.wrapping_add(at(32));
+                    y = y.wrapping_add(32);
                 }
-                while c < end {
-                    // SAFETY: `c + 8 <= end <= out.len()` (`gs % 8 == 0`).
-                    unsafe { decode8::<B>(pp.add(at(c)), z, s, yp.add(c)) };
-                    c += 8;
+                for _ in 0..gs % 32 / 8 {
+                    // SAFETY: as above, for the group's remaining blocks of 8 (`gs % 8 == 0`).
+                    unsafe { decode8::<B>(p, z, s, y) };
+                    p = p.wrapping_add(at(8));
+                    y = y.wrapping_add(8);
                 }
             }
             return;
