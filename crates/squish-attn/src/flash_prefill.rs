@@ -57,18 +57,17 @@
 //! in this crate.
 //!
 //! Measured on a 2-core AMD EPYC Zen 3 VM at ≈ 3.2 GHz, whose AVX2 + FMA peak is 32
-//! flop/cycle ≈ 102 GFLOP/s (the machine was shared and loaded; the figures are the fastest
-//! of many short batches, which is what an unloaded core gives; criterion medians on the
-//! loaded machine were 20–100 % higher): the seed's size (seq 256, 4 heads, head_dim 32)
-//! 0.28 ms, 59 GFLOP/s, 11.3× the seed's Python (was 0.68 ms with the previous 4 × 8
-//! multiply-then-add kernel over packed panels); seq 1024–4096 with head_dim 64 and 128 at
-//! 74–77 GFLOP/s, about three quarters of the peak (was 34–39 GFLOP/s). The seed row's target
-//! (0.27 ms, 12×) is not met: at head_dim 32 the products (16.8 MFLOP of useful work, 17.9
-//! computed with the diagonal tiles' blocks) already run at ≈ 93 GFLOP/s and take ≈ 68 % of
-//! the time; the rest is one exponential per score (≈ 17 %), the finiteness check and the
-//! `Qᵀ` transpose (≈ 7 %, mostly the first touch of the inputs), masking and bookkeeping
-//! (≈ 6 %) and per-row `log2`. With `SQUISH_SIMD=off` the seed's size takes 0.89 ms (0.94 ms
-//! before). The bench docs (`benches/benches/seed/flash_prefill.rs`) give the details.
+//! flop/cycle ≈ 102 GFLOP/s (the machine is shared; "best" figures are the fastest of many
+//! short batches, what an unloaded core gives): the seed's size (seq 256, 4 heads, head_dim
+//! 32) 0.265 ms best, 63 GFLOP/s, 12.1× the seed's Python, and a criterion median of 0.269 ms
+//! (11.9×) in the full report (0.68 ms with the first 4 × 8 kernel over packed panels, 0.28 ms
+//! before the cheaper exponential and the banded diagonal tiles); seq 1024–4096 with head_dim
+//! 64 and 128 at 73–78 GFLOP/s, about three quarters of the peak. At head_dim 32 the products
+//! (16.8 MFLOP of useful work, 17.8 computed) run at ≈ 93 GFLOP/s and take ≈ 72 % of the time;
+//! the rest is one exponential per score (≈ 15 %, 7.3 cycles per 8 scores), the finiteness
+//! checks and the `Qᵀ` transpose (≈ 7 %, mostly the first touch of the inputs), and masking,
+//! the final scaling and bookkeeping. With `SQUISH_SIMD=off` the seed's size takes ≈ 0.9 ms.
+//! The bench docs (`benches/benches/seed/flash_prefill.rs`) give the details.
 
 use ndarray::{Array2, Array3, ArrayRef2, ArrayRef3};
 use squish_core::{ConfigError, ShapeError, check_finite, ops};
