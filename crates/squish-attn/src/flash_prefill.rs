@@ -678,17 +678,26 @@ impl FlashPrefillKernel {
             // logarithms in one vectorised pass).
             let lse = &mut lse[i0..i0 + rows];
             ops::log2_into(&sc.l[..rows], lse);
-            for ((orow, lv), (&m, &l)) in o
-                .chunks_exact_mut(d)
-                .zip(lse.iter_mut())
+            for ((lv, inv), (&m, &l)) in lse
+                .iter_mut()
+                .zip(&mut sc.alpha[..rows])
                 .zip(sc.m.iter().zip(&sc.l))
             {
-                let inv = 1.0 / l;
-                for x in orow {
-                    *x *= inv;
-                }
+                *inv = 1.0 / l;
                 *lv = (m + *lv) * std::f32::consts::LN_2;
             }
+            // `O ← diag(1/l)·O`: the product with depth 0 is the row scaling alone (one
+            // multiply per element), on the vectorised kernel.
+            let rescale = ops::GemmLayout {
+                m: rows,
+                n: d,
+                k: 0,
+                a_row: 0,
+                a_col: 0,
+                ldb: d,
+                ldc: d,
+            };
+            ops::gemm_into(rescale, &[], &[], o, Some(&sc.alpha[..rows]));
         }
     }
 }
