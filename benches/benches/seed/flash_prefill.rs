@@ -39,10 +39,12 @@
 //! | exponential: clamp to −127 and `2^n` from the bits of `x + 1.5·2²³ + 127` (no bias add, no compare-and-mask), Horner with FMAs, one row per step (8.9 → 7.3 cycles per 8 scores) | 269 µs |
 //! | diagonal tiles: one score product per band of keys first seen by the same 16-query group (4 calls instead of 11, 2560 instead of 2656 scores), `-inf` only where a group reads it | 266 µs |
 //! | the tile's log-sum-exps through `ops::log2_into` instead of one `log2f` call per row | 265 µs (63 GFLOP/s, 12.1×) |
+//! | the output rows scaled by `1/l` through `gemm_into`'s row scale (depth 0) instead of a loop the safe crate compiles to SSE | 264 µs |
 //!
-//! The full report of the final code has a criterion median of 269 µs (11.9×), so the target
-//! (12×, i.e. 267 µs; the issue rounds it to 270 µs) is missed by under 1 %. The VM is shared:
-//! the same binary's criterion median read 282–295 µs in busier minutes of the same hour.
+//! Full reports: 269 µs (11.9×) at 569bdc8, then 266.6 µs (12.03×, confidence interval
+//! 266.4–267.1 µs) for the final code, against the target of 12× (267.3 µs; the issue rounds it
+//! to 270 µs): met, without margin. The VM is shared: the same binary's criterion median read
+//! 282–295 µs in busier minutes of the same hour.
 //!
 //! Profile now: the products ≈ 72 % (QK at ≈ 91 % of the FMA peak, its `k` being only 32; PV at
 //! ≈ 97 %), the exponentials ≈ 15 %, finiteness scans and the `Qᵀ` transpose ≈ 7 %, the rest

@@ -19,8 +19,9 @@
 //! | `decompress` | 39.85 µs | ≤ 7.97 µs (5×) | 23.5 µs (full run 24.8) | 14.1 µs (2.8×) | 0.11 ns |
 //!
 //! Since: the per-token (value) groups are decoded by two walking pointers instead of offsets
-//! derived per group, `decompress` 13.7–14.4 → 12.4–12.5 µs best of batches (the full report
-//! of 569bdc8: 13.5 µs, 2.9×; `compress` 35.4 µs, 18.2×, on a busier VM than the table's).
+//! derived per group, `decompress` 13.7–14.4 → 12.4–12.5 µs best of batches (full reports on a
+//! busier VM than the table's: 13.5 µs (2.9×) at 569bdc8, 12.2 µs (3.3×) at 5a6a3bc; `compress`
+//! 35.4–35.5 µs, 18.1×).
 //!
 //! "before" / "now" are the best of 200 ten-call batches, run back to back on the same loaded
 //! 2-core AVX2 VM (3.2 GHz); criterion medians there swung by 2× between runs (compress
