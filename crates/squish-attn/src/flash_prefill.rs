@@ -77,6 +77,18 @@ use crate::{Error, Result};
 /// Query columns of the score tile handled as one group on a tile that crosses the diagonal
 /// (the column width of the product's register block).
 const GROUP: usize = 16;
+/// `HIDDEN[GROUP - n..][..GROUP]` selects (all ones) the first `n` lanes of a group: the
+/// causal mask as bit operations that vectorise (a select compiled to one branch and store per
+/// element).
+const HIDDEN: [u32; 2 * GROUP] = {
+    let mut t = [0u32; 2 * GROUP];
+    let mut i = 0;
+    while i < GROUP {
+        t[i] = u32::MAX;
+        i += 1;
+    }
+    t
+};
 /// Vector width the query tile is padded to.
 const LANES: usize = 8;
 
@@ -652,7 +664,21 @@ impl FlashPrefillKernel {
                 for j in 0..cols {
                     let hide = (k0 + j).saturating_sub(first).min(w);
                     let from = hide / GROUP * GROUP;
-                    sc.s[j * bp + from..j * bp + hide].fill(f32::NEG_INFINITY);
+                    let row = &mut sc.s[j * bp + from..];
+                    match row.first_chunk_mut::<GROUP>() {
+                        // A whole group inside the row: one fixed-width select (vectorised)
+                        // instead of a fill of 0..16 values, which compiled to a masked store
+                        // per element.
+                        Some(band) if from + GROUP <= bp => {
+                            let n = hide - from;
+                            let hidden = &HIDDEN[GROUP - n..][..GROUP];
+                            for (x, &h) in band.iter_mut().zip(hidden) {
+                                let b = x.to_bits();
+                                *x = f32::from_bits((b & !h) | (f32::NEG_INFINITY.to_bits() & h));
+                            }
+                        }
+                        _ => row[..hide - from].fill(f32::NEG_INFINITY),
+                    }
                 }
                 for g0 in (0..rows).step_by(GROUP) {
                     let gw = GROUP.min(w - g0);
