@@ -6,6 +6,15 @@
 /// # Panics
 /// If `keys` or `values` is not a whole number of `d`-rows, or they hold different row counts.
 pub fn attention_f64(q: &[f32], keys: &[f32], values: &[f32], scale: f32) -> Vec<f64> {
+    attention_lse_f64(q, keys, values, scale).0
+}
+
+/// [`attention_f64`] and the natural log-sum-exp of the scaled logits, `ln Σⱼ exp(scale · kⱼ·q)`
+/// (`-inf` when there are no keys, whose output is all zeros).
+///
+/// # Panics
+/// As [`attention_f64`].
+pub fn attention_lse_f64(q: &[f32], keys: &[f32], values: &[f32], scale: f32) -> (Vec<f64>, f64) {
     let d = q.len();
     assert!(
         d > 0 && keys.len().is_multiple_of(d) && keys.len() == values.len(),
@@ -30,7 +39,7 @@ pub fn attention_f64(q: &[f32], keys: &[f32], values: &[f32], scale: f32) -> Vec
             *oi += wj / total * f64::from(vi);
         }
     }
-    o
+    (o, m + total.ln())
 }
 
 /// Euclidean distance between an `f32` vector and an `f64` reference, in `f64`.

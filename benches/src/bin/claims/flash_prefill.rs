@@ -10,6 +10,7 @@
 
 use serde_json::{Value, json};
 use squish_attn::{AttnShape, FlashPrefillConfig, FlashPrefillKernel};
+use squish_testkit::reference::attention_f64;
 
 use super::{Measured, Opts};
 
@@ -20,35 +21,19 @@ fn smollm2_config() -> FlashPrefillConfig {
     cfg
 }
 
-/// Naive causal attention in float64 (the oracle), `[heads, seq, d]` layouts.
+/// Naive causal attention in float64 (the oracle: testkit's reference per query row over the
+/// keys it sees), `[heads, seq, d]` layouts.
 fn reference(cfg: &FlashPrefillConfig, seq: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
     let (h, d) = (cfg.n_heads, cfg.head_dim);
     let group = h / cfg.n_kv_heads;
-    let mut out = vec![0.0; h * seq * d];
+    let mut out = Vec::with_capacity(h * seq * d);
     for head in 0..h {
         let g = head / group;
+        let (kh, vh) = (&k[g * seq * d..][..seq * d], &v[g * seq * d..][..seq * d]);
         for i in 0..seq {
             let qi = &q[(head * seq + i) * d..][..d];
-            let logits: Vec<f64> = (0..=i)
-                .map(|j| {
-                    let kj = &k[(g * seq + j) * d..][..d];
-                    f64::from(cfg.scale)
-                        * qi.iter()
-                            .zip(kj)
-                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                            .sum::<f64>()
-                })
-                .collect();
-            let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = logits.iter().map(|&x| (x - m).exp()).collect();
-            let sum: f64 = w.iter().sum();
-            let o = &mut out[(head * seq + i) * d..][..d];
-            for (j, wj) in w.iter().enumerate() {
-                let vj = &v[(g * seq + j) * d..][..d];
-                for (oc, &vc) in o.iter_mut().zip(vj) {
-                    *oc += wj / sum * f64::from(vc);
-                }
-            }
+            let seen = (i + 1) * d;
+            out.extend(attention_f64(qi, &kh[..seen], &vh[..seen], cfg.scale));
         }
     }
     out

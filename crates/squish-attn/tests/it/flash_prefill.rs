@@ -7,9 +7,11 @@ use rand::{Rng, RngExt};
 use squish_attn::{AttnShape, Error, FlashPrefillConfig, FlashPrefillKernel, merge_attention_into};
 use squish_testkit::data::normal_vec;
 use squish_testkit::prop::check;
+use squish_testkit::reference::attention_lse_f64;
 use squish_testkit::tol::{Tol, assert_close};
 
-/// Naive causal attention in float64: returns (out, lse) in the kernel's layouts.
+/// Naive causal attention in float64 (testkit's reference per query row over the keys it
+/// sees): returns (out, lse) in the kernel's layouts.
 fn reference(
     cfg: &FlashPrefillConfig,
     shape: AttnShape,
@@ -19,35 +21,20 @@ fn reference(
 ) -> (Vec<f64>, Vec<f64>) {
     let (h, d) = (cfg.n_heads, cfg.head_dim);
     let group = h / cfg.n_kv_heads;
-    let scale = f64::from(cfg.scale);
-    let mut out = vec![0.0; h * shape.q_len * d];
-    let mut lse = vec![0.0; h * shape.q_len];
+    let mut out = Vec::with_capacity(h * shape.q_len * d);
+    let mut lse = Vec::with_capacity(h * shape.q_len);
     for head in 0..h {
         let g = head / group;
+        let (kh, vh) = (
+            &k[g * shape.kv_len * d..][..shape.kv_len * d],
+            &v[g * shape.kv_len * d..][..shape.kv_len * d],
+        );
         for i in 0..shape.q_len {
             let qi = &q[(head * shape.q_len + i) * d..][..d];
-            let visible = shape.kv_len.min(shape.q_offset + i + 1);
-            let logits: Vec<f64> = (0..visible)
-                .map(|j| {
-                    let kj = &k[(g * shape.kv_len + j) * d..][..d];
-                    scale
-                        * qi.iter()
-                            .zip(kj)
-                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                            .sum::<f64>()
-                })
-                .collect();
-            let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = logits.iter().map(|&x| (x - m).exp()).collect();
-            let sum: f64 = w.iter().sum();
-            lse[head * shape.q_len + i] = m + sum.ln();
-            let o = &mut out[(head * shape.q_len + i) * d..][..d];
-            for (j, &wj) in w.iter().enumerate() {
-                let vj = &v[(g * shape.kv_len + j) * d..][..d];
-                for (oc, &vc) in o.iter_mut().zip(vj) {
-                    *oc += wj / sum * f64::from(vc);
-                }
-            }
+            let visible = shape.kv_len.min(shape.q_offset + i + 1) * d;
+            let (o, l) = attention_lse_f64(qi, &kh[..visible], &vh[..visible], cfg.scale);
+            out.extend(o);
+            lse.push(l);
         }
     }
     (out, lse)
