@@ -188,46 +188,6 @@ pub fn fold_min_max_copy(rows: &[f32], dst: &mut [f32], lo: &mut [f32], hi: &mut
     simd::fold_min_max_copy(rows, dst, lo, hi)
 }
 
-/// The register-tiled micro-kernel of a small matrix product:
-/// `acc[r][j] += Σ_k a[k][r] · b[k][j]` for a 4-row panel `a` and an 8-column panel `b`.
-///
-/// Layouts (row-major, packed by the caller): `a` is `[K][4][lanes]` — each of a k-step's four
-/// values stored `lanes` times (`lanes = 1` for plain packing; kernels that broadcast by
-/// replication use 4 or 8), only the first copy is read — and `b` is `[K][8]`. Every update is
-/// `acc + (a · b)` with two roundings (no fused multiply-add), in order of `k`, on every
-/// instruction set, so results are identical across machines.
-///
-/// # Panics
-/// If `lanes == 0`, or `a.len() != K · 4 · lanes` and `b.len() != K · 8` for one `K`.
-///
-/// # Performance
-/// Runtime-dispatched AVX2 on `x86_64` (four 8-lane accumulators, broadcast loads): about twice
-/// the portable SSE2 loop. Its four add chains are latency-bound; for larger products prefer
-/// [`gemm_into`] (twelve FMA chains), which FlashPrefill now uses.
-///
-/// # Example
-/// ```
-/// use squish_core::ops::matmul_4x8_acc;
-/// // K = 1: acc[r][j] += a[r] * b[j].
-/// let a = [1.0, 2.0, 3.0, 4.0];
-/// let b = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0];
-/// let mut acc = [[0.0; 8]; 4];
-/// matmul_4x8_acc(&a, 1, &b, &mut acc);
-/// assert_eq!(acc[2][0], 3.0);
-/// assert_eq!(acc[3][7], 40.0);
-/// ```
-pub fn matmul_4x8_acc(a: &[f32], lanes: usize, b: &[f32], acc: &mut [[f32; 8]; 4]) {
-    assert!(lanes > 0, "matmul_4x8_acc: lanes must be > 0");
-    let k = b.len() / 8;
-    assert!(
-        b.len().is_multiple_of(8) && Some(a.len()) == k.checked_mul(4 * lanes),
-        "matmul_4x8_acc: a has {} values and b {}, not K·4·{lanes} and K·8",
-        a.len(),
-        b.len()
-    );
-    simd::matmul_4x8(a, lanes, b, acc);
-}
-
 /// Shape and strides of a product `C = A·B` computed by [`gemm_into`], in elements.
 ///
 /// `A` is `m × k` read through two strides, `A[i][p] = a[i·a_row + p·a_col]`, so a row-major

@@ -170,33 +170,6 @@ pub(crate) fn dot_rows(x: &[f32], rows: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `acc[r][j] += Σ_k a[k·4·lanes + r·lanes] · b[k·8 + j]` (see `ops::matmul_4x8_acc`; lengths
-/// checked there), dispatched. Bit-identical on both paths: the same multiply then add per
-/// element, in order of `k`.
-pub(crate) fn matmul_4x8(a: &[f32], lanes: usize, b: &[f32], acc: &mut [[f32; 8]; 4]) {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Avx2Fma` is only cached after AVX2 and FMA were detected.
-        Isa::Avx2Fma => unsafe { x86::matmul_4x8_avx2(a, lanes, b, acc) },
-        Isa::Scalar => matmul_4x8_scalar(a, lanes, b, acc),
-    }
-}
-
-/// Scalar twin of the AVX2 `matmul_4x8`, written so the compiler keeps the 32 accumulators in
-/// registers.
-pub(crate) fn matmul_4x8_scalar(a: &[f32], lanes: usize, b: &[f32], acc: &mut [[f32; 8]; 4]) {
-    let mut c = *acc;
-    for (ar, br) in a.chunks_exact(4 * lanes).zip(b.as_chunks::<8>().0) {
-        for (r, cr) in c.iter_mut().enumerate() {
-            let x = ar[r * lanes];
-            for (cj, &bj) in cr.iter_mut().zip(br) {
-                *cj += x * bj;
-            }
-        }
-    }
-    *acc = c;
-}
-
 /// Whether the CPU converts between `f32` and `f16` in hardware (F16C), detected once;
 /// `SQUISH_SIMD=off` turns it off like the other kernels.
 fn has_f16c() -> bool {
@@ -621,34 +594,6 @@ mod x86 {
             s += x * y;
         }
         s
-    }
-
-    /// AVX2 `matmul_4x8`: one 8-lane accumulator per row, a broadcast of `a[k][r]` times the
-    /// 8 values of `b[k]`, multiply then add (not fused, to match the twin bit for bit).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn matmul_4x8_avx2(a: &[f32], lanes: usize, b: &[f32], acc: &mut [[f32; 8]; 4]) {
-        // SAFETY: each `acc[r]` is 8 floats; unaligned loads.
-        let mut c = unsafe {
-            [
-                _mm256_loadu_ps(acc[0].as_ptr()),
-                _mm256_loadu_ps(acc[1].as_ptr()),
-                _mm256_loadu_ps(acc[2].as_ptr()),
-                _mm256_loadu_ps(acc[3].as_ptr()),
-            ]
-        };
-        let step = 4 * lanes;
-        for (ar, br) in a.chunks_exact(step).zip(b.as_chunks::<8>().0) {
-            // SAFETY: `br` is 8 floats; unaligned load.
-            let bv = unsafe { _mm256_loadu_ps(br.as_ptr()) };
-            c[0] = _mm256_add_ps(c[0], _mm256_mul_ps(_mm256_set1_ps(ar[0]), bv));
-            c[1] = _mm256_add_ps(c[1], _mm256_mul_ps(_mm256_set1_ps(ar[lanes]), bv));
-            c[2] = _mm256_add_ps(c[2], _mm256_mul_ps(_mm256_set1_ps(ar[2 * lanes]), bv));
-            c[3] = _mm256_add_ps(c[3], _mm256_mul_ps(_mm256_set1_ps(ar[3 * lanes]), bv));
-        }
-        for (dst, v) in acc.iter_mut().zip(c) {
-            // SAFETY: each `acc[r]` is 8 floats; unaligned store.
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
-        }
     }
 
     /// F16C `f32` → `f16` bits, 8 per instruction; the tail through `half` (same rounding).
@@ -1253,54 +1198,6 @@ mod tests {
             out.push((x, id));
         }
         out
-    }
-
-    #[test]
-    fn matmul_4x8_twins_are_bit_identical() {
-        let isa_is_used = isa();
-        squish_testkit::prop::check("simd_matmul_4x8_twins", 50, |rng| {
-            let k = rng.random_range(0..70);
-            let lanes = [1usize, 4, 8][rng.random_range(0..3)];
-            let mut a = vec![0.0f32; k * 4 * lanes];
-            for (i, v) in a.iter_mut().enumerate() {
-                // Replicated like a broadcast panel: copies equal the first of their group.
-                *v = if i % lanes == 0 {
-                    rng.random_range(-2.0f32..2.0)
-                } else {
-                    f32::NAN
-                };
-            }
-            for i in 0..a.len() {
-                if i % lanes != 0 {
-                    a[i] = a[i - i % lanes];
-                }
-            }
-            let b: Vec<f32> = (0..k * 8).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-            let init: [[f32; 8]; 4] =
-                std::array::from_fn(|r| std::array::from_fn(|j| (r * 8 + j) as f32 * 0.25));
-            let (mut x, mut y) = (init, init);
-            matmul_4x8(&a, lanes, &b, &mut x);
-            matmul_4x8_scalar(&a, lanes, &b, &mut y);
-            let bits =
-                |m: &[[f32; 8]; 4]| m.concat().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&x),
-                bits(&y),
-                "k={k} lanes={lanes} isa={isa_is_used:?}"
-            );
-            // And against f64 (each step rounds twice, so the error grows with k).
-            for r in 0..4 {
-                for j in 0..8 {
-                    let exact: f64 = f64::from(init[r][j])
-                        + (0..k)
-                            .map(|p| {
-                                f64::from(a[p * 4 * lanes + r * lanes]) * f64::from(b[p * 8 + j])
-                            })
-                            .sum::<f64>();
-                    assert!((f64::from(x[r][j]) - exact).abs() <= 1e-5 * (k as f64 + 1.0) * 4.0);
-                }
-            }
-        });
     }
 
     #[test]
