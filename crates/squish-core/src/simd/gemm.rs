@@ -1057,14 +1057,19 @@ mod tests {
                 .collect();
             let scale = rng.random_range(-2.0f32..2.0);
             let fill = f32::from_bits(0x7fc0_1234);
-            // Exactly as long as the layout needs (the last column ends at its last row), so
-            // the pointer-addressed kernel cannot write past it unnoticed.
+            // The kernel gets exactly as many values as the layout needs (the last column
+            // ends at its last row); a guard of 16 values after them must stay untouched, so
+            // the pointer-addressed kernel cannot write past its slice unnoticed.
             let len = (cols - 1) * ldd + rows;
-            let (mut x, mut y) = (vec![fill; len], vec![fill; len]);
-            transpose_scaled(&src, cols, scale, &mut x, ldd);
-            transpose_scaled_scalar(&src, cols, scale, &mut y, ldd);
+            let (mut x, mut y) = (vec![fill; len + 16], vec![fill; len + 16]);
+            transpose_scaled(&src, cols, scale, &mut x[..len], ldd);
+            transpose_scaled_scalar(&src, cols, scale, &mut y[..len], ldd);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&x), bits(&y), "rows={rows} cols={cols}");
+            assert!(
+                x[len..].iter().all(|v| v.to_bits() == fill.to_bits()),
+                "guard"
+            );
             for c in 0..cols {
                 for r in (0..ldd).take_while(|&r| c * ldd + r < len) {
                     let want = if r < rows {
