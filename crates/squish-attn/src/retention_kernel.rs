@@ -8,6 +8,8 @@ const COMPONENT: &str = "RetentionKernel";
 
 /// Head dimensions up to this use the dispatched fused kernel with the scaled key on the stack.
 const STACK_DIM: usize = 512;
+/// Head sizes up to this use a smaller stack buffer for the scaled keys.
+const SMALL_DIM: usize = 64;
 
 /// The per-head decay rates `γ_h` of a [`RetentionKernel`].
 #[derive(Debug, Clone, PartialEq)]
@@ -363,21 +365,42 @@ impl RetentionKernel {
             state.tokens += 1;
             return Ok(());
         }
-        let mut k_scaled = [0.0f32; STACK_DIM];
-        for ((((s_h, o_h), q_h), k_h), (v_h, &g)) in state
-            .data
+        // The scaled keys live in a stack buffer just large enough for the common head sizes
+        // (zeroing a 2 KiB buffer every step was 1.5 % of the seed's step).
+        if d <= SMALL_DIM {
+            self.step_heads::<SMALL_DIM>(&mut state.data, q, k, v, out);
+        } else {
+            self.step_heads::<STACK_DIM>(&mut state.data, q, k, v, out);
+        }
+        state.tokens += 1;
+        Ok(())
+    }
+
+    /// The decayed update of every head of a materialised state (see
+    /// [`step_into`](Self::step_into)), the scaled keys of a head in an `N`-float stack buffer;
+    /// heads wider than `N` take the same fused pass, portable.
+    fn step_heads<const N: usize>(
+        &self,
+        data: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        let (d, dv, scale) = (self.cfg.head_dim, self.cfg.value_dim, self.scale);
+        let mut k_scaled = [0.0f32; N];
+        for ((((s_h, o_h), q_h), k_h), (v_h, &g)) in data
             .chunks_exact_mut(d * dv)
             .zip(out.chunks_exact_mut(dv))
             .zip(q.chunks_exact(d))
             .zip(k.chunks_exact(d))
             .zip(v.chunks_exact(dv).zip(&self.gammas))
         {
-            if d <= STACK_DIM {
+            if d <= N {
                 let ks = &mut k_scaled[..d];
                 ks.iter_mut().zip(k_h).for_each(|(o, &x)| *o = x * scale);
                 ops::decay_rank1_vecmat_into(g, ks, v_h, q_h, s_h, o_h);
             } else {
-                // Wider heads than the stack buffer: the same fused pass, portable.
                 o_h.fill(0.0);
                 for ((row, &qi), &ki) in s_h.chunks_exact_mut(dv).zip(q_h).zip(k_h) {
                     let ki = ki * scale;
@@ -389,8 +412,6 @@ impl RetentionKernel {
                 }
             }
         }
-        state.tokens += 1;
-        Ok(())
     }
 
     fn check_seq(

@@ -353,40 +353,43 @@ fn state_bytes_are_constant_in_sequence_length() {
 }
 
 #[test]
-fn wide_heads_take_the_portable_path_and_agree() {
-    // head_dim above the kernel's stack buffer (512) uses the portable fused loop.
-    let gammas = vec![0.9, 0.99];
-    let cfg = with_cfg(|c| {
-        c.heads = 2;
-        c.head_dim = 600;
-        c.value_dim = 5;
-        c.decays = RetentionDecays::PerHead(gammas.clone());
-        c.chunk_size = 2;
-    });
-    let (h, d, dv, seq) = (2, 600, 5, 4);
-    let mut rng = squish_testkit::rng(9);
-    let q = data::normal_vec(&mut rng, h * seq * d, 0.0, 1.0);
-    let k = data::normal_vec(&mut rng, h * seq * d, 0.0, 1.0);
-    let v = data::normal_vec(&mut rng, h * seq * dv, 0.0, 1.0);
-    let expected = reference(&q, &k, &v, &gammas, seq, d, dv);
-    let kernel = RetentionKernel::new(cfg).unwrap();
-    let mut st = kernel.init_state();
-    let mut o = vec![0.0f32; h * dv];
-    for t in 0..seq {
-        kernel
-            .step_into(
-                &mut st,
-                &token(&q, h, seq, d, t),
-                &token(&k, h, seq, d, t),
-                &token(&v, h, seq, dv, t),
-                &mut o,
-            )
-            .unwrap();
-        for hh in 0..h {
-            let exp = &expected[(hh * seq + t) * dv..(hh * seq + t + 1) * dv];
-            assert_close(&o[hh * dv..(hh + 1) * dv], exp, rel(&expected, 1e-4));
+fn every_head_size_path_agrees_with_the_reference() {
+    // Head dims up to 64 scale the keys into a small stack buffer, up to 512 into a larger one
+    // (both then the dispatched fused kernel); wider heads take the portable fused loop.
+    for d in [64, 65, 512, 600] {
+        let gammas = vec![0.9, 0.99];
+        let cfg = with_cfg(|c| {
+            c.heads = 2;
+            c.head_dim = d;
+            c.value_dim = 5;
+            c.decays = RetentionDecays::PerHead(gammas.clone());
+            c.chunk_size = 2;
+        });
+        let (h, dv, seq) = (2, 5, 4);
+        let mut rng = squish_testkit::rng(9);
+        let q = data::normal_vec(&mut rng, h * seq * d, 0.0, 1.0);
+        let k = data::normal_vec(&mut rng, h * seq * d, 0.0, 1.0);
+        let v = data::normal_vec(&mut rng, h * seq * dv, 0.0, 1.0);
+        let expected = reference(&q, &k, &v, &gammas, seq, d, dv);
+        let kernel = RetentionKernel::new(cfg).unwrap();
+        let mut st = kernel.init_state();
+        let mut o = vec![0.0f32; h * dv];
+        for t in 0..seq {
+            kernel
+                .step_into(
+                    &mut st,
+                    &token(&q, h, seq, d, t),
+                    &token(&k, h, seq, d, t),
+                    &token(&v, h, seq, dv, t),
+                    &mut o,
+                )
+                .unwrap();
+            for hh in 0..h {
+                let exp = &expected[(hh * seq + t) * dv..(hh * seq + t + 1) * dv];
+                assert_close(&o[hh * dv..(hh + 1) * dv], exp, rel(&expected, 1e-4));
+            }
         }
+        let s_expected = state_reference(&k, &v, &gammas, seq, d, dv);
+        assert_close(st.as_slice(), &s_expected, rel(&s_expected, 1e-4));
     }
-    let s_expected = state_reference(&k, &v, &gammas, seq, d, dv);
-    assert_close(st.as_slice(), &s_expected, rel(&s_expected, 1e-4));
 }
