@@ -40,18 +40,24 @@
 //! | diagonal tiles: one score product per band of keys first seen by the same 16-query group (4 calls instead of 11, 2560 instead of 2656 scores), `-inf` only where a group reads it | 266 µs |
 //! | the tile's log-sum-exps through `ops::log2_into` instead of one `log2f` call per row | 265 µs (63 GFLOP/s, 12.1×) |
 //! | the output rows scaled by `1/l` through `gemm_into`'s row scale (depth 0) instead of a loop the safe crate compiles to SSE | 264 µs |
+//! | (third pass) `transpose_scaled_into`'s AVX2 blocks addressed by pointer (its sliced indexing spilled; 3.1 → 1.7 % of the row) and the diagonal mask as a fixed-width bit select per row (it compiled to a masked scalar store per element) | 260 µs |
 //!
 //! Full reports: 269 µs (11.9×) at 569bdc8, then 266.6 µs (12.03×, confidence interval
-//! 266.4–267.1 µs) for the final code, against the target of 12× (267.3 µs; the issue rounds it
-//! to 270 µs): met, without margin. The VM is shared: the same binary's criterion median read
-//! 282–295 µs in busier minutes of the same hour.
+//! 266.4–267.1 µs) at 5a6a3bc, then 265 µs (12.1×) after the third pass (4ca0eb4), against
+//! the target of 12× (267.3 µs; the issue rounds it to 270 µs): met, with about 1 % of
+//! margin. The VM is shared: the same binary's criterion median read 282–295 µs in busier
+//! minutes of the same hour.
 //!
 //! Profile now: the products ≈ 72 % (QK at ≈ 91 % of the FMA peak, its `k` being only 32; PV at
 //! ≈ 97 %), the exponentials ≈ 15 %, finiteness scans and the `Qᵀ` transpose ≈ 7 %, the rest
 //! masking, scaling and bookkeeping. Tried without gain (each measured against the code next to
 //! it): 32-key or 128-key tiles; groups of 8 queries on the diagonal; a compile-time
 //! depth for the 6 × 16 block (unrolled `k` loop); one pointer per row of `A` in the block;
-//! a degree-5 polynomial (0.8 %, not worth its accuracy). What is left is the
+//! a degree-5 polynomial (0.8 %, not worth its accuracy); Estrin's scheme for the
+//! polynomial (7.3 → 7.6 cycles per 8 scores), 32 columns per softmax step (9.5), finiteness
+//! checks per head next to their use (no change). In a stand-alone loop the exponential's cost
+//! grows by ≈ 0.6 cycles per 8 scores for each multiply / FMA added or removed, so it is bound
+//! by the two FMA pipes' share of its work, not by latency. What is left is the
 //! products' own efficiency at `k = 32`, which the per-block setup and 12 stores bound.
 
 use std::hint::black_box;

@@ -59,14 +59,14 @@
 //! Measured on a 2-core AMD EPYC Zen 3 VM at ≈ 3.2 GHz, whose AVX2 + FMA peak is 32
 //! flop/cycle ≈ 102 GFLOP/s (the machine is shared; "best" figures are the fastest of many
 //! short batches, what an unloaded core gives): the seed's size (seq 256, 4 heads, head_dim
-//! 32) 0.264 ms best, 64 GFLOP/s, 12.1× the seed's Python, and a criterion median of 0.267 ms
-//! (12.0×) in the full report (0.68 ms with the first 4 × 8 kernel over packed panels, 0.28 ms
+//! 32) 0.260 ms best, 65 GFLOP/s, 12.3× the seed's Python, and a criterion median of 0.265 ms
+//! (12.1×) in the full report (0.68 ms with the first 4 × 8 kernel over packed panels, 0.28 ms
 //! before the cheaper exponential and the banded diagonal tiles); seq 1024–4096 with head_dim
 //! 64 and 128 at 73–78 GFLOP/s, about three quarters of the peak. At head_dim 32 the products
-//! (16.8 MFLOP of useful work, 17.8 computed) run at ≈ 93 GFLOP/s and take ≈ 72 % of the time;
+//! (16.8 MFLOP of useful work, 17.8 computed) run at ≈ 90 GFLOP/s and take ≈ 75 % of the time;
 //! the rest is one exponential per score (≈ 15 %, 7.3 cycles per 8 scores), the finiteness
-//! checks and the `Qᵀ` transpose (≈ 7 %, mostly the first touch of the inputs), and masking,
-//! the final scaling and bookkeeping. With `SQUISH_SIMD=off` the seed's size takes ≈ 0.9 ms.
+//! checks (≈ 3.5 %, mostly the first touch of the inputs), the `Qᵀ` transpose (≈ 1.7 %), and
+//! masking, the final scaling and bookkeeping (≈ 2.5 %). With `SQUISH_SIMD=off` the seed's size takes ≈ 0.9 ms.
 //! The bench docs (`benches/benches/seed/flash_prefill.rs`) give the details.
 
 use ndarray::{Array2, Array3, ArrayRef2, ArrayRef3};
