@@ -45,6 +45,14 @@ impl Groups {
         self.codes.len() + size_of::<f32>() * (self.scales.len() + self.zeros.len())
     }
 
+    /// Truncates the buffers to lengths `at` (earlier [`lens`](Self::lens)): undoes the
+    /// writes made since.
+    pub(super) fn truncate(&mut self, at: Lens) {
+        self.codes.truncate(at.0);
+        self.scales.truncate(at.1);
+        self.zeros.truncate(at.2);
+    }
+
     /// Current buffer lengths.
     pub(super) fn lens(&self) -> Lens {
         (self.codes.len(), self.scales.len(), self.zeros.len())
@@ -78,9 +86,7 @@ impl Groups {
             &mut self.zeros[at.2..],
         );
         res.map_err(|e| {
-            self.codes.truncate(at.0);
-            self.scales.truncate(at.1);
-            self.zeros.truncate(at.2);
+            self.truncate(at);
             anomaly(&e)
         })
     }

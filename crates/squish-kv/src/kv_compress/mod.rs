@@ -395,6 +395,9 @@ pub struct KvCompressor {
     gather_v: Vec<f32>,
     kept: Vec<u32>,
     work: Vec<(f32, u32)>,
+    /// Heads whose aging group `append` quantised, with their buffer lengths before it (the
+    /// rollback on an error).
+    aged: Vec<(usize, (Lens, Lens))>,
 }
 
 impl KvCompressor {
@@ -410,6 +413,7 @@ impl KvCompressor {
             gather_v: Vec::new(),
             kept: Vec::new(),
             work: Vec::new(),
+            aged: Vec::new(),
         })
     }
 
@@ -508,9 +512,8 @@ impl KvCompressor {
     /// # Errors
     /// - [`Error::Shape`] if the shapes do not match `cache` (heads, head_dim), or `cache`
     ///   was made with another configuration, or holds `2^32` positions.
-    /// - [`Error::Core`] for a NaN or infinity in the token (the cache is unchanged), or an
-    ///   overflowing group range (the cache then holds the other heads' update and this head
-    ///   without the token's group; treat it as poisoned).
+    /// - [`Error::Core`] for a NaN or infinity in the token, or a group leaving the residual
+    ///   window whose range overflows `f32`. The cache is unchanged on every error.
     ///
     /// # Performance
     /// No allocation once buffers have grown; one `f32` copy per token, plus one group
@@ -559,6 +562,51 @@ impl KvCompressor {
             }
         }
         let (g, r) = (self.cfg.group_size, self.cfg.residual);
+        let m = g * d;
+        // Phase 1: every head that reaches `r + g` tokens with this one quantises its oldest
+        // `g` tokens after the groups it holds. A range overflow truncates the heads quantised
+        // so far back, so that the cache is unchanged on any error.
+        self.aged.clear();
+        for (h, s) in cache.heads.iter_mut().enumerate() {
+            if s.k_res.len() / d + 1 != r + g {
+                continue;
+            }
+            let at = (s.k.lens(), s.v.lens());
+            let res = if r > 0 {
+                // The aging group lies in the residual already.
+                let (kr, vr) = (std::mem::take(&mut s.k_res), std::mem::take(&mut s.v_res));
+                let res = self.quantize_into(&kr[..m], &vr[..m], d, s, at);
+                (s.k_res, s.v_res) = (kr, vr);
+                res
+            } else {
+                // No residual window: the group ends with this token.
+                let (mut gk, mut gv) = (
+                    std::mem::take(&mut self.gather_k),
+                    std::mem::take(&mut self.gather_v),
+                );
+                gk.clear();
+                gk.extend_from_slice(&s.k_res);
+                gk.extend(keys.row(h).iter().copied());
+                gv.clear();
+                gv.extend_from_slice(&s.v_res);
+                gv.extend(values.row(h).iter().copied());
+                let res = self.quantize_into(&gk, &gv, d, s, at);
+                (self.gather_k, self.gather_v) = (gk, gv);
+                res
+            };
+            if let Err(a) = res {
+                // This head's keys may be written although its values failed.
+                s.k.truncate(at.0);
+                s.v.truncate(at.1);
+                for &(hh, (kl, vl)) in &self.aged {
+                    cache.heads[hh].k.truncate(kl);
+                    cache.heads[hh].v.truncate(vl);
+                }
+                return Err(append_anomaly_error(a));
+            }
+            self.aged.push((h, at));
+        }
+        // Phase 2: the token joins every residual; the aged groups leave it.
         for (h, s) in cache.heads.iter_mut().enumerate() {
             s.k_res.extend(keys.row(h).iter().copied());
             s.v_res.extend(values.row(h).iter().copied());
@@ -566,12 +614,6 @@ impl KvCompressor {
                 s.positions.push(pos);
             }
             if s.k_res.len() / d == r + g {
-                let m = g * d;
-                let (kr, vr) = (std::mem::take(&mut s.k_res), std::mem::take(&mut s.v_res));
-                let at = (s.k.lens(), s.v.lens());
-                let res = self.quantize_into(&kr[..m], &vr[..m], d, s, at);
-                (s.k_res, s.v_res) = (kr, vr);
-                res.map_err(append_anomaly_error)?;
                 s.qlen += g;
                 s.k_res.copy_within(m.., 0);
                 s.k_res.truncate(r * d);

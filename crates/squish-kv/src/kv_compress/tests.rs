@@ -516,6 +516,52 @@ fn bad_inputs_are_typed_errors() {
 }
 
 #[test]
+fn an_overflowing_aged_group_leaves_the_cache_unchanged() {
+    // Two heads; the overflow is in head 1, so head 0's group (quantised first) must be rolled
+    // back. Keys overflow per channel (two tokens), values per token (one token, after its
+    // keys were written); with a residual window and without one (the group then ends with
+    // the appended token).
+    for residual in [2, 0] {
+        for in_values in [false, true] {
+            let cfg = KvCompressorConfig::new(QuantBits::B4, 4, residual);
+            let mut comp = KvCompressor::new(cfg).unwrap();
+            let mut kv = CompressedKv::new();
+            let (heads, d) = (2, 8);
+            let zeros = Array3::<f32>::zeros((heads, 10, d));
+            comp.compress_into(&zeros, &zeros, None, &mut kv).unwrap();
+            let token = |t: usize| {
+                let (mut k, mut v) = (Array2::<f32>::zeros((heads, d)), Array2::zeros((heads, d)));
+                k[[0, 0]] = t as f32;
+                v[[0, 1]] = -(t as f32);
+                if in_values && t == 1 {
+                    (v[[1, 0]], v[[1, 1]]) = (3e38, -3e38);
+                }
+                if !in_values {
+                    k[[1, 2]] = [0.0, 3e38, -3e38, 0.0][t % 4];
+                }
+                (k, v)
+            };
+            // Appends until one is refused; the refused one leaves the cache as it was.
+            let mut refused = false;
+            for t in 0..8 {
+                let before = kv.clone();
+                let (k, v) = token(t);
+                if let Err(e) = comp.append(&k, &v, &mut kv) {
+                    assert!(
+                        matches!(e, Error::Core(squish_core::Error::OutOfRange { .. })),
+                        "{e}"
+                    );
+                    assert_eq!(kv, before, "residual {residual}, values {in_values}");
+                    refused = true;
+                    break;
+                }
+            }
+            assert!(refused, "residual {residual}, values {in_values}");
+        }
+    }
+}
+
+#[test]
 fn compressor_is_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<KvCompressor>();
