@@ -2,7 +2,7 @@
 //! recurrent = parallel = chunkwise, linearity, decay.
 
 use rand::RngExt;
-use squish_attn::{RetentionConfig, RetentionDecays, RetentionKernel};
+use squish_attn::{RetentionConfig, RetentionDecays, RetentionKernel, RetentionState};
 use squish_testkit::{
     data, prop,
     tol::{Tol, assert_close},
@@ -76,6 +76,37 @@ fn token(x: &[f32], heads: usize, seq: usize, dim: usize, t: usize) -> Vec<f32> 
 }
 
 /// A relative tolerance with an absolute floor scaled to the data (outputs near zero).
+/// The recurrent form token by token from a zero state: the outputs gathered back to
+/// head-major `[heads, seq, dv]`, and the final state.
+fn recurrent(
+    kernel: &RetentionKernel,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    h: usize,
+    seq: usize,
+    d: usize,
+    dv: usize,
+) -> (Vec<f32>, RetentionState) {
+    let mut st = kernel.init_state();
+    let mut rec = vec![0.0f32; h * seq * dv];
+    let mut o = vec![0.0f32; h * dv];
+    for t in 0..seq {
+        kernel
+            .step_into(
+                &mut st,
+                &token(q, h, seq, d, t),
+                &token(k, h, seq, d, t),
+                &token(v, h, seq, dv, t),
+                &mut o,
+            )
+            .unwrap();
+        for hh in 0..h {
+            rec[(hh * seq + t) * dv..(hh * seq + t + 1) * dv]
+                .copy_from_slice(&o[hh * dv..(hh + 1) * dv]);
+        }
+    }
+    (rec, st)
+}
+
 fn rel(expected: &[f64], rtol: f64) -> Tol {
     let max = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     Tol::new(rtol, rtol * max)
@@ -127,25 +158,8 @@ fn recurrent_parallel_and_chunkwise_equal_the_closed_form() {
         let mut out = vec![0.0f32; h * seq * dv];
         kernel.parallel_into(&q, &k, &v, seq, &mut out).unwrap();
         assert_close(&out, &expected, tol);
-        // Recurrent, token by token, gathered back to head-major.
-        let mut st = kernel.init_state();
-        let mut rec = vec![0.0f32; h * seq * dv];
-        let mut o = vec![0.0f32; h * dv];
-        for t in 0..seq {
-            kernel
-                .step_into(
-                    &mut st,
-                    &token(&q, h, seq, d, t),
-                    &token(&k, h, seq, d, t),
-                    &token(&v, h, seq, dv, t),
-                    &mut o,
-                )
-                .unwrap();
-            for hh in 0..h {
-                rec[(hh * seq + t) * dv..(hh * seq + t + 1) * dv]
-                    .copy_from_slice(&o[hh * dv..(hh + 1) * dv]);
-            }
-        }
+        // Recurrent, token by token.
+        let (rec, st) = recurrent(&kernel, (&q, &k, &v), h, seq, d, dv);
         assert_close(&rec, &expected, tol);
         assert_close(st.as_slice(), &s_expected, s_tol);
         assert_eq!(st.tokens(), seq as u64);
@@ -372,23 +386,8 @@ fn every_head_size_path_agrees_with_the_reference() {
         let v = data::normal_vec(&mut rng, h * seq * dv, 0.0, 1.0);
         let expected = reference(&q, &k, &v, &gammas, seq, d, dv);
         let kernel = RetentionKernel::new(cfg).unwrap();
-        let mut st = kernel.init_state();
-        let mut o = vec![0.0f32; h * dv];
-        for t in 0..seq {
-            kernel
-                .step_into(
-                    &mut st,
-                    &token(&q, h, seq, d, t),
-                    &token(&k, h, seq, d, t),
-                    &token(&v, h, seq, dv, t),
-                    &mut o,
-                )
-                .unwrap();
-            for hh in 0..h {
-                let exp = &expected[(hh * seq + t) * dv..(hh * seq + t + 1) * dv];
-                assert_close(&o[hh * dv..(hh + 1) * dv], exp, rel(&expected, 1e-4));
-            }
-        }
+        let (rec, st) = recurrent(&kernel, (&q, &k, &v), h, seq, d, dv);
+        assert_close(&rec, &expected, rel(&expected, 1e-4));
         let s_expected = state_reference(&k, &v, &gammas, seq, d, dv);
         assert_close(st.as_slice(), &s_expected, rel(&s_expected, 1e-4));
     }
