@@ -47,6 +47,12 @@
 //!
 //!   So 5× needs a smaller output (`f16`, or dequantising inside the attention kernel), not a
 //!   faster kernel.
+//!
+//! Per head, with the data in cache (one head: 64 KiB in, 16 KiB of codes) against all eight
+//! (512 KiB): `compress` 3.81 vs 4.29 µs per head, `decompress` 1.28 vs 1.56 µs per head. So
+//! memory adds only 10–20 %: even in cache, eight heads would take 30.5 µs to compress (21×)
+//! and 10.2 µs to decompress (3.9×) with these exact kernels. Software prefetch of the next
+//! block of keys (to L1 or to L2) made `compress` 2.5 µs slower.
 
 use std::hint::black_box;
 
