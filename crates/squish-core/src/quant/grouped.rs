@@ -1,7 +1,6 @@
 //! KIVI-style grouped asymmetric quantisation (scale + zero-point per group).
 
 use super::pack::{QuantBits, pack_codes, packed_code, unpack_codes};
-use super::round_half_away;
 use crate::simd::grouped_rows;
 use crate::{ConfigError, Error, Result, ShapeError, check_finite};
 
@@ -289,10 +288,18 @@ impl GroupedQuantized {
 /// Quantises a row-major `[rows, cols]` matrix with one scale and zero-point per group.
 ///
 /// Per group, in `f32`: `min`, `max`, `scale = (max - min) / (2^bits - 1)`, `zero = min`, and
-/// `code = clamp(round((x - min) / scale), 0, 2^bits - 1)` with ties rounded up (away from
-/// zero; `(x - min) / scale >= 0`). A constant group gets `scale = 0` and all codes 0, and
-/// reconstructs exactly. Every element reconstructs within `scale / 2` of its input, up to
-/// `f32` rounding.
+/// `code = round_ties_even((x - min) * (1 / scale))` (the reciprocal rounded to `f32` once per
+/// group; the product never leaves `[0, 2^bits - 1]`), as GGML's quantisers do. A constant
+/// group gets `scale = 0` (reciprocal 0) and all codes 0, and reconstructs exactly; a group
+/// whose range is positive but so small that its scale would be subnormal gets
+/// `scale = f32::MIN_POSITIVE`, so the reciprocal stays finite and exact.
+///
+/// Every element reconstructs within `scale * (1/2 + 2^-14)` of its input, up to the `f32`
+/// rounding of the decode `min + code * scale`: the subtraction, the reciprocal and the
+/// product each round by at most `2^-24` relative, so the computed `(x - min) / scale` is off by
+/// at most `3 * 2^-24 * 255 < 2^-14` codes. (A division instead of the reciprocal rounds twice
+/// and is off by `2 * 2^-24 * 255`: neither is the code of the exact quotient, and the division
+/// costs far more.)
 ///
 /// # Errors
 /// - [`Error::Config`] if the configuration is invalid or `group_size` does not divide the
@@ -406,14 +413,15 @@ pub fn quantize_grouped_into(
     let max_code = f32::from(cfg.bits.max_code());
     if let Some(g) = out.scales.iter().zip(&out.zeros).position(|(&hi, &lo)| {
         let range = hi - lo;
-        !(range.is_finite() && (lo + max_code * (range / max_code)).is_finite())
+        !(range.is_finite()
+            && (lo + max_code * scale_and_reciprocal(range, max_code).0).is_finite())
     }) {
         let e = range_overflow(x, rows, cols, cfg, g, out.scales[g]);
         out.clear();
         return Err(e);
     }
     for (s, &lo) in out.scales.iter_mut().zip(&out.zeros) {
-        *s = (*s - lo) / max_code;
+        *s = scale_and_reciprocal(*s - lo, max_code).0;
     }
 
     // Pass 3: encode row by row through a stack buffer, then pack.
@@ -428,9 +436,9 @@ pub fn quantize_grouped_into(
                 GroupAxis::AlongRow => {
                     let first = r * (cols / gs);
                     for_each_group_run(c0, xs.len(), gs, |g, lo, hi| {
-                        let (z, s) = (out.zeros[first + g], out.scales[first + g]);
+                        let (z, inv) = (out.zeros[first + g], reciprocal(out.scales[first + g]));
                         for (c, &v) in codes[lo..hi].iter_mut().zip(&xs[lo..hi]) {
-                            *c = encode(v, z, s, max_code);
+                            *c = encode(v, z, inv, max_code);
                         }
                     });
                 }
@@ -439,7 +447,7 @@ pub fn quantize_grouped_into(
                     let zs = &out.zeros[p..p + xs.len()];
                     let ss = &out.scales[p..p + xs.len()];
                     for (((c, &v), &z), &s) in codes.iter_mut().zip(xs).zip(zs).zip(ss) {
-                        *c = encode(v, z, s, max_code);
+                        *c = encode(v, z, reciprocal(s), max_code);
                     }
                 }
             }
@@ -449,17 +457,36 @@ pub fn quantize_grouped_into(
     Ok(())
 }
 
-/// The code of `v` in a group with zero-point `z` and scale `s`.
-///
-/// A constant group (`s == 0`, `v == z`) gives `0 / 0 = NaN`, which the first clamp sends to
-/// code 0; a range so small that `s` underflowed to 0 gives `+inf` for `v > z`, clamped to the
-/// largest code (both reconstruct as `z`, within the range of `v`).
+/// The scale of a group with range `max - min` and the reciprocal its codes are computed with:
+/// `range / max_code`, raised to `f32::MIN_POSITIVE` if positive but subnormal (so `1 / scale`
+/// is finite and exact); the reciprocal of a zero scale (a constant group) is 0.
 #[inline(always)]
-pub(crate) fn encode(v: f32, z: f32, s: f32, max_code: f32) -> u8 {
-    let t = (v - z) / s;
+pub(crate) fn scale_and_reciprocal(range: f32, max_code: f32) -> (f32, f32) {
+    let s = range / max_code;
+    let s = if range > 0.0 && s < f32::MIN_POSITIVE {
+        f32::MIN_POSITIVE
+    } else {
+        s
+    };
+    (s, reciprocal(s))
+}
+
+/// The reciprocal of a group's scale as [`scale_and_reciprocal`] gives it (0 for scale 0).
+#[inline(always)]
+pub(crate) fn reciprocal(s: f32) -> f32 {
+    if s > 0.0 { 1.0 / s } else { 0.0 }
+}
+
+/// The code of `v` in a group with zero-point `z` and reciprocal scale `inv`:
+/// `round_ties_even((v - z) * inv)` clamped to `[0, max_code]`. For `v` in the group's range the
+/// clamp never acts (the product is at most `max_code * (1 + 2^-22)`); it keeps the code in
+/// range should a caller ever pass a value outside it.
+#[inline(always)]
+pub(crate) fn encode(v: f32, z: f32, inv: f32, max_code: f32) -> u8 {
+    let t = (v - z) * inv;
     let t = if t > 0.0 { t } else { 0.0 };
     let t = if t < max_code { t } else { max_code };
-    round_half_away(t) as u8
+    t.round_ties_even() as u8
 }
 
 /// Minimum and maximum of a non-empty, finite slice.
@@ -593,18 +620,13 @@ const COL_TILE: usize = 512;
 ///
 /// # Performance
 /// No allocation. Three passes per tile of groups (at most 128 groups, so the encoder reads
-/// the values again from L1): minimum / maximum, scales and reciprocals, then the codes. A code
-/// is computed as `(x - min) * (1 / scale)` rounded with the magic-number trick, which equals
-/// the exact `round((x - min) / scale)` unless the product lies within `2^-13` of a rounding
-/// boundary (the two differ by at most `3 * 2^-24 * 255`); a row (or group) holding such a
-/// value, a zero or subnormal scale, or a NaN is encoded again with the exact division in the
-/// uncertain lanes (about 1.5 % of 64-wide rows on random data). With AVX2 + FMA (detected at
-/// run time) every pass runs eight lanes at a time and the codes are packed in registers; per-row
-/// groups need a `group_size` that is a multiple of 8 for that, other sizes take the portable
-/// path (`SQUISH_SIMD=off` forces it). Measured on a loaded 2-core AVX2 VM (3.2 GHz), 8-bit,
-/// groups of 32, 64 columns, in cache: 0.21 ns per value along columns, 0.24 along rows
-/// (minimum / maximum about a quarter of it; the encoder is bound by its four `f32` additions
-/// per eight values).
+/// the values again from L1): minimum / maximum, scales and reciprocals, then the codes
+/// (subtract, multiply, round with the magic-number trick, pack; one unsigned maximum per
+/// eight values notices a NaN or infinity). With AVX2 + FMA (detected at run time) every pass runs eight
+/// lanes at a time and the codes are packed in registers; per-row groups need a `group_size`
+/// that is a multiple of 8 for that, other sizes take the portable path (`SQUISH_SIMD=off`
+/// forces it). Measured on a 2-core AVX2 VM (3.2 GHz), 8-bit, groups of 32, 64 columns, in
+/// cache: see the `KvCompressor/compress` bench docs.
 ///
 /// # Example
 /// ```
@@ -649,7 +671,16 @@ pub fn quantize_grouped_slices(
     let isa = crate::simd::isa();
     let max_code = f32::from(bits.max_code());
     let row_bytes = bits.packed_len(cols);
-    let mut inv = [0.0f32; COL_TILE];
+    // Reciprocal scales of a tile, on the stack; zeroing the 2 KiB of a wide strip on every
+    // call showed in profiles of 64-channel heads, so narrow tiles take a small buffer.
+    let mut small = [0.0f32; TILE];
+    let mut wide;
+    let inv: &mut [f32] = if cfg.axis == GroupAxis::AlongRow || cols <= TILE {
+        &mut small
+    } else {
+        wide = [0.0f32; COL_TILE];
+        &mut wide
+    };
     let fail = || slices_error(x, rows, cols, cfg);
     match cfg.axis {
         GroupAxis::AlongColumn => {
@@ -666,18 +697,19 @@ pub fn quantize_grouped_slices(
                     if !grouped_rows::finish_scales(isa, z, s, iv, max_code) {
                         return Err(fail());
                     }
-                    let s = &*s;
                     if w == cols {
-                        grouped_rows::encode_cols(isa, bits, block, cols, z, s, iv, packed)
-                            .map_err(|_| fail())?;
+                        if !grouped_rows::encode_cols(isa, bits, block, cols, z, iv, packed) {
+                            return Err(fail());
+                        }
                     } else {
                         // Rows wider than a tile: one strip of `w` channels per row.
                         let (p0, pw) = (bits.packed_len(c0), bits.packed_len(w));
                         for r in 0..gs {
                             let xs = &block[r * cols + c0..r * cols + c0 + w];
                             let ps = &mut packed[r * row_bytes + p0..r * row_bytes + p0 + pw];
-                            grouped_rows::encode_cols(isa, bits, xs, w, z, s, iv, ps)
-                                .map_err(|_| fail())?;
+                            if !grouped_rows::encode_cols(isa, bits, xs, w, z, iv, ps) {
+                                return Err(fail());
+                            }
                         }
                     }
                 }
@@ -712,11 +744,11 @@ pub fn quantize_grouped_slices(
                         )
                     };
                     grouped_rows::group_min_max(isa, xs, gs, zs, ss);
-                    if !grouped_rows::finish_scales(isa, zs, ss, iv, max_code) {
+                    if !(grouped_rows::finish_scales(isa, zs, ss, iv, max_code)
+                        && grouped_rows::encode_groups(isa, bits, xs, w, gs, zs, iv, ps))
+                    {
                         return Err(fail());
                     }
-                    grouped_rows::encode_groups(isa, bits, xs, w, gs, zs, ss, iv, ps)
-                        .map_err(|_| fail())?;
                 }
             }
         }
@@ -747,7 +779,9 @@ fn slices_error(x: &[f32], rows: usize, cols: usize, cfg: &GroupedQuantConfig) -
             }
         };
         let range = hi - lo;
-        if !(range.is_finite() && (lo + max_code * (range / max_code)).is_finite()) {
+        if !(range.is_finite()
+            && (lo + max_code * scale_and_reciprocal(range, max_code).0).is_finite())
+        {
             return range_overflow(x, rows, cols, cfg, g, hi);
         }
     }
@@ -849,10 +883,21 @@ mod tests {
 
     #[test]
     fn encode_handles_degenerate_scales() {
+        // A constant group: scale 0, reciprocal 0, code 0.
+        assert_eq!(scale_and_reciprocal(0.0, 3.0), (0.0, 0.0));
         assert_eq!(encode(1.5, 1.5, 0.0, 3.0), 0);
-        assert_eq!(encode(1e-45, 0.0, 0.0, 3.0), 3);
-        assert_eq!(encode(0.5, 0.0, 1.0, 3.0), 1);
+        // A subnormal scale is raised to the smallest normal one, whose reciprocal is exact.
+        let tiny = f32::from_bits(5);
+        let (s, inv) = scale_and_reciprocal(tiny, 3.0);
+        assert_eq!((s, inv), (f32::MIN_POSITIVE, 2f32.powi(126)));
+        assert_eq!(encode(tiny, 0.0, inv, 3.0), 0);
+        assert_eq!(encode(f32::MIN_POSITIVE * 2.0, 0.0, inv, 3.0), 2);
+        // Ties go to even; out-of-range values are clamped.
+        assert_eq!(encode(0.5, 0.0, 1.0, 3.0), 0);
+        assert_eq!(encode(1.5, 0.0, 1.0, 3.0), 2);
         assert_eq!(encode(9.0, 0.0, 1.0, 3.0), 3);
+        assert_eq!(encode(-1.0, 0.0, 1.0, 3.0), 0);
+        assert_eq!(encode(f32::NAN, 0.0, 1.0, 3.0), 0);
     }
 
     #[test]

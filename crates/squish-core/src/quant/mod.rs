@@ -38,8 +38,11 @@
 //!
 //! ```text
 //! scale = (max - min) / (2^bits - 1)      zero = min
-//! code  = clamp(round((x - min) / scale), 0, 2^bits - 1)      x' = zero + code * scale
+//! code  = round_ties_even((x - min) * (1 / scale))      x' = zero + code * scale
 //! ```
+//!
+//! (the reciprocal rounded once per group, as GGML's quantisers compute codes; every element
+//! reconstructs within `scale * (1/2 + 2^-14)`, up to the rounding of the decode).
 //!
 //! A group runs along one axis ([`GroupAxis`]): KIVI quantises **keys per channel**
 //! ([`GroupAxis::AlongColumn`]: `group_size` consecutive tokens of one channel) and **values
@@ -66,7 +69,9 @@ pub use ggml::{
     dequantize_row_q4_0, dequantize_row_q8_0, quantize_q4_0, quantize_q8_0, quantize_row_q4_0,
     quantize_row_q8_0, try_cast_blocks,
 };
-pub(crate) use grouped::encode as encode_exact;
+#[cfg(test)]
+pub(crate) use grouped::encode as encode_code;
+pub(crate) use grouped::scale_and_reciprocal;
 pub use grouped::{
     GroupAxis, GroupedQuantConfig, GroupedQuantized, quantize_grouped, quantize_grouped_into,
 };

@@ -1,25 +1,23 @@
 //! Kernels of grouped asymmetric (KIVI) quantisation on byte-aligned rows: group minimum and
-//! maximum, scales and reciprocals, the encoder (multiply by the reciprocal scale,
-//! magic-number rounding, a certainty check, exact repair of uncertain lanes) with bit
-//! packing, and decode with unpacking. Used by
-//! [`crate::quant::quantize_grouped_slices`] and [`crate::quant::dequantize_grouped_slices`].
+//! maximum, scales and reciprocals, the encoder (multiply by the reciprocal scale, convert with
+//! ties to even, check the codes) with bit packing, and decode with unpacking. Used
+//! by [`crate::quant::quantize_grouped_slices`] and
+//! [`crate::quant::dequantize_grouped_slices`].
 //!
 //! Every kernel has a scalar twin (`*_scalar`) doing the same `f32` operations element by
 //! element in the same order (minimum / maximum reductions included), so the AVX2 versions are
 //! **bit-identical** to them, NaN propagation included; the tests check this on random data
-//! with NaN, infinities, signed zeros, ties and near-ties. (The twins may check certainty per
-//! row where the AVX2 encoder checks per group; both then output the exact codes.)
+//! with NaN, infinities, signed zeros, ties and near-ties.
 //!
-//! # The fast code
-//! `t = (v - z) * inv` (separate multiply and subtract, no FMA), `r = t + 1.5 * 2^23`; the code
-//! is the low byte of `r`'s bits (`round_ties_even(t)`), and the element is *certain* when
-//! `|t - (r - 1.5 * 2^23)| <= 0.5 - 2^-13` (compared as bit patterns, so NaN is uncertain).
-//! For `v` in its group's range, a certain fast code equals the exact code
-//! `encode_exact(v, z, s, max)` = `clamp(round_half_away((v - z) / s), 0, max)`: `t` and
-//! `(v - z) / s` differ by at most `3 * 2^-24 * 255 < 4.6e-5`, far less than `2^-13`. A row (per
-//! column) or group (per-row groups of a multiple of 32) holding an uncertain code is encoded
-//! again, taking the exact code in the uncertain lanes; a NaN or infinity met there is reported
-//! as `Err(row)`.
+//! # The code
+//! `t = (v - z) * inv` (separate subtract and multiply, no FMA), converted to `i32` as
+//! `cvtps2dq` does it: `round_ties_even(t)` (the default rounding mode, which Rust code never
+//! changes), or `i32::MIN` for a NaN or a `t` out of `i32` range. The code is its low byte. For
+//! `v` in its group's range `0 <= t <= max * (1 + 2^-22)`, so this is exactly the clamped code
+//! of [`crate::quant::quantize_grouped`], the reference. The encoders also fold the `i32`s
+//! into an unsigned maximum: it exceeds `max` exactly when some `t` is NaN, infinite, or rounds
+//! outside `0..=max`, so a NaN or infinity in the input (which the minimum / maximum skip after
+//! the first row) is reported by one comparison per call, and the codes are then unspecified.
 //!
 //! # Layout
 //! `x` is `[rows, cols]` row-major with `cols % 4 == 0`; packed rows are
@@ -30,22 +28,28 @@
 use super::Isa;
 use crate::quant::{QuantBits, pack_codes, unpack_codes};
 
-/// `1.5 * 2^23`: adding it to a float in `[0, 2^22)` rounds it to an integer (ties to even)
-/// held in the low mantissa bits.
-const MAGIC: f32 = 12_582_912.0;
-/// Bit pattern of `0.5 - 2^-13`, the largest accepted distance of a fast code from `t`.
-const LIM_BITS: u32 = (0.5f32 - 1.0 / 8192.0).to_bits();
 /// Elements per stack buffer of the scalar twins.
 const CHUNK: usize = 256;
 
-/// The fast code of `v` (low byte of the rounded value); ORs into `bad` a word whose sign bit
-/// is set if the code is uncertain.
+/// The code of `v` (low byte of the converted value; see the module docs); folds the
+/// converted value into `worst` (unsigned maximum).
 #[inline(always)]
-fn fast_code(v: f32, z: f32, inv: f32, bad: &mut u32) -> u8 {
+fn fast_code(v: f32, z: f32, inv: f32, worst: &mut u32) -> u8 {
     let t = (v - z) * inv;
-    let r = t + MAGIC;
-    *bad |= LIM_BITS.wrapping_sub((t - (r - MAGIC)).to_bits() & 0x7fff_ffff);
-    r.to_bits() as u8
+    // `cvtps2dq`: nearest, ties to even; the "integer indefinite" i32::MIN for NaN or overflow.
+    let c = if t.abs() < 2_147_483_648.0 {
+        t.round_ties_even() as i32
+    } else {
+        i32::MIN
+    } as u32;
+    *worst = (*worst).max(c);
+    c as u8
+}
+
+/// Whether `worst` (from [`fast_code`]) shows only codes in `0..=max_code`.
+#[inline(always)]
+fn codes_valid(worst: u32, max_code: u8) -> bool {
+    worst <= u32::from(max_code)
 }
 
 #[inline(always)]
@@ -60,7 +64,7 @@ fn max2(a: f32, b: f32) -> f32 {
 
 /// Per-column minimum and maximum of `x` (`[rows, cols]`, `rows >= 1`) into `los` / `his`
 /// (`cols` each), row by row: `lo = if v < lo { v } else { lo }` (a NaN survives only in the
-/// first row).
+/// first row; the encoder reports it).
 pub(crate) fn column_min_max(isa: Isa, x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
     assert!(cols > 0 && x.len() >= cols && x.len().is_multiple_of(cols));
     assert!(los.len() == cols && his.len() == cols);
@@ -141,9 +145,8 @@ fn min_max8(x: &[f32]) -> (f32, f32) {
 /// Largest bit pattern of a finite `f32` magnitude.
 const FINITE_BITS: u32 = 0x7f7f_ffff;
 
-/// Turns group maxima `his` into scales `(hi - lo) / max_code` (as `quantize_grouped`) and
-/// writes the fast encoder's reciprocals into `inv` (NaN, which makes every code of the group
-/// uncertain, for a zero or subnormal scale); `false` if some group's range or largest
+/// Turns group maxima `his` into scales and writes their reciprocals into `inv`, as
+/// [`crate::quant::scale_and_reciprocal`] of `hi - lo`; `false` if some group's range or largest
 /// reconstruction `lo + max_code * scale` (multiply, then add) is not finite.
 pub(crate) fn finish_scales(
     isa: Isa,
@@ -173,64 +176,55 @@ pub(crate) fn finish_scales_scalar(
     let mut bad = 0u32;
     for ((hi, &lo), iv) in his.iter_mut().zip(los).zip(inv.iter_mut()) {
         let range = *hi - lo;
-        let s = range / max_code;
+        let (s, r) = crate::quant::scale_and_reciprocal(range, max_code);
         bad |= over(range) | over(lo + max_code * s);
         *hi = s;
-        *iv = if s >= f32::MIN_POSITIVE {
-            1.0 / s
-        } else {
-            f32::NAN
-        };
+        *iv = r;
     }
     bad >> 31 == 0
 }
 
-/// Codes of `x` (`[rows, cols]`) against per-column zero-points `zs`, scales `ss` and fast
-/// reciprocals `invs` (`cols` each), packed at `bits` into `packed`
-/// (`rows * bits.packed_len(cols)` bytes). Each code is **exactly** `encode(v, z, s, max)`
-/// ([`crate::quant::encode_exact`]): rows whose fast codes are all certain keep them, a row
-/// with an uncertain one is encoded again, fast codes where certain and the exact division
-/// elsewhere. `Err(row)` for the first row found to hold a NaN or infinity (rows after it are
-/// not written).
-#[allow(clippy::too_many_arguments)]
+/// Codes of `x` (`[rows, cols]`) against per-column zero-points `zs` and reciprocal scales
+/// `invs` (`cols` each), packed at `bits` into `packed` (`rows * bits.packed_len(cols)`
+/// bytes), computed as in the module docs (no clamp). `false` if some code is not valid (a
+/// NaN or infinity, or a value outside its group's range); the codes are then unspecified.
+#[must_use]
 pub(crate) fn encode_cols(
     isa: Isa,
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     zs: &[f32],
-    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Result<(), usize> {
+) -> bool {
     assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
-    assert!(zs.len() == cols && ss.len() == cols && invs.len() == cols);
+    assert!(zs.len() == cols && invs.len() == cols);
     assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
-        Isa::Avx2Fma => unsafe {
-            x86::encode_avx2::<false>(bits, x, cols, 8, [zs, ss, invs], packed)
-        },
-        Isa::Scalar => encode_cols_scalar(bits, x, cols, zs, ss, invs, packed),
+        Isa::Avx2Fma => unsafe { x86::encode_avx2::<false>(bits, x, cols, 8, [zs, invs], packed) },
+        Isa::Scalar => encode_cols_scalar(bits, x, cols, zs, invs, packed),
     }
 }
 
 /// Scalar twin of [`encode_cols`].
+#[must_use]
 pub(crate) fn encode_cols_scalar(
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     zs: &[f32],
-    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Result<(), usize> {
-    encode_scalar(bits, x, cols, 0, [zs, ss, invs], packed)
+) -> bool {
+    encode_scalar(bits, x, cols, 0, [zs, invs], packed)
 }
 
-/// As [`encode_cols`] with one zero-point, scale and reciprocal per group of `gs` consecutive
-/// values of a row (`rows * cols / gs` each, `cols % gs == 0`).
+/// As [`encode_cols`] with one zero-point and reciprocal per group of `gs` consecutive values
+/// of a row (`rows * cols / gs` each, `cols % gs == 0`).
+#[must_use]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_groups(
     isa: Isa,
@@ -239,37 +233,35 @@ pub(crate) fn encode_groups(
     cols: usize,
     gs: usize,
     zs: &[f32],
-    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Result<(), usize> {
+) -> bool {
     assert!(cols > 0 && cols.is_multiple_of(4) && x.len().is_multiple_of(cols));
     assert!(gs > 0 && cols.is_multiple_of(gs));
-    assert!(zs.len() == x.len() / gs && ss.len() == zs.len() && invs.len() == zs.len());
+    assert!(zs.len() == x.len() / gs && invs.len() == zs.len());
     assert_eq!(packed.len(), x.len() / cols * bits.packed_len(cols));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2Fma` is only produced by `detect` after AVX2 and FMA were detected.
         Isa::Avx2Fma if gs.is_multiple_of(8) => unsafe {
-            x86::encode_avx2::<true>(bits, x, cols, gs, [zs, ss, invs], packed)
+            x86::encode_avx2::<true>(bits, x, cols, gs, [zs, invs], packed)
         },
-        _ => encode_groups_scalar(bits, x, cols, gs, zs, ss, invs, packed),
+        _ => encode_groups_scalar(bits, x, cols, gs, zs, invs, packed),
     }
 }
 
 /// Scalar twin of [`encode_groups`].
-#[allow(clippy::too_many_arguments)]
+#[must_use]
 pub(crate) fn encode_groups_scalar(
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     gs: usize,
     zs: &[f32],
-    ss: &[f32],
     invs: &[f32],
     packed: &mut [u8],
-) -> Result<(), usize> {
-    encode_scalar(bits, x, cols, gs, [zs, ss, invs], packed)
+) -> bool {
+    encode_scalar(bits, x, cols, gs, [zs, invs], packed)
 }
 
 /// The parameter index of column `c` of row `r`: per column (`gs == 0`) or per group.
@@ -278,63 +270,36 @@ fn param_index(r: usize, c: usize, cols: usize, gs: usize) -> usize {
     (r * cols + c).checked_div(gs).unwrap_or(c)
 }
 
-/// The code of `v` in a row being repaired: the fast code if certain, else the exact one;
-/// `None` for a non-finite `v`.
-#[inline(always)]
-fn repaired_code(v: f32, z: f32, s: f32, inv: f32, max_code: f32) -> Option<u8> {
-    if !v.is_finite() {
-        return None;
-    }
-    let mut bad = 0u32;
-    let c = fast_code(v, z, inv, &mut bad);
-    Some(if bad >> 31 == 0 {
-        c
-    } else {
-        crate::quant::encode_exact(v, z, s, max_code)
-    })
-}
-
-/// Both scalar encoders; `gs == 0` selects per-column parameters. `p` = zero-points, scales,
+/// Both scalar encoders; `gs == 0` selects per-column parameters. `p` = zero-points,
 /// reciprocals.
 fn encode_scalar(
     bits: QuantBits,
     x: &[f32],
     cols: usize,
     gs: usize,
-    p: [&[f32]; 3],
+    [zs, invs]: [&[f32]; 2],
     packed: &mut [u8],
-) -> Result<(), usize> {
-    let [zs, ss, invs] = p;
-    let max_code = f32::from(bits.max_code());
+) -> bool {
     let row_bytes = bits.packed_len(cols);
     let mut buf = [0u8; CHUNK];
+    let mut worst = 0u32;
     for (r, (row, out)) in x
         .chunks_exact(cols)
         .zip(packed.chunks_exact_mut(row_bytes))
         .enumerate()
     {
-        for repair in [false, true] {
-            let mut bad = 0u32;
-            for (k, xs) in row.chunks(CHUNK).enumerate() {
-                let c0 = k * CHUNK;
-                let b = &mut buf[..xs.len()];
-                for (i, (o, &v)) in b.iter_mut().zip(xs).enumerate() {
-                    let q = param_index(r, c0 + i, cols, gs);
-                    *o = if repair {
-                        repaired_code(v, zs[q], ss[q], invs[q], max_code).ok_or(r)?
-                    } else {
-                        fast_code(v, zs[q], invs[q], &mut bad)
-                    };
-                }
-                let start = bits.packed_len(c0);
-                pack_codes(b, bits, &mut out[start..start + bits.packed_len(xs.len())]);
+        for (k, xs) in row.chunks(CHUNK).enumerate() {
+            let c0 = k * CHUNK;
+            let b = &mut buf[..xs.len()];
+            for (i, (o, &v)) in b.iter_mut().zip(xs).enumerate() {
+                let q = param_index(r, c0 + i, cols, gs);
+                *o = fast_code(v, zs[q], invs[q], &mut worst);
             }
-            if bad >> 31 == 0 {
-                break;
-            }
+            let start = bits.packed_len(c0);
+            pack_codes(b, bits, &mut out[start..start + bits.packed_len(xs.len())]);
         }
     }
-    Ok(())
+    codes_valid(worst, bits.max_code())
 }
 
 /// Decodes `packed` (`rows` packed rows of `cols` codes) into `out` (`[rows, cols]`) as
@@ -448,20 +413,19 @@ mod x86 {
         _mm_min_ss, _mm_movehl_ps, _mm_packus_epi16, _mm_packus_epi32, _mm_shuffle_ps,
         _mm_storel_epi64, _mm_storeu_si128, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256,
         _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmpgt_epi32,
-        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256,
-        _mm256_loadu_ps, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_epu32, _mm256_max_ps,
-        _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_packus_epi16, _mm256_packus_epi32,
-        _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_ps,
-        _mm256_setr_epi32, _mm256_setzero_si256, _mm256_srlv_epi32, _mm256_storeu_ps,
-        _mm256_storeu_si256, _mm256_sub_ps,
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtps_epi32, _mm256_extractf128_ps,
+        _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_madd_epi16, _mm256_maddubs_epi16,
+        _mm256_max_epu32, _mm256_max_ps, _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps,
+        _mm256_packus_epi16, _mm256_packus_epi32, _mm256_permutevar8x32_epi32, _mm256_set1_epi16,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_si256,
+        _mm256_srlv_epi32, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_ps,
     };
     use std::arch::x86_64::{
-        _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_GT_OQ, _CMP_LT_OQ, _mm256_and_ps, _mm256_blendv_ps,
-        _mm256_cmp_ps, _mm256_cmpeq_epi32, _mm256_div_ps, _mm256_or_si256, _mm256_permute2f128_ps,
-        _mm256_setzero_ps, _mm256_shuffle_ps,
+        _CMP_GT_OQ, _CMP_LT_OQ, _mm256_and_ps, _mm256_blendv_ps, _mm256_cmp_ps, _mm256_div_ps,
+        _mm256_or_si256, _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps,
     };
 
-    use super::{LIM_BITS, MAGIC, QuantBits, fast_code, max2, min2, param_index, repaired_code};
+    use super::{QuantBits, codes_valid, fast_code, max2, min2, param_index};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn column_min_max_avx2(x: &[f32], cols: usize, los: &mut [f32], his: &mut [f32]) {
@@ -525,8 +489,8 @@ mod x86 {
         }
     }
 
-    /// Lane-wise minimum (`MIN`) or maximum of the `gs / 8` chunks of the group at `p`,
-    /// starting from the first chunk (`gs % 8 == 0`, `gs > 0`).
+    /// Lane-wise minimum and maximum of the `gs / 8` chunks of the group at `p`, starting
+    /// from the first chunk (`gs % 8 == 0`, `gs > 0`).
     ///
     /// # Safety
     /// `p` must be valid for reading `gs` floats.
@@ -596,6 +560,19 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn group_min_max_avx2(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+        // KIVI's groups of 32 get a copy with the group loop unrolled.
+        if gs == 32 {
+            group_min_max_gs::<32>(x, gs, los, his);
+        } else {
+            group_min_max_gs::<0>(x, gs, los, his);
+        }
+    }
+
+    /// [`group_min_max_avx2`] for groups of `GS` values, or of `gs` if `GS == 0`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn group_min_max_gs<const GS: usize>(x: &[f32], gs: usize, los: &mut [f32], his: &mut [f32]) {
+        let gs = if GS == 0 { gs } else { GS };
         let groups = x.len() / gs;
         let xp = x.as_ptr();
         let mut g = 0;
@@ -640,7 +617,7 @@ mod x86 {
         let max = _mm256_set1_ps(max_code);
         let one = _mm256_set1_ps(1.0);
         let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
-        let nan = _mm256_set1_ps(f32::NAN);
+        let zero = _mm256_setzero_ps();
         let abs = _mm256_set1_epi32(0x7fff_ffff);
         let finite = _mm256_set1_epi32(super::FINITE_BITS as i32);
         let mut bad = _mm256_setzero_si256();
@@ -652,15 +629,21 @@ mod x86 {
                 let lo = _mm256_loadu_ps(l8.as_ptr());
                 let range = _mm256_sub_ps(_mm256_loadu_ps(h8.as_ptr()), lo);
                 let s = _mm256_div_ps(range, max);
+                // `scale_and_reciprocal`: a positive range's subnormal scale becomes the
+                // smallest normal one; a zero scale gets reciprocal 0.
+                let small = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(range, zero),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(s, tiny),
+                );
+                let s = _mm256_blendv_ps(s, tiny, small);
                 let recon = _mm256_add_ps(lo, _mm256_mul_ps(max, s));
                 for y in [range, recon] {
                     let m = _mm256_and_si256(_mm256_castps_si256(y), abs);
                     bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(m, finite));
                 }
-                let r = _mm256_div_ps(one, s);
-                let ok = _mm256_cmp_ps::<_CMP_GE_OQ>(s, tiny);
+                let r = _mm256_and_ps(_mm256_div_ps(one, s), _mm256_cmp_ps::<_CMP_GT_OQ>(s, zero));
                 _mm256_storeu_ps(h8.as_mut_ptr(), s);
-                _mm256_storeu_ps(i8.as_mut_ptr(), _mm256_blendv_ps(nan, r, ok));
+                _mm256_storeu_ps(i8.as_mut_ptr(), r);
             }
             i += 8;
         }
@@ -669,65 +652,26 @@ mod x86 {
         tail && _mm256_movemask_ps(_mm256_castsi256_ps(bad)) == 0
     }
 
-    /// Eight fast codes (one per `i32` lane, masked to `mask`, the largest code); folds the
-    /// bit patterns of their distances `|t - round(t)|` into `worst` (unsigned maximum, so a
-    /// NaN, whose pattern exceeds every finite one, is kept).
+    /// Eight codes (one per `i32` lane); folds them into `worst` (unsigned maximum).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn codes8(v: __m256, z: __m256, inv: __m256, mask: __m256i, worst: &mut __m256i) -> __m256i {
-        let magic = _mm256_set1_ps(MAGIC);
-        let t = _mm256_mul_ps(_mm256_sub_ps(v, z), inv);
-        let r = _mm256_add_ps(t, magic);
-        let d = _mm256_castps_si256(_mm256_sub_ps(t, _mm256_sub_ps(r, magic)));
-        let abs = _mm256_and_si256(d, _mm256_set1_epi32(0x7fff_ffff));
-        *worst = _mm256_max_epu32(*worst, abs);
-        _mm256_and_si256(_mm256_castps_si256(r), mask)
+    fn codes8(v: __m256, z: __m256, inv: __m256, worst: &mut __m256i) -> __m256i {
+        let c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v, z), inv));
+        *worst = _mm256_max_epu32(*worst, c);
+        c
     }
 
-    /// As [`codes8`] for a row being repaired: uncertain lanes get the exact code
-    /// (`encode_exact`: `(v - z) / s` clamped to `[0, max]`, rounded half away from zero);
-    /// ORs non-finite `v` lanes into `nonfinite`.
+    /// [`codes_valid`] of the eight lanes of `worst`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn codes8_repaired(
-        v: __m256,
-        [z, s, inv]: [__m256; 3],
-        mask: __m256i,
-        nonfinite: &mut __m256i,
-    ) -> __m256i {
-        let mut worst = _mm256_setzero_si256();
-        let fast = codes8(v, z, inv, mask, &mut worst);
-        let magic = _mm256_set1_ps(MAGIC);
-        // Per lane, `worst` is this lane's distance pattern.
-        let lim = _mm256_set1_epi32(LIM_BITS as i32);
-        let bad = _mm256_castsi256_ps(_mm256_cmpgt_epi32(worst, lim));
-        let exp = _mm256_set1_epi32(0x7f80_0000);
-        let vb = _mm256_castps_si256(v);
-        *nonfinite = _mm256_or_si256(
-            *nonfinite,
-            _mm256_cmpeq_epi32(_mm256_and_si256(vb, exp), exp),
-        );
-        let max = _mm256_cvtepi32_ps(mask);
-        let t = _mm256_div_ps(_mm256_sub_ps(v, z), s);
-        let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_GT_OQ>(t, _mm256_setzero_ps()));
-        let t = _mm256_blendv_ps(max, t, _mm256_cmp_ps::<_CMP_LT_OQ>(t, max));
-        let n = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
-        let tie = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(t, n), _mm256_set1_ps(0.5));
-        let n = _mm256_add_ps(n, _mm256_and_ps(tie, _mm256_set1_ps(1.0)));
-        let exact = _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(n, magic)), mask);
-        _mm256_castps_si256(_mm256_blendv_ps(
-            _mm256_castsi256_ps(fast),
-            _mm256_castsi256_ps(exact),
-            bad,
-        ))
-    }
-
-    /// Whether some lane of `worst` lies farther than the certainty limit from its code.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn uncertain(worst: __m256i) -> bool {
-        let over = _mm256_cmpgt_epi32(worst, _mm256_set1_epi32(LIM_BITS as i32));
-        _mm256_movemask_ps(_mm256_castsi256_ps(over)) != 0
+    fn lanes_valid<const B: u32>(worst: __m256i) -> bool {
+        let mut w = [0u32; 8];
+        // SAFETY: `w` is 32 writable bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), worst) };
+        codes_valid(
+            w.into_iter().fold(0, u32::max),
+            quant_bits::<B>().max_code(),
+        )
     }
 
     /// Packs 32 codes (four registers of `i32` codes in `0..=max_code`, in order) at `B` bits
@@ -790,21 +734,21 @@ mod x86 {
         }
     }
 
-    /// Parameter registers (one per array of `p`) of the 8 values at column `c` of a row:
+    /// Parameter registers (zero-point, reciprocal) of the 8 values at column `c` of a row:
     /// loaded per column, or broadcast from the cursor's group (`GROUPED`). `p` holds the row's
     /// parameters.
     ///
     /// # Safety
-    /// Per column, every array must hold `c + 8` values; per group, every array must hold the
+    /// Per column, both arrays must hold `c + 8` values; per group, both arrays must hold the
     /// cursor's next group (the row's parameters cover its `cols / gs` groups).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn params8<const GROUPED: bool, const N: usize>(
-        p: [&[f32]; N],
+    unsafe fn params8<const GROUPED: bool>(
+        p: [&[f32]; 2],
         c: usize,
         cur: &mut Cursor,
-    ) -> [__m256; N] {
-        let mut out = [_mm256_setzero_ps(); N];
+    ) -> [__m256; 2] {
+        let mut out = [_mm256_setzero_ps(); 2];
         if GROUPED {
             let g = cur.next8();
             for (o, a) in out.iter_mut().zip(p) {
@@ -833,16 +777,16 @@ mod x86 {
     }
 
     /// AVX2 twin of `encode_scalar`: per-column parameters, or per group (`GROUPED`,
-    /// `gs % 8 == 0`). `p` = zero-points, scales, reciprocals.
+    /// `gs % 8 == 0`). `p` = zero-points, reciprocals.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn encode_avx2<const GROUPED: bool>(
         bits: QuantBits,
         x: &[f32],
         cols: usize,
         gs: usize,
-        p: [&[f32]; 3],
+        p: [&[f32]; 2],
         packed: &mut [u8],
-    ) -> Result<(), usize> {
+    ) -> bool {
         match bits {
             QuantBits::B8 => encode_bits::<8, GROUPED>(x, cols, gs, p, packed),
             QuantBits::B4 => encode_bits::<4, GROUPED>(x, cols, gs, p, packed),
@@ -855,18 +799,19 @@ mod x86 {
         x: &[f32],
         cols: usize,
         gs: usize,
-        p: [&[f32]; 3],
+        p: [&[f32]; 2],
         packed: &mut [u8],
-    ) -> Result<(), usize> {
+    ) -> bool {
         if GROUPED && gs.is_multiple_of(32) {
-            return encode_flat_groups::<B>(x, cols, gs, p, packed);
+            return encode_flat_groups::<B>(x, gs, p, packed);
         }
         if !GROUPED && cols.is_multiple_of(32) {
             return encode_rows_by_32::<B>(x, cols, p, packed);
         }
-        let bits = quant_bits::<B>();
-        let row_bytes = bits.packed_len(cols);
+        let row_bytes = quant_bits::<B>().packed_len(cols);
         let per_row = cols / gs;
+        let mut worst = _mm256_setzero_si256();
+        let mut tail_worst = 0u32;
         for (r, (row, out)) in x
             .chunks_exact(cols)
             .zip(packed.chunks_exact_mut(row_bytes))
@@ -875,47 +820,30 @@ mod x86 {
             let rp = [
                 row_params::<GROUPED>(p[0], r, per_row),
                 row_params::<GROUPED>(p[1], r, per_row),
-                row_params::<GROUPED>(p[2], r, per_row),
             ];
-            let worst = encode_row::<B, GROUPED>(row, gs, [rp[0], rp[2]], out);
-            let tail = !cols.is_multiple_of(32);
-            let tail_bad = tail && encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, false)?;
-            if uncertain(worst) || tail_bad {
-                // Rare (about 1.5 % of 64-wide rows on random data): encode the row again,
-                // repairing its uncertain codes.
-                if repair_row::<B, GROUPED>(row, gs, rp, out) {
-                    return Err(r);
-                }
-                if tail {
-                    encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, true)?;
-                }
-            }
+            encode_row::<B, GROUPED>(row, gs, rp, out, &mut worst);
+            encode_tail::<B, GROUPED>(row, r, cols, gs, p, out, &mut tail_worst);
         }
-        Ok(())
+        lanes_valid::<B>(worst) && codes_valid(tail_worst, quant_bits::<B>().max_code())
     }
 
     /// Per-column parameters on rows of a multiple of 32 values: one tight loop per row, the
-    /// parameters loaded next to the values, one certainty check per row.
+    /// parameters loaded next to the values.
     #[target_feature(enable = "avx2,fma")]
     fn encode_rows_by_32<const B: u32>(
         x: &[f32],
         cols: usize,
-        p: [&[f32]; 3],
+        p: [&[f32]; 2],
         packed: &mut [u8],
-    ) -> Result<(), usize> {
-        let [zs, _, invs] = p;
-        assert!(zs.len() == cols && invs.len() == cols && p[1].len() == cols);
+    ) -> bool {
+        let [zs, invs] = p;
+        assert!(zs.len() == cols && invs.len() == cols);
         assert_eq!(packed.len(), x.len() * B as usize / 8);
         let row_bytes = cols * B as usize / 8;
-        let mask = _mm256_set1_epi32((1 << B) - 1);
         let (zp, ip) = (zs.as_ptr(), invs.as_ptr());
-        for (r, (row, out)) in x
-            .chunks_exact(cols)
-            .zip(packed.chunks_exact_mut(row_bytes))
-            .enumerate()
-        {
+        let mut worst = _mm256_setzero_si256();
+        for (row, out) in x.chunks_exact(cols).zip(packed.chunks_exact_mut(row_bytes)) {
             let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
-            let mut worst = _mm256_setzero_si256();
             let mut c = 0;
             while c < cols {
                 let mut codes = [_mm256_setzero_si256(); 4];
@@ -929,40 +857,33 @@ mod x86 {
                             _mm256_loadu_ps(ip.add(ck)),
                         )
                     };
-                    *code = codes8(v, z, inv, mask, &mut worst);
+                    *code = codes8(v, z, inv, &mut worst);
                 }
                 // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
                 // the row's `cols * B / 8` bytes.
                 unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
                 c += 32;
             }
-            if uncertain(worst) && repair_row::<B, false>(row, 8, p, out) {
-                return Err(r);
-            }
         }
-        Ok(())
+        lanes_valid::<B>(worst)
     }
 
     /// Per-row groups of a multiple of 32 values: the groups of consecutive rows are
-    /// consecutive in `x` and in `packed`, so they are encoded as one flat sequence, each group
-    /// checked and, if needed, repaired on its own. `Err` names the row of the first group found
-    /// to hold a NaN or infinity.
+    /// consecutive in `x` and in `packed`, so they are encoded as one flat sequence.
     #[target_feature(enable = "avx2,fma")]
     fn encode_flat_groups<const B: u32>(
         x: &[f32],
-        cols: usize,
         gs: usize,
-        [zs, ss, invs]: [&[f32]; 3],
+        [zs, invs]: [&[f32]; 2],
         packed: &mut [u8],
-    ) -> Result<(), usize> {
+    ) -> bool {
         let groups = x.len() / gs;
-        assert!(zs.len() == groups && ss.len() == groups && invs.len() == groups);
+        assert!(zs.len() == groups && invs.len() == groups);
         assert_eq!(packed.len(), x.len() * B as usize / 8);
-        let mask = _mm256_set1_epi32((1 << B) - 1);
         let (xp, op) = (x.as_ptr(), packed.as_mut_ptr());
+        let mut worst = _mm256_setzero_si256();
         for (g, (&z, &inv)) in zs.iter().zip(invs).enumerate() {
             let (zv, iv) = (_mm256_set1_ps(z), _mm256_set1_ps(inv));
-            let mut worst = _mm256_setzero_si256();
             let base = g * gs;
             let mut c = base;
             while c < base + gs {
@@ -975,43 +896,18 @@ mod x86 {
                         _mm256_loadu_ps(xp.add(c + 24)),
                     ]
                 };
-                let codes = [
-                    codes8(v[0], zv, iv, mask, &mut worst),
-                    codes8(v[1], zv, iv, mask, &mut worst),
-                    codes8(v[2], zv, iv, mask, &mut worst),
-                    codes8(v[3], zv, iv, mask, &mut worst),
-                ];
+                let codes = v.map(|v| codes8(v, zv, iv, &mut worst));
                 // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
                 // `packed` (`x.len() * B / 8` bytes).
                 unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
                 c += 32;
             }
-            if uncertain(worst) {
-                let q = [zv, _mm256_set1_ps(ss[g]), iv];
-                let mut nonfinite = _mm256_setzero_si256();
-                let mut c = base;
-                while c < base + gs {
-                    let mut codes = [_mm256_setzero_si256(); 4];
-                    for (k, code) in codes.iter_mut().enumerate() {
-                        // SAFETY: `c + 8k + 8 <= (g + 1) * gs <= x.len()`; unaligned load.
-                        let v = unsafe { _mm256_loadu_ps(xp.add(c + 8 * k)) };
-                        *code = codes8_repaired(v, q, mask, &mut nonfinite);
-                    }
-                    // SAFETY: as above.
-                    unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
-                    c += 32;
-                }
-                if _mm256_movemask_ps(_mm256_castsi256_ps(nonfinite)) != 0 {
-                    return Err(base / cols);
-                }
-            }
         }
-        Ok(())
+        lanes_valid::<B>(worst)
     }
 
-    /// Fast codes of the whole blocks of 32 of a row (per column, or per group with
-    /// `gs % 8 == 0`; groups of a multiple of 32 take [`encode_flat_groups`]); returns the
-    /// distances' maximum pattern.
+    /// Codes of the whole blocks of 32 of a row (per column, or per group with `gs % 8 == 0`;
+    /// groups of a multiple of 32 take [`encode_flat_groups`]), folded into `worst`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn encode_row<const B: u32, const GROUPED: bool>(
@@ -1019,14 +915,12 @@ mod x86 {
         gs: usize,
         rp: [&[f32]; 2],
         out: &mut [u8],
-    ) -> __m256i {
+        worst: &mut __m256i,
+    ) {
         let main = row.len() / 32 * 32;
         assert!(out.len() >= main * B as usize / 8);
         let need = if GROUPED { row.len() / gs } else { row.len() };
         assert!(rp.iter().all(|a| a.len() >= need));
-        // Codes keep their low `B` bits, as `pack_codes` stores them.
-        let mask = _mm256_set1_epi32((1 << B) - 1);
-        let mut worst = _mm256_setzero_si256();
         let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
         let mut cur = Cursor::new(gs);
         let mut c = 0;
@@ -1036,58 +930,20 @@ mod x86 {
                 let ck = c + 8 * k;
                 // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
                 // `cols / gs` groups.
-                let [z, inv] = unsafe { params8::<GROUPED, 2>(rp, ck, &mut cur) };
+                let [z, inv] = unsafe { params8::<GROUPED>(rp, ck, &mut cur) };
                 // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
                 let v = unsafe { _mm256_loadu_ps(xp.add(ck)) };
-                *code = codes8(v, z, inv, mask, &mut worst);
+                *code = codes8(v, z, inv, worst);
             }
             // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside `out`
             // (checked above).
             unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
             c += 32;
         }
-        worst
-    }
-
-    /// Encodes the whole blocks of 32 of a row again, repairing uncertain codes; `true` if the
-    /// row holds a non-finite value.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline(never)]
-    fn repair_row<const B: u32, const GROUPED: bool>(
-        row: &[f32],
-        gs: usize,
-        rp: [&[f32]; 3],
-        out: &mut [u8],
-    ) -> bool {
-        let main = row.len() / 32 * 32;
-        assert!(out.len() >= main * B as usize / 8);
-        let need = if GROUPED { row.len() / gs } else { row.len() };
-        assert!(rp.iter().all(|a| a.len() >= need));
-        let mask = _mm256_set1_epi32((1 << B) - 1);
-        let mut nonfinite = _mm256_setzero_si256();
-        let mut cur = Cursor::new(gs);
-        let mut c = 0;
-        while c < main {
-            let mut codes = [_mm256_setzero_si256(); 4];
-            for (k, code) in codes.iter_mut().enumerate() {
-                let ck = c + 8 * k;
-                // SAFETY: `ck + 8 <= cols` values per column; the cursor stays in the row's
-                // `cols / gs` groups.
-                let q = unsafe { params8::<GROUPED, 3>(rp, ck, &mut cur) };
-                // SAFETY: `ck + 8 <= main <= row.len()`; unaligned load.
-                let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(ck)) };
-                *code = codes8_repaired(v, q, mask, &mut nonfinite);
-            }
-            // SAFETY: the 32 codes at `c` pack into `4 * B` bytes inside `out` (checked above).
-            unsafe { store32::<B>(codes, out.as_mut_ptr().add(c * B as usize / 8)) };
-            c += 32;
-        }
-        _mm256_movemask_ps(_mm256_castsi256_ps(nonfinite)) != 0
     }
 
     /// The last `cols % 32` values of row `r` (a multiple of 4), through a stack buffer, as the
-    /// scalar twin: `Ok(true)` if a fast code is uncertain (`repair == false`), `Err(r)` for a
-    /// non-finite value met while repairing.
+    /// scalar twin (folding into `worst`).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn encode_tail<const B: u32, const GROUPED: bool>(
@@ -1095,32 +951,24 @@ mod x86 {
         r: usize,
         cols: usize,
         gs: usize,
-        [zs, ss, invs]: [&[f32]; 3],
+        [zs, invs]: [&[f32]; 2],
         out: &mut [u8],
-        repair: bool,
-    ) -> Result<bool, usize> {
+        worst: &mut u32,
+    ) {
         let main = cols / 32 * 32;
         if main == cols {
-            return Ok(false);
+            return;
         }
         let bits = quant_bits::<B>();
-        let max_code = f32::from(bits.max_code());
         let mut buf = [0u8; 32];
         let n = cols - main;
-        let mut bad = 0u32;
         let gs = if GROUPED { gs } else { 0 };
         for (i, o) in buf[..n].iter_mut().enumerate() {
             let q = param_index(r, main + i, cols, gs);
-            let v = row[main + i];
-            *o = if repair {
-                repaired_code(v, zs[q], ss[q], invs[q], max_code).ok_or(r)?
-            } else {
-                fast_code(v, zs[q], invs[q], &mut bad)
-            };
+            *o = fast_code(row[main + i], zs[q], invs[q], worst);
         }
         let o = bits.packed_len(main);
         super::pack_codes(&buf[..n], bits, &mut out[o..o + bits.packed_len(n)]);
-        Ok(bad >> 31 != 0)
     }
 
     /// The `QuantBits` of `B` bits.
@@ -1394,9 +1242,9 @@ mod tests {
         let Some(isa) = avx2() else { return };
         let mut rng = StdRng::seed_from_u64(2);
         for case in 0..800 {
-            let bits = ALL_BITS[case % 3];
+            let bits = ALL_BITS[(case / 3) % 3];
             let max = f32::from(bits.max_code());
-            let gs = [8, 16, 32, 64][rng.random_range(0..4)];
+            let gs: usize = [8, 16, 32, 64][rng.random_range(0..4)];
             let cols = if case % 4 == 0 {
                 4 * rng.random_range(1..90)
             } else {
@@ -1404,30 +1252,22 @@ mod tests {
             };
             let rows = rng.random_range(1..12);
             let n = rows * cols;
-            // Values on and near half steps (ties, near-ties), plus specials in some cases.
-            let specials = case % 5 == 0;
-            let x: Vec<f32> = data(&mut rng, n, specials)
-                .iter()
-                .map(|&v| match case % 3 {
-                    1 => (v.abs() * max / 8.0).round() + 0.5,
-                    2 => f32::from_bits(((v.abs() * max / 8.0).round() + 0.5).to_bits() + 1),
-                    _ => v,
-                })
-                .collect();
             let per_col = case % 2 == 0 || !cols.is_multiple_of(gs);
             let groups = if per_col { cols } else { n / gs };
+            // Random parameters, or unit steps from 0 (ties and near-ties below).
+            let random = case % 3 == 0;
             let zs: Vec<f32> = (0..groups)
                 .map(|_| {
-                    if case % 3 == 0 {
+                    if random {
                         rng.random_range(-9.0f32..0.0)
                     } else {
                         0.0
                     }
                 })
                 .collect();
-            let mut ss: Vec<f32> = (0..groups)
+            let ss: Vec<f32> = (0..groups)
                 .map(|_| {
-                    if case % 3 == 0 {
+                    if random {
                         rng.random_range(0.05f32..2.0)
                     } else {
                         1.0
@@ -1435,26 +1275,54 @@ mod tests {
                 })
                 .collect();
             let mut invs: Vec<f32> = ss.iter().map(|s| 1.0 / s).collect();
+            let gs_or_col = if per_col { 0 } else { gs };
+            // Values in their group's range `z + [0, max] / inv`: random, on half steps (ties)
+            // or one ulp above them; specials (NaN, infinities) in some cases.
+            let specials = case % 5 == 0;
+            let mut x: Vec<f32> = (0..n)
+                .map(|i| {
+                    let q = param_index(i / cols, i % cols, cols, gs_or_col);
+                    let k = rng.random_range(0..bits.max_code()) as f32 + 0.5;
+                    match case % 3 {
+                        1 => k,
+                        2 => f32::from_bits(k.to_bits() + 1),
+                        _ => zs[q] + rng.random_range(0.0..=max) / invs[q],
+                    }
+                })
+                .collect();
             if specials {
-                invs[0] = f32::NAN;
-                ss[0] = 0.0;
+                let specials = data(&mut rng, n, true);
+                for (v, s) in x.iter_mut().zip(specials) {
+                    if !s.is_finite() {
+                        *v = s;
+                    }
+                }
+                invs[0] = 0.0;
             }
             let pb = rows * bits.packed_len(cols);
             let (mut p1, mut p2) = (vec![0u8; pb], vec![0u8; pb]);
-            let (r1, r2) = if per_col {
+            let (v1, v2) = if per_col {
                 (
-                    encode_cols(isa, bits, &x, cols, &zs, &ss, &invs, &mut p1),
-                    encode_cols_scalar(bits, &x, cols, &zs, &ss, &invs, &mut p2),
+                    encode_cols(isa, bits, &x, cols, &zs, &invs, &mut p1),
+                    encode_cols_scalar(bits, &x, cols, &zs, &invs, &mut p2),
                 )
             } else {
                 (
-                    encode_groups(isa, bits, &x, cols, gs, &zs, &ss, &invs, &mut p1),
-                    encode_groups_scalar(bits, &x, cols, gs, &zs, &ss, &invs, &mut p2),
+                    encode_groups(isa, bits, &x, cols, gs, &zs, &invs, &mut p1),
+                    encode_groups_scalar(bits, &x, cols, gs, &zs, &invs, &mut p2),
                 )
             };
-            assert_eq!(r1, r2, "case {case}");
-            let done = r1.err().unwrap_or(rows) * bits.packed_len(cols);
-            assert_eq!(p1[..done], p2[..done], "case {case}");
+            // Valid exactly when every code is finite and in `0..=max`; the codes are only
+            // specified then.
+            let valid = x.iter().enumerate().all(|(i, &v)| {
+                let q = param_index(i / cols, i % cols, cols, gs_or_col);
+                let t = ((v - zs[q]) * invs[q]).round_ties_even();
+                (0.0..=max).contains(&t)
+            });
+            assert_eq!((v1, v2), (valid, valid), "case {case}");
+            if valid {
+                assert_eq!(p1, p2, "case {case}");
+            }
 
             let packed: Vec<u8> = (0..pb).map(|_| rng.random()).collect();
             let (mut y1, mut y2) = (vec![0.0; n], vec![0.0; n]);
@@ -1469,35 +1337,54 @@ mod tests {
         }
     }
 
+    /// The kernels' codes equal the reference encoder's (`quantize_grouped`'s clamped
+    /// `round_ties_even((v - z) * inv)`) on data whose parameters come from the data itself,
+    /// with exact ties, constant and subnormal-range groups.
     #[test]
-    fn codes_are_exact_on_ties_and_degenerate_scales() {
-        // Fast codes where certain; ties (which the fast path rounds to even) and a NaN
-        // reciprocal (a zero scale) are repaired with the exact division.
-        let x = [0.0f32, 1.0, 2.49, 2.5, 3.0, 7.0, 7.4, 7.6];
-        let mut p = [0u8; 8];
-        let r = encode_cols_scalar(
-            QuantBits::B8,
-            &x,
-            8,
-            &[0.0; 8],
-            &[1.0; 8],
-            &[1.0; 8],
-            &mut p,
-        );
-        assert_eq!((r, p), (Ok(()), [0, 1, 2, 3, 3, 7, 7, 8]));
-        let (z, s, inv) = ([0.0; 4], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, f32::NAN]);
-        let r = encode_cols_scalar(QuantBits::B8, &x, 4, &z, &s, &inv, &mut p);
-        assert_eq!((r, p), (Ok(()), [0, 1, 2, 255, 3, 7, 7, 255]));
-        let r = encode_cols_scalar(
-            QuantBits::B8,
-            &[0.0, f32::NAN, 0.0, 0.0],
-            4,
-            &z,
-            &s,
-            &inv,
-            &mut p[..4],
-        );
-        assert_eq!(r, Err(0));
+    fn codes_equal_the_reference_encoder() {
+        let isas: Vec<Isa> = std::iter::once(Isa::Scalar).chain(avx2()).collect();
+        let mut rng = StdRng::seed_from_u64(4);
+        for case in 0..300 {
+            let bits = ALL_BITS[case % 3];
+            let max_code = f32::from(bits.max_code());
+            let cols = 4 * rng.random_range(1..40);
+            let rows = rng.random_range(1..10);
+            let n = rows * cols;
+            let x: Vec<f32> = (0..n)
+                .map(|i| match (case / 3) % 4 {
+                    // Exact ties: half steps of a unit scale (rows 0 and 1 pin the range to
+                    // `0..=max`).
+                    0 if i / cols == 0 => 0.0,
+                    0 if i / cols == 1 => max_code,
+                    0 => {
+                        (rng.random_range(0..2 * bits.max_code() as u32) as f32 * 0.5).min(max_code)
+                    }
+                    // A constant or a subnormal-range column.
+                    1 if i % cols == 0 => 1.5,
+                    1 if i % cols == 4 => 1e-40 * (i / cols % 3) as f32,
+                    _ => rng.random_range(-8.0f32..8.0),
+                })
+                .collect();
+            for &isa in &isas {
+                let (mut lo, mut hi, mut inv) = (vec![0.0; cols], vec![0.0; cols], vec![0.0; cols]);
+                column_min_max(isa, &x, cols, &mut lo, &mut hi);
+                let maxima = hi.clone();
+                assert!(finish_scales(isa, &lo, &mut hi, &mut inv, max_code));
+                for c in 0..cols {
+                    let want = crate::quant::scale_and_reciprocal(maxima[c] - lo[c], max_code);
+                    assert_eq!((hi[c], inv[c]), want, "case {case} {isa:?} column {c}");
+                }
+                let mut packed = vec![0u8; rows * bits.packed_len(cols)];
+                assert!(encode_cols(isa, bits, &x, cols, &lo, &inv, &mut packed));
+                let mut codes = vec![0u8; n];
+                unpack_codes(&packed, bits, &mut codes);
+                for (i, (&c, &v)) in codes.iter().zip(&x).enumerate() {
+                    let (z, r) = (lo[i % cols], inv[i % cols]);
+                    let want = crate::quant::encode_code(v, z, r, max_code);
+                    assert_eq!(c, want, "case {case} {isa:?} value {i}: {v}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -563,7 +563,7 @@ fn quant_bits_levels() {
 // ---------------------------------------------------------------------------------------------
 
 /// 3 tokens x 3 channels, 4 bits, one group of 3 tokens per channel (keys):
-///   channel 0 = [0, 15, 7.5]: min 0, scale 15/15 = 1, codes [0, 15, 8] (7.5 ties up)
+///   channel 0 = [0, 15, 7.5]: min 0, scale 15/15 = 1, codes [0, 15, 8] (7.5 ties to even)
 ///   channel 1 = [-1, -1, -1]: constant, scale 0, codes [0, 0, 0], exact
 ///   channel 2 = [2, 0, 30]:   min 0, scale 30/15 = 2, codes [1, 0, 15]
 /// Row-major codes 0,0,1 | 15,0,0 | 8,0,15 packed two per byte, low nibble first:
@@ -624,10 +624,10 @@ fn group_of(cfg: &GroupedQuantConfig, cols: usize, r: usize, c: usize) -> usize 
 
 /// Per element, with the group's `min`, `max` (f64) and `scale = (max - min) / (L - 1)`:
 /// `|x - x'| <= scale / 2 + 8 eps (|min| + |max|)`, `eps = 2^-23`. The slack: `max - min`,
-/// `/ (L - 1)`, `x - min`, `/ scale` each round by at most `2^-24` relative, moving the
-/// code-space value by <= 4 * 2^-24 * (L - 1) codes, i.e. `4 * 2^-24 * range` in value; the
-/// decode `min + code * scale` rounds twice more, by <= `2^-24 (range + max(|min|, |max|))`.
-/// In total < `3 eps (|min| + |max|)`; 8 eps leaves a margin.
+/// `/ (L - 1)`, `1 / scale`, `x - min`, `* (1 / scale)` each round by at most `2^-24` relative,
+/// moving the code-space value by <= 5 * 2^-24 * (L - 1) codes, i.e. `5 * 2^-24 * range` in
+/// value; the decode `min + code * scale` rounds twice more, by <= `2^-24 (range + max(|min|,
+/// |max|))`. In total < `4 eps (|min| + |max|)`; 8 eps leaves a margin.
 #[test]
 fn grouped_error_sizes_and_codes() {
     prop::check("grouped_error_bound", 200, |rng| {
