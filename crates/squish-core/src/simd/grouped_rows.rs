@@ -827,8 +827,8 @@ mod x86 {
         lanes_valid::<B>(worst) && codes_valid(tail_worst, quant_bits::<B>().max_code())
     }
 
-    /// Per-column parameters on rows of a multiple of 32 values: one tight loop per row, the
-    /// parameters loaded next to the values.
+    /// Per-column parameters on rows of a multiple of 32 values: strips of 32 columns, whose
+    /// zero-points and reciprocals stay in registers down the rows.
     #[target_feature(enable = "avx2,fma")]
     fn encode_rows_by_32<const B: u32>(
         x: &[f32],
@@ -839,31 +839,31 @@ mod x86 {
         let [zs, invs] = p;
         assert!(zs.len() == cols && invs.len() == cols);
         assert_eq!(packed.len(), x.len() * B as usize / 8);
+        let rows = x.len() / cols;
         let row_bytes = cols * B as usize / 8;
-        let (zp, ip) = (zs.as_ptr(), invs.as_ptr());
+        let (xp, op) = (x.as_ptr(), packed.as_mut_ptr());
         let mut worst = _mm256_setzero_si256();
-        for (row, out) in x.chunks_exact(cols).zip(packed.chunks_exact_mut(row_bytes)) {
-            let (xp, op) = (row.as_ptr(), out.as_mut_ptr());
-            let mut c = 0;
-            while c < cols {
+        let mut c = 0;
+        while c < cols {
+            // SAFETY: `c + 32 <= cols`, the length of `zs` and `invs`; unaligned loads.
+            let (z, inv) = unsafe {
+                (
+                    [0, 8, 16, 24].map(|k| _mm256_loadu_ps(zs.as_ptr().add(c + k))),
+                    [0, 8, 16, 24].map(|k| _mm256_loadu_ps(invs.as_ptr().add(c + k))),
+                )
+            };
+            for r in 0..rows {
                 let mut codes = [_mm256_setzero_si256(); 4];
                 for (k, code) in codes.iter_mut().enumerate() {
-                    let ck = c + 8 * k;
-                    // SAFETY: `ck + 8 <= cols`, the length of the row, `zs` and `invs`.
-                    let (v, z, inv) = unsafe {
-                        (
-                            _mm256_loadu_ps(xp.add(ck)),
-                            _mm256_loadu_ps(zp.add(ck)),
-                            _mm256_loadu_ps(ip.add(ck)),
-                        )
-                    };
-                    *code = codes8(v, z, inv, &mut worst);
+                    // SAFETY: `r < rows` and `c + 8k + 8 <= cols`, inside `x`; unaligned load.
+                    let v = unsafe { _mm256_loadu_ps(xp.add(r * cols + c + 8 * k)) };
+                    *code = codes8(v, z[k], inv[k], &mut worst);
                 }
-                // SAFETY: codes `c..c + 32` pack into `4 * B` bytes at `c * B / 8`, inside
-                // the row's `cols * B / 8` bytes.
-                unsafe { store32::<B>(codes, op.add(c * B as usize / 8)) };
-                c += 32;
+                // SAFETY: codes `c..c + 32` of row `r` pack into `4 * B` bytes at
+                // `r * row_bytes + c * B / 8`, inside `packed` (`rows * row_bytes` bytes).
+                unsafe { store32::<B>(codes, op.add(r * row_bytes + c * B as usize / 8)) };
             }
+            c += 32;
         }
         lanes_valid::<B>(worst)
     }
