@@ -169,7 +169,7 @@ impl GroupedQuantized {
         &self.codes
     }
 
-    /// Per-group scales, `(max - min) / (2^bits - 1)`.
+    /// Per-group scales, `(max - min) * (1 / (2^bits - 1))`.
     pub fn scales(&self) -> &[f32] {
         &self.scales
     }
@@ -287,8 +287,8 @@ impl GroupedQuantized {
 
 /// Quantises a row-major `[rows, cols]` matrix with one scale and zero-point per group.
 ///
-/// Per group, in `f32`: `min`, `max`, `scale = (max - min) / (2^bits - 1)`, `zero = min`, and
-/// `code = round_ties_even((x - min) * (1 / scale))` (the reciprocal rounded to `f32` once per
+/// Per group, in `f32`: `min`, `max`, `scale = (max - min) * (1 / (2^bits - 1))`, `zero = min`,
+/// and `code = round_ties_even((x - min) * (1 / scale))` (the reciprocal rounded to `f32` once per
 /// group; the product never leaves `[0, 2^bits - 1]`), as GGML's quantisers do. A constant
 /// group gets `scale = 0` (reciprocal 0) and all codes 0, and reconstructs exactly; a group
 /// whose range is positive but so small that its scale would be subnormal gets
@@ -458,11 +458,13 @@ pub fn quantize_grouped_into(
 }
 
 /// The scale of a group with range `max - min` and the reciprocal its codes are computed with:
-/// `range / max_code`, raised to `f32::MIN_POSITIVE` if positive but subnormal (so `1 / scale`
-/// is finite and exact); the reciprocal of a zero scale (a constant group) is 0.
+/// `range * (1 / max_code)` (a multiply: one division fewer per group than `range / max_code`,
+/// and the error bound is relative to the stored scale either way), raised to
+/// `f32::MIN_POSITIVE` if positive but subnormal (so `1 / scale` is finite and exact); the
+/// reciprocal of a zero scale (a constant group) is 0.
 #[inline(always)]
 pub(crate) fn scale_and_reciprocal(range: f32, max_code: f32) -> (f32, f32) {
-    let s = range / max_code;
+    let s = range * (1.0 / max_code);
     let s = if range > 0.0 && s < f32::MIN_POSITIVE {
         f32::MIN_POSITIVE
     } else {

@@ -37,7 +37,7 @@
 //! of [`GroupedQuantConfig::group_size`] values:
 //!
 //! ```text
-//! scale = (max - min) / (2^bits - 1)      zero = min
+//! scale = (max - min) * (1 / (2^bits - 1))      zero = min
 //! code  = round_ties_even((x - min) * (1 / scale))      x' = zero + code * scale
 //! ```
 //!

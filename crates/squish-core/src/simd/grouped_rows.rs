@@ -604,7 +604,7 @@ mod x86 {
         }
     }
 
-    /// AVX2 twin of `finish_scales_scalar` (division, multiply then add: the same roundings).
+    /// AVX2 twin of `finish_scales_scalar` (the same operations: the same roundings).
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn finish_scales_avx2(
         los: &[f32],
@@ -616,6 +616,7 @@ mod x86 {
         let main = n / 8 * 8;
         let max = _mm256_set1_ps(max_code);
         let one = _mm256_set1_ps(1.0);
+        let rcp_max = _mm256_set1_ps(1.0 / max_code);
         let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
         let zero = _mm256_setzero_ps();
         let abs = _mm256_set1_epi32(0x7fff_ffff);
@@ -628,7 +629,7 @@ mod x86 {
             unsafe {
                 let lo = _mm256_loadu_ps(l8.as_ptr());
                 let range = _mm256_sub_ps(_mm256_loadu_ps(h8.as_ptr()), lo);
-                let s = _mm256_div_ps(range, max);
+                let s = _mm256_mul_ps(range, rcp_max);
                 // `scale_and_reciprocal`: a positive range's subnormal scale becomes the
                 // smallest normal one; a zero scale gets reciprocal 0.
                 let small = _mm256_and_ps(

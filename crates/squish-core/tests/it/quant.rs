@@ -624,10 +624,11 @@ fn group_of(cfg: &GroupedQuantConfig, cols: usize, r: usize, c: usize) -> usize 
 
 /// Per element, with the group's `min`, `max` (f64) and `scale = (max - min) / (L - 1)`:
 /// `|x - x'| <= scale / 2 + 8 eps (|min| + |max|)`, `eps = 2^-23`. The slack: `max - min`,
-/// `/ (L - 1)`, `1 / scale`, `x - min`, `* (1 / scale)` each round by at most `2^-24` relative,
-/// moving the code-space value by <= 5 * 2^-24 * (L - 1) codes, i.e. `5 * 2^-24 * range` in
-/// value; the decode `min + code * scale` rounds twice more, by <= `2^-24 (range + max(|min|,
-/// |max|))`. In total < `4 eps (|min| + |max|)`; 8 eps leaves a margin.
+/// `1 / (L - 1)`, their product (the stored scale: within `3 * 2^-24` relative, checked below),
+/// `1 / scale`, `x - min` and `* (1 / scale)` each round by at most `2^-24` relative, moving the
+/// code-space value by <= `6 * 2^-24 * (L - 1)` codes, i.e. `3 eps * range` in value; the decode
+/// `min + code * scale` rounds twice more, by <= `2^-24 (range + max(|min|, |max|))`. In total
+/// <= `4 eps (|min| + |max|)`; 8 eps leaves a margin.
 #[test]
 fn grouped_error_sizes_and_codes() {
     prop::check("grouped_error_bound", 200, |rng| {
@@ -668,6 +669,7 @@ fn grouped_error_sizes_and_codes() {
         for g in 0..groups {
             assert_eq!(f64::from(q.zeros()[g]), lo[g]);
             let s_ref = (hi[g] - lo[g]) / (levels - 1.0);
+            // Three roundings of 2^-24: 1.8e-7 relative.
             assert!((f64::from(q.scales()[g]) - s_ref).abs() <= s_ref * 2e-7);
         }
 
