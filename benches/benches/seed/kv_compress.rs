@@ -12,28 +12,31 @@
 //!
 //! `Throughput::Elements` counts keys plus values.
 //!
-//! | row | seed (Python) | target | before (SSE2 kernel) | now (AVX2 grouped kernels) | now per value |
+//! | row | seed (Python) | target | SSE2 kernel | exact AVX2 kernels | reciprocal encoder |
 //! |---|---:|---:|---:|---:|---:|
-//! | `compress` | 643.2 µs | ≤ 25.7 µs (25×) | 88.7 µs (full run 92.6) | 34.0 µs (19×) | 0.26 ns |
-//! | `compress`, `evict=10%` | — | — | 117.5 µs | 55.0 µs | 0.42 ns |
-//! | `decompress` | 39.85 µs | ≤ 7.97 µs (5×) | 23.5 µs (full run 24.8) | 14.1 µs (2.8×) | 0.11 ns |
+//! | `compress` | 643.2 µs | ≤ 25.7 µs (25×) | 88.7 µs | 35.1 µs (18×) | 24.5 µs (26×) |
+//! | `compress`, `evict=10%` | — | — | 117.5 µs | 55.0 µs | 47.5 µs |
+//! | `decompress` | 39.85 µs | ≤ 7.97 µs (5×) | 23.5 µs | 12.4 µs (3.2×) | unchanged |
 //!
-//! Since: the per-token (value) groups are decoded by two walking pointers instead of offsets
-//! derived per group, `decompress` 13.7–14.4 → 12.4–12.5 µs best of batches (full reports on a
-//! busier VM than the table's: 13.5 µs (2.9×) at 569bdc8, 12.2 µs (3.3×) at 5a6a3bc; `compress`
-//! 35.4–35.5 µs, 18.1×).
+//! "exact AVX2 kernels" is the full report of 268ceea; "reciprocal encoder" criterion medians
+//! of this file's rows on the same 2-core AVX2 VM (3.2 GHz), next to best-of-batches A/B runs
+//! of each step:
+//! - The encoder used to reproduce squish-core's division-based code bit for bit: a
+//!   reciprocal multiply plus a certainty check against the rounding boundary (four `f32`
+//!   additions per eight values) and a repair pass. The division's code is no closer to the
+//!   exact quotient, so squish-core now defines the code as the reciprocal product converted
+//!   with ties to even (`cvtps2dq`), as GGML does: 34.3 → 24.3 µs best of batches.
+//! - Per-column parameters held in registers down a strip of 32 columns: 24.1 → 23.1 µs.
+//! - Scales as `range * (1 / max_code)`, one division per group fewer: 23.8 → 23.2 µs.
 //!
-//! "before" / "now" are the best of 200 ten-call batches, run back to back on the same loaded
-//! 2-core AVX2 VM (3.2 GHz); criterion medians there swung by 2× between runs (compress
-//! 51-65 µs, decompress 28-29 µs in the last ones), so take them as upper bounds until the
-//! next full run. Neither target is met:
-//! - `compress` runs three passes per tile of groups (min/max, scales, codes). In cache,
-//!   per-channel keys take 0.21 ns per value and per-token values 0.24; the encoder (about
-//!   two thirds of it) must stay bit-identical to squish-core's division-based
-//!   `quantize_grouped`, so each code is a reciprocal multiply plus a certainty check against
-//!   the rounding boundary (four `f32` additions per eight values), and the min/max pass is
-//!   the first touch of the 512 KiB input. 4-bit and 2-bit take 37 and 39 µs (packing is
-//!   vectorised; they were 144 and 148 µs).
+//! Where the time goes now (perf, 8 heads): the two encoders 45 %, minimum / maximum 36 % (the
+//! per-column pass is the first touch of the keys and waits on memory), scales 6 %, call glue
+//! 6 %. The input's placement matters: the bench's arrays start 16 bytes past a 64-byte line
+//! (where malloc puts large buffers), and the same data 64-byte aligned compresses in 22.1
+//! instead of 23.5 µs; loading the keys as two 16-byte halves did not win that back.
+//! 4-bit and 2-bit take 10 % and 16 % longer than 8-bit (best of batches 25.6 and 27.1 against
+//! 23.4 µs; packing is vectorised).
+//!
 //! - `decompress` writes 512 KiB of `f32` per call, more than this core's L2: 0.07-0.085 ns
 //!   per value while the output fits in cache, 0.11 ns at this size. The multiply and add stay
 //!   separate (no FMA) to remain bit-identical to `dequantize_into`. Its target is below what
@@ -49,9 +52,9 @@
 //!   faster kernel.
 //!
 //! Per head, with the data in cache (one head: 64 KiB in, 16 KiB of codes) against all eight
-//! (512 KiB): `compress` 3.81 vs 4.29 µs per head, `decompress` 1.28 vs 1.56 µs per head. So
-//! memory adds only 10–20 %: even in cache, eight heads would take 30.5 µs to compress (21×)
-//! and 10.2 µs to decompress (3.9×) with these exact kernels. Software prefetch of the next
+//! (512 KiB): `compress` 2.72 vs 3.08 µs per head with the reciprocal encoder (3.81 vs 4.29 with
+//! the exact one), `decompress` 1.28 vs 1.56 µs per head. So memory adds only 10–20 %; even in
+//! cache, eight heads would take 10.2 µs to decompress (3.9×). Software prefetch of the next
 //! block of keys (to L1 or to L2) made `compress` 2.5 µs slower.
 
 use std::hint::black_box;
