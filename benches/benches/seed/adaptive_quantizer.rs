@@ -8,7 +8,7 @@
 //! - `dequantize` id `int4` (the seed row): `QuantizedTensor::dequantize_into` a reused
 //!   128 × 256 array.
 //!
-//! Every row is bounded by a squish-core kernel. Medians on the 2-core Zen 4 VM, which other
+//! Every row is bounded by a squish-core kernel. Medians on the 2-core Zen 3 VM, which other
 //! builds were loading while these were taken, so they are noisy:
 //! - *before*: the last full criterion run (quiet VM) with the per-block kernels;
 //! - *kernel*: a standalone loop timing the kernel alone on 32 768 standard-normal values

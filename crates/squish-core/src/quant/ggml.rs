@@ -300,7 +300,7 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
 /// With AVX2 + FMA + F16C (detected at run time), one fused pass per 64 blocks: eight blocks'
 /// maxima, finiteness checks, scales (`f16` by F16C) and reciprocals at a time, then the codes
 /// from L1 (see `simd::ggml_rows`); about 0.14 ns per value (4.6 µs for 32 768 values, 4.3x
-/// the block-by-block path, on the 2-core Zen 4 VM of the seed benches). Bad input (NaN,
+/// the block-by-block path, on the 2-core Zen 3 VM of the seed benches). Bad input (NaN,
 /// infinity, an overflowing scale) falls back to the block-by-block path, which also serves
 /// CPUs without those features and `SQUISH_SIMD=off`: one validation pass, then per block a
 /// vectorised max-abs, a software `f16` rounding and the codes.
@@ -361,7 +361,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
 ///
 /// # Performance
 /// AVX2 with the scale converted by F16C (when detected): about 0.3 µs for 4096 values (in
-/// L1) on the 2-core Zen 4 VM of the seed benches, against 0.68 µs with a software scale.
+/// L1) on the 2-core Zen 3 VM of the seed benches, against 0.68 µs with a software scale.
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     assert_row_len("dequantize_row_q8_0", out.len(), blocks.len(), QK8_0);
     simd::ggml_rows::dequantize_q8_0(blocks, out.as_chunks_mut::<QK8_0>().0);
