@@ -29,7 +29,7 @@
 //!
 //! # Numerics
 //! f32 throughout. The softmax scale is folded into the packed queries together with `log2(e)`,
-//! so the exponentials are base 2, computed by Cephes' `exp2f` minimax polynomial on
+//! so the exponentials are base 2, computed by a degree-5 minimax polynomial on
 //! `[-1/2, 1/2]` with the exponent built from the bits of a rounded float (in
 //! [`squish_core::ops::online_softmax_cols_exp2`]); its relative error is below `2.5e-7`
 //! (tested against `f64`) and results at or below `2^-126.5` are flushed to 0, i.e. a key whose
