@@ -11,9 +11,17 @@
 //! Where `step` goes (target ≥ 15× the seed's 21.5 µs, i.e. ≤ 1.43 µs): the fused kernel
 //! (`ops::decay_rank1_vecmat_into`) is ≈ 87 % of it, finiteness checks of q, k, v ≈ 3 %, the
 //! rest the scaled keys and bookkeeping. The kernel does a multiply and two FMAs per state
-//! element, which Zen 3 runs on its two FMA pipes: ≈ 1.5 cycles per 8 elements at best, and
-//! ≈ 0.3 µs per 64 × 64 head measured whether the state fits L1 (1–2 heads) or not (4), so it
-//! is compute-bound, not bound by the 64 KiB of state traffic as these docs said before.
+//! element, which Zen 3 runs on its two FMA pipes: ≈ 1.5 cycles per 8 elements at best. A
+//! stand-alone loop of the same kernel (best of batches) shows that the state's traffic counts
+//! too: 0.18 µs per 64 × 64 head while one head's state (16 KiB) stays in L1, 0.23 at two heads
+//! (32 KiB, the size of L1), 0.30 at four (64 KiB, streamed from L2 and back every step).
+//! (An earlier version of these docs called the step compute-bound from a coarser reading.)
+//! So `step_into` sweeps the heads forwards on even steps and backwards on odd ones: each step
+//! starts on the head the previous one finished, still in L1. The heads are independent, so the
+//! results are bit-identical (tested against one-head kernels); the stand-alone loop went from
+//! 0.30 to 0.27 µs per head, and `step_into` 1.45 → 1.30 µs best of batches (A/B alternating,
+//! with the per-head loop indexing heads directly instead of zipping five chunk iterators).
+//! Reversing the column strips as well, to reuse a second head's lines, gained nothing more.
 //! Measured and dropped: a decay-free update (`fma(a, x, s)`, one operation fewer) was *slower*
 //! in place; 64-column blocks with eight accumulators were 8 % faster in a stand-alone loop and
 //! 2–5 % slower inside `step_into`. Kept: a 64-float stack buffer for the scaled keys instead
