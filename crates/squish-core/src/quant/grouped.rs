@@ -289,7 +289,7 @@ impl GroupedQuantized {
 ///
 /// Per group, in `f32`: `min`, `max`, `scale = (max - min) * (1 / (2^bits - 1))`, `zero = min`,
 /// and `code = round_ties_even((x - min) * (1 / scale))` (the reciprocal rounded to `f32` once per
-/// group; the product never leaves `[0, 2^bits - 1]`), as GGML's quantisers do. A constant
+/// group; the rounded product never leaves `[0, 2^bits - 1]`), as GGML's quantisers do. A constant
 /// group gets `scale = 0` (reciprocal 0) and all codes 0, and reconstructs exactly; a group
 /// whose range is positive but so small that its scale would be subnormal gets
 /// `scale = f32::MIN_POSITIVE`, so the reciprocal stays finite and exact.
