@@ -623,7 +623,7 @@ const COL_TILE: usize = 512;
 /// # Performance
 /// No allocation. Three passes per tile of groups (at most 128 groups, so the encoder reads
 /// the values again from L1): minimum / maximum, scales and reciprocals, then the codes
-/// (subtract, multiply, round with the magic-number trick, pack; one unsigned maximum per
+/// (subtract, multiply, convert with ties to even, pack; one unsigned maximum per
 /// eight values notices a NaN or infinity). With AVX2 + FMA (detected at run time) every pass runs eight
 /// lanes at a time and the codes are packed in registers; per-row groups need a `group_size`
 /// that is a multiple of 8 for that, other sizes take the portable path (`SQUISH_SIMD=off`
