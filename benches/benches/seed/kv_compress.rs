@@ -19,8 +19,9 @@
 //! | `decompress` | 39.85 µs | ≤ 7.97 µs (5×) | 23.5 µs | 12.4 µs (3.2×) | unchanged |
 //!
 //! "exact AVX2 kernels" is the full report of 268ceea; "reciprocal encoder" criterion medians
-//! of this file's rows on the same 2-core AVX2 VM (3.2 GHz), next to best-of-batches A/B runs
-//! of each step:
+//! of this file's rows on the same 2-core AVX2 VM (3.2 GHz) (three full reports of the final
+//! code: `compress` 25.0, 24.8 and 24.9 µs, 25.8–26.0×), next to best-of-batches A/B runs of
+//! each step:
 //! - The encoder used to reproduce squish-core's division-based code bit for bit: a
 //!   reciprocal multiply plus a certainty check against the rounding boundary (four `f32`
 //!   additions per eight values) and a repair pass. The division's code is no closer to the
