@@ -413,15 +413,14 @@ pub fn quantize_grouped_into(
     let max_code = f32::from(cfg.bits.max_code());
     if let Some(g) = out.scales.iter().zip(&out.zeros).position(|(&hi, &lo)| {
         let range = hi - lo;
-        !(range.is_finite()
-            && (lo + max_code * scale_and_reciprocal(range, max_code).0).is_finite())
+        !(range.is_finite() && (lo + max_code * scale_of(range, max_code)).is_finite())
     }) {
         let e = range_overflow(x, rows, cols, cfg, g, out.scales[g]);
         out.clear();
         return Err(e);
     }
     for (s, &lo) in out.scales.iter_mut().zip(&out.zeros) {
-        *s = scale_and_reciprocal(*s - lo, max_code).0;
+        *s = scale_of(*s - lo, max_code);
     }
 
     // Pass 3: encode row by row through a stack buffer, then pack.
@@ -457,23 +456,28 @@ pub fn quantize_grouped_into(
     Ok(())
 }
 
-/// The scale of a group with range `max - min` and the reciprocal its codes are computed with:
-/// `range * (1 / max_code)` (a multiply: one division fewer per group than `range / max_code`,
-/// and the error bound is relative to the stored scale either way), raised to
-/// `f32::MIN_POSITIVE` if positive but subnormal (so `1 / scale` is finite and exact); the
-/// reciprocal of a zero scale (a constant group) is 0.
+/// The scale of a group with range `max - min`: `range * (1 / max_code)` (a multiply: one
+/// division fewer per group than `range / max_code`, and the error bound is relative to the
+/// stored scale either way), raised to `f32::MIN_POSITIVE` if positive but subnormal (so
+/// `1 / scale` is finite and exact).
 #[inline(always)]
-pub(crate) fn scale_and_reciprocal(range: f32, max_code: f32) -> (f32, f32) {
+pub(crate) fn scale_of(range: f32, max_code: f32) -> f32 {
     let s = range * (1.0 / max_code);
-    let s = if range > 0.0 && s < f32::MIN_POSITIVE {
+    if range > 0.0 && s < f32::MIN_POSITIVE {
         f32::MIN_POSITIVE
     } else {
         s
-    };
+    }
+}
+
+/// [`scale_of`] and the [`reciprocal`] the codes are computed with (0 for a constant group).
+#[inline(always)]
+pub(crate) fn scale_and_reciprocal(range: f32, max_code: f32) -> (f32, f32) {
+    let s = scale_of(range, max_code);
     (s, reciprocal(s))
 }
 
-/// The reciprocal of a group's scale as [`scale_and_reciprocal`] gives it (0 for scale 0).
+/// The reciprocal of a group's scale (0 for scale 0, a constant group).
 #[inline(always)]
 pub(crate) fn reciprocal(s: f32) -> f32 {
     if s > 0.0 { 1.0 / s } else { 0.0 }
@@ -781,9 +785,7 @@ fn slices_error(x: &[f32], rows: usize, cols: usize, cfg: &GroupedQuantConfig) -
             }
         };
         let range = hi - lo;
-        if !(range.is_finite()
-            && (lo + max_code * scale_and_reciprocal(range, max_code).0).is_finite())
-        {
+        if !(range.is_finite() && (lo + max_code * scale_of(range, max_code)).is_finite()) {
             return range_overflow(x, rows, cols, cfg, g, hi);
         }
     }
