@@ -3,6 +3,7 @@
 
 mod error;
 
+pub mod aligned;
 pub mod convert;
 pub mod kmeans;
 pub mod ops;
