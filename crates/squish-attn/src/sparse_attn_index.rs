@@ -34,6 +34,7 @@
 //! Implements the seed's `SparseAttnIndex` (which ranked by cosine similarity).
 
 use ndarray::{ArrayRef2, ArrayRef3};
+use squish_core::aligned::AlignedVec;
 use squish_core::{ConfigError, ShapeError, check_finite, ops};
 
 use crate::Result;
@@ -122,7 +123,10 @@ struct HeadStore {
     /// Keys, token-major: the first `seq × head_dim` values are the index's; the buffer keeps
     /// its high-water length across `clear` so that a rebuild copies into it without first
     /// zero-filling it (what lies beyond `seq × head_dim` is stale and never read).
-    keys: Vec<f32>,
+    ///
+    /// Cache-line aligned, so that the build's 32-byte stores never split a line (see
+    /// `squish_core::aligned` for what that is worth).
+    keys: AlignedVec<f32>,
     /// `pages × head_dim` elementwise minima.
     page_min: Vec<f32>,
     /// `pages × head_dim` elementwise maxima.
