@@ -69,16 +69,19 @@ impl<T: Copy + Default> AlignedVec<T> {
     }
 
     /// Number of elements.
+    #[inline]
     pub fn len(&self) -> usize {
         self.buf.len() - self.pad
     }
 
     /// Whether there are no elements.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Number of elements it can hold without reallocating.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.buf.capacity().saturating_sub(self.pad)
     }
@@ -88,16 +91,21 @@ impl<T: Copy + Default> AlignedVec<T> {
     ///
     /// # Panics
     /// As [`Vec::reserve`]: if the capacity would exceed `isize::MAX` bytes.
+    #[inline]
     pub fn reserve(&mut self, additional: usize) {
-        let len = self.len();
         // Saturates into a capacity `Vec::with_capacity` rejects.
-        let need = len.saturating_add(additional);
-        if need <= self.capacity() {
-            return;
+        let need = self.len().saturating_add(additional);
+        if need > self.capacity() {
+            self.grow(need);
         }
+    }
+
+    /// Moves the contents into a new allocation with room for `need` elements (at least
+    /// double the length, as `Vec` grows) whose first element is on a boundary.
+    #[cold]
+    fn grow(&mut self, need: usize) {
         let lanes = Self::LANES;
-        // At least double, as `Vec` does, plus the worst-case padding.
-        let cap = need.max(2 * len).saturating_add(lanes - 1);
+        let cap = need.max(2 * self.len()).saturating_add(lanes - 1);
         let mut buf: Vec<T> = Vec::with_capacity(cap);
         let pad = buf.as_ptr().addr() / size_of::<T>() % lanes;
         let pad = (lanes - pad) % lanes;
@@ -108,6 +116,7 @@ impl<T: Copy + Default> AlignedVec<T> {
     }
 
     /// Resizes to `len` elements, filling new ones with `value` (like [`Vec::resize`]).
+    #[inline]
     pub fn resize(&mut self, len: usize, value: T) {
         if len > self.len() {
             self.reserve(len - self.len());
@@ -116,12 +125,26 @@ impl<T: Copy + Default> AlignedVec<T> {
     }
 
     /// Appends the elements of `values`.
+    #[inline]
     pub fn extend_from_slice(&mut self, values: &[T]) {
         self.reserve(values.len());
         self.buf.extend_from_slice(values);
     }
 
+    /// Appends one element.
+    #[inline]
+    pub fn push(&mut self, value: T) {
+        self.reserve(1);
+        self.buf.push(value);
+    }
+
+    /// Bytes of the allocation, padding included (what the buffer really holds).
+    pub fn allocated_bytes(&self) -> usize {
+        self.buf.capacity() * size_of::<T>()
+    }
+
     /// Shortens to `len` elements (no effect if `len >= self.len()`); keeps the capacity.
+    #[inline]
     pub fn truncate(&mut self, len: usize) {
         self.buf.truncate(self.pad + len);
     }
@@ -133,11 +156,13 @@ impl<T: Copy + Default> AlignedVec<T> {
 
     /// The elements as a slice (its start is 64-byte aligned, or dangling when nothing was
     /// ever allocated).
+    #[inline]
     pub fn as_slice(&self) -> &[T] {
         &self.buf[self.pad..]
     }
 
     /// The elements as a mutable slice.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         &mut self.buf[self.pad..]
     }
@@ -146,14 +171,31 @@ impl<T: Copy + Default> AlignedVec<T> {
 impl<T: Copy + Default> Deref for AlignedVec<T> {
     type Target = [T];
 
+    #[inline]
     fn deref(&self) -> &[T] {
         self.as_slice()
     }
 }
 
 impl<T: Copy + Default> DerefMut for AlignedVec<T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [T] {
         self.as_mut_slice()
+    }
+}
+
+impl<T: Copy + Default> Extend<T> for AlignedVec<T> {
+    #[inline]
+    fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
+        let iter = iter.into_iter();
+        self.reserve(iter.size_hint().0);
+        // `Vec::extend` keeps its fast paths; it only reallocates if the iterator yields more
+        // than its size hint promised, and then the data is moved onto a boundary again.
+        let at = self.buf.as_ptr();
+        self.buf.extend(iter);
+        if self.buf.as_ptr() != at {
+            *self = Self::from(self.as_slice());
+        }
     }
 }
 
@@ -211,6 +253,13 @@ mod tests {
                     v.resize(n, step as f32);
                     r.resize(n, step as f32);
                 }
+                3 if step % 2 == 0 => {
+                    let add = (0..step % 41).map(|i| i as f32 - 0.5);
+                    v.extend(add.clone().filter(|x| *x > 3.0));
+                    r.extend(add.filter(|x| *x > 3.0));
+                    v.push(-1.0);
+                    r.push(-1.0);
+                }
                 3 => {
                     let n = r.len() * 3 / 4;
                     v.truncate(n);
@@ -224,11 +273,23 @@ mod tests {
             assert_eq!(v.as_slice(), r.as_slice(), "step {step}");
             assert!(v.capacity() >= v.len());
             assert!(aligned(&v), "step {step}");
+            assert!(v.allocated_bytes() >= v.capacity() * 4);
         }
         let cap = v.capacity();
         v.clear();
         assert!(v.is_empty());
         assert_eq!(v.capacity(), cap, "clear keeps the capacity");
+    }
+
+    /// An iterator whose size hint says nothing still leaves the buffer aligned.
+    #[test]
+    fn extend_past_the_size_hint_realigns() {
+        for n in [1usize, 7, 100, 5000] {
+            let mut v = AlignedVec::<f32>::new();
+            v.extend((0..n).map(|i| i as f32).filter(|_| true));
+            assert!(aligned(&v));
+            assert!(v.iter().copied().eq((0..n).map(|i| i as f32)));
+        }
     }
 
     #[test]

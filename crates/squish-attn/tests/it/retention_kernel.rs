@@ -357,7 +357,11 @@ fn state_bytes_are_constant_in_sequence_length() {
     let x = vec![0.25f32; 256];
     let mut o = vec![0.0f32; 256];
     let bytes = st.bytes();
-    assert_eq!(bytes, 4 * 64 * 64 * 4);
+    // 4 heads × 64 × 64 floats, plus under one cache line of alignment padding.
+    assert!(
+        (4 * 64 * 64 * 4..4 * 64 * 64 * 4 + 64).contains(&bytes),
+        "{bytes}"
+    );
     for _ in 0..1000 {
         kernel.step_into(&mut st, &x, &x, &x, &mut o).unwrap();
     }
