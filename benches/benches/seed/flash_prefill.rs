@@ -42,6 +42,7 @@
 //! | the output rows scaled by `1/l` through `gemm_into`'s row scale (depth 0) instead of a loop the safe crate compiles to SSE | 264 µs |
 //! | (third pass) `transpose_scaled_into`'s AVX2 blocks addressed by pointer (its sliced indexing spilled; 3.1 → 1.7 % of the row) and the diagonal mask as a fixed-width bit select per row (it compiled to a masked scalar store per element) | 260 µs |
 //! | (fourth pass) `2^f` by a degree-5 minimax polynomial instead of Cephes' degree 6 (one FMA fewer per 8 scores; relative error at most 1.8e-7 instead of about 0.8e-7, within the tested 2.5e-7); A/B in alternating batches 259.4 → 256.1 µs | 256 µs |
+//! | (fifth pass) the `Qᵀ` and score tiles in cache-line-aligned buffers (`squish_core::aligned::AlignedVec`) instead of wherever the heap put them; A/B in five alternating rounds 251.5 → 249.5 µs (on a quieter machine than the row above) | ≈ 1 % |
 //!
 //! Full reports: 269 µs (11.9×) at 569bdc8, then 266.6 µs (12.03×, confidence interval
 //! 266.4–267.1 µs) at 5a6a3bc, then 265 µs (12.1×) after the third pass (4ca0eb4), 275 and

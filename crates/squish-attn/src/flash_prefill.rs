@@ -70,6 +70,7 @@
 //! The bench docs (`benches/benches/seed/flash_prefill.rs`) give the details.
 
 use ndarray::{Array2, Array3, ArrayRef2, ArrayRef3};
+use squish_core::aligned::AlignedVec;
 use squish_core::{ConfigError, ShapeError, check_finite, ops};
 
 use crate::{Error, Result};
@@ -249,10 +250,11 @@ pub struct FlashOutput {
 /// down columns; the output accumulates in the caller's `out`.
 #[derive(Debug, Clone)]
 struct Scratch {
-    /// Pre-scaled query tile, transposed: `[head_dim][br_pad]`.
-    qt: Vec<f32>,
+    /// Pre-scaled query tile, transposed: `[head_dim][br_pad]`. Cache-line aligned, as is
+    /// `s`: the products stream 32-byte loads and stores through both.
+    qt: AlignedVec<f32>,
     /// Scores, then probabilities, keys × queries: `[kv_tile][br_pad]`.
-    s: Vec<f32>,
+    s: AlignedVec<f32>,
     /// Running maximum (log2 units), running sum and last rescale factor per query.
     m: Vec<f32>,
     l: Vec<f32>,
@@ -300,8 +302,8 @@ impl FlashPrefillKernel {
         let br_pad = cfg.q_tile.div_ceil(LANES) * LANES;
         let d = cfg.head_dim;
         let scratch = Scratch {
-            qt: vec![0.0; d * br_pad],
-            s: vec![0.0; cfg.kv_tile * br_pad],
+            qt: AlignedVec::from(vec![0.0; d * br_pad].as_slice()),
+            s: AlignedVec::from(vec![0.0; cfg.kv_tile * br_pad].as_slice()),
             m: vec![0.0; br_pad],
             l: vec![0.0; br_pad],
             alpha: vec![0.0; br_pad],
@@ -320,13 +322,15 @@ impl FlashPrefillKernel {
 
     /// Bytes of scratch the kernel holds, measured from its buffers. It depends on `q_tile`,
     /// `kv_tile` and `head_dim` only, never on the sequence length: about
-    /// `4·q_tile·(kv_tile + head_dim + 3)` bytes (`q_tile` rounded up to a multiple of 8).
+    /// `4·q_tile·(kv_tile + head_dim + 3)` bytes (`q_tile` rounded up to a multiple of 8), plus
+    /// under 128 bytes that put the two tiles on cache lines.
     pub fn scratch_bytes(&self) -> usize {
         let s = &self.scratch;
-        [&s.qt, &s.s, &s.m, &s.l, &s.alpha]
+        let small: usize = [&s.m, &s.l, &s.alpha]
             .iter()
-            .map(|b| b.len() * size_of::<f32>())
-            .sum()
+            .map(|b| size_of_val(b.as_slice()))
+            .sum();
+        s.qt.allocated_bytes() + s.s.allocated_bytes() + small
     }
 
     /// Causal attention of `q` over `k`/`v`, allocating the output.

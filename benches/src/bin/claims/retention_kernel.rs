@@ -93,8 +93,8 @@ pub(super) fn measure(opts: Opts) -> Measured {
     let last = rows.last().cloned().unwrap_or_default();
     Measured {
         summary: format!(
-            "state {} KiB at every length (4 heads × 64 × 64 f32) vs f32 KV cache {} KiB at L={} ({}×); recurrent vs parallel max rel err {:.1e}, chunkwise {:.1e} (seq {})",
-            st.bytes() / 1024,
+            "state {:.1} KiB at every length (4 heads × 64 × 64 f32, plus alignment padding) vs f32 KV cache {} KiB at L={} ({:.0}×); recurrent vs parallel max rel err {:.1e}, chunkwise {:.1e} (seq {})",
+            st.bytes() as f64 / 1024.0,
             last["kv_cache_bytes_f32"].as_u64().unwrap_or(0) / 1024,
             last["seq_len"],
             last["kv_over_state"].as_f64().unwrap_or(0.0),

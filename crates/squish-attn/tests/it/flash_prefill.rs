@@ -365,8 +365,13 @@ fn scratch_is_independent_of_sequence_length() {
     let cfg = FlashPrefillConfig::new(2, 1, 64);
     let mut kernel = FlashPrefillKernel::new(cfg.clone()).unwrap();
     let before = kernel.scratch_bytes();
-    // 64×64 tiles, head_dim 64: qt, s (each 64·64), m, l, alpha (64 each).
-    assert_eq!(before, 4 * (2 * 64 * 64 + 3 * 64));
+    // 64×64 tiles, head_dim 64: qt, s (each 64·64), m, l, alpha (64 each), plus up to 15
+    // floats per tile of alignment.
+    let exact = 4 * (2 * 64 * 64 + 3 * 64);
+    assert!(
+        (exact..exact + 2 * 60 + 1).contains(&before),
+        "{before} vs {exact}"
+    );
     let mut rng = squish_testkit::rng(3);
     for seq in [1, 63, 64, 65, 500, 2048] {
         let case = Case::random(&mut rng, cfg.clone(), AttnShape::prefill(seq));
@@ -383,10 +388,13 @@ fn scratch_is_independent_of_sequence_length() {
     odd.q_tile = 10;
     odd.kv_tile = 10;
     let k = FlashPrefillKernel::new(odd).unwrap();
-    assert_eq!(
-        k.scratch_bytes(),
-        // qt, s (query tile padded to 16), then m, l and alpha.
-        4 * (64 * 16 + 10 * 16 + 3 * 16)
+    // qt, s (query tile padded to 16), then m, l and alpha; the two tiles' allocations carry
+    // up to 15 floats each that align them.
+    let exact = 4 * (64 * 16 + 10 * 16 + 3 * 16);
+    let held = k.scratch_bytes();
+    assert!(
+        (exact..exact + 2 * 60 + 1).contains(&held),
+        "{held} vs {exact}"
     );
 }
 
