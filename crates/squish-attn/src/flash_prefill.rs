@@ -301,9 +301,14 @@ impl FlashPrefillKernel {
         cfg.validate()?;
         let br_pad = cfg.q_tile.div_ceil(LANES) * LANES;
         let d = cfg.head_dim;
+        let zeros = |n| {
+            let mut tile = AlignedVec::with_capacity(n);
+            tile.resize(n, 0.0);
+            tile
+        };
         let scratch = Scratch {
-            qt: AlignedVec::from(vec![0.0; d * br_pad].as_slice()),
-            s: AlignedVec::from(vec![0.0; cfg.kv_tile * br_pad].as_slice()),
+            qt: zeros(d * br_pad),
+            s: zeros(cfg.kv_tile * br_pad),
             m: vec![0.0; br_pad],
             l: vec![0.0; br_pad],
             alpha: vec![0.0; br_pad],
