@@ -36,9 +36,14 @@
 //! would; its medians (4.9–5.2 µs) sit on the target. Loading such a row's blocks without
 //! splits (two 16-byte halves joined for the chunks at a block's ends, three aligned 32-byte
 //! loads, the code permutation adjusted; tested bit-identical at every offset) won back only
-//! 2 % (5.03 → 4.93 µs), as the join costs an operation per vector, so it was not kept. The output's placement moves
-//! `dequantize` by about 5 % (2.36 µs aligned, 2.49 µs otherwise), and `KvCompressor`'s
-//! inputs move `compress` by about 3 %.
+//! 2 % (5.03 → 4.93 µs), as the join costs an operation per vector, so it was not kept.
+//! Later `Q8_0` switched to the rounding of GGML's x86 kernel (ties to even, one `cvtps2dq` per
+//! eight values, `id = 127 / amax`; see `quant::quantize_row_q8_0`) from the reference's
+//! `roundf` (four operations per eight values): the kernel alone 4.94 → 4.12 µs at 16 mod 64
+//! and 4.46 → 3.38 µs aligned (best of batches), this row 3.53 µs (7.1×) in a direct run.
+//!
+//! The output's placement moves `dequantize` by about 5 % (2.36 µs aligned, 2.49 µs
+//! otherwise), and `KvCompressor`'s inputs move `compress` by about 3 %.
 //!
 //! `dequantize` is not met. It writes 128 KiB of `f32` (into L2); on this VM a bare AVX2 fill
 //! of the same buffer takes ~1.3 µs and a version without the conversion and scaling ~1.9 µs,

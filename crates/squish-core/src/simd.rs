@@ -508,7 +508,8 @@ pub(crate) fn first_max_abs32(isa: Isa, x: &[f32; 32]) -> (f32, f32) {
 }
 
 /// `Q8_0` codes of one block (see `quant::q8_0_codes_scalar`), dispatched. Bit-identical on
-/// both paths: the same `f32` multiply, clamp and ties-away rounding, lane by lane.
+/// both paths: the same `f32` multiply, clamp and rounding (nearest, ties to even), lane by
+/// lane.
 #[inline]
 pub(crate) fn q8_0_codes(isa: Isa, x: &[f32; 32], id: f32, qs: &mut [i8; 32]) {
     match isa {
@@ -534,20 +535,20 @@ pub(crate) fn q4_0_codes(isa: Isa, x: &[f32; 32], id: f32, qs: &mut [u8; 16]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_GE_OQ, _CMP_LT_OQ, _MM_FROUND_NO_EXC,
-        _MM_FROUND_TO_NEAREST_INT, _MM_FROUND_TO_NEG_INF, _MM_FROUND_TO_ZERO, _mm_add_ps,
-        _mm_add_ss, _mm_and_si128, _mm_cvtss_f32, _mm_loadl_epi64, _mm_loadu_si128, _mm_max_ps,
-        _mm_max_ss, _mm_movehl_ps, _mm_packus_epi16, _mm_set1_epi8, _mm_shuffle_ps, _mm_srli_epi16,
-        _mm_srli_si128, _mm_storeu_si128, _mm256_add_epi32, _mm256_add_ps, _mm256_and_ps,
-        _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128,
-        _mm256_cmp_ps, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32,
-        _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_cvtps_ph, _mm256_cvttps_epi32,
-        _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_fnmadd_ps,
-        _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps,
-        _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16, _mm256_packs_epi32,
-        _mm256_permute4x64_epi64, _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi32,
-        _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256,
-        _mm256_slli_epi32, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps,
+        __m128i, __m256, __m256i, _CMP_EQ_OQ, _CMP_LT_OQ, _MM_FROUND_NO_EXC,
+        _MM_FROUND_TO_NEAREST_INT, _MM_FROUND_TO_NEG_INF, _mm_add_ps, _mm_add_ss, _mm_and_si128,
+        _mm_cvtss_f32, _mm_loadl_epi64, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps,
+        _mm_packus_epi16, _mm_set1_epi8, _mm_shuffle_ps, _mm_srli_epi16, _mm_srli_si128,
+        _mm_storeu_si128, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps,
+        _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmp_ps,
+        _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtph_ps,
+        _mm256_cvtps_epi32, _mm256_cvtps_ph, _mm256_cvttps_epi32, _mm256_extractf128_ps,
+        _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps,
+        _mm256_max_ps, _mm256_min_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_si256,
+        _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permute4x64_epi64,
+        _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32,
+        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps,
     };
 
     /// Horizontal sum of the eight lanes of `v`.
@@ -1012,29 +1013,20 @@ mod x86 {
         (amax, x[i])
     }
 
-    /// AVX2 `Q8_0` codes: `v = clamp(x * id, ±127)`, then `|v|` is truncated and moved up when
-    /// its fraction is at least one half (ties away from zero, exact: `|v| - trunc|v|` is exact
-    /// below 2^23), the sign put back, and the 32 integers packed to bytes in order.
+    /// AVX2 `Q8_0` codes: `clamp(x * id, ±127)` converted with `cvtps2dq` (nearest, ties to
+    /// even: the default rounding mode, which Rust code never changes), and the 32 integers
+    /// packed to bytes in order.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn q8_0_codes_avx2(x: &[f32; 32], id: f32, qs: &mut [i8; 32]) {
         let vid = _mm256_set1_ps(id);
         let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
-        let (sign, half, one) = (
-            _mm256_set1_ps(-0.0),
-            _mm256_set1_ps(0.5),
-            _mm256_set1_ps(1.0),
-        );
         // No closures here: a closure does not inherit `target_feature`, so its intrinsics
         // would become calls.
         let v = load4(x);
         let mut ints = [_mm256_setzero_si256(); 4];
         for (i, &v) in ints.iter_mut().zip(&v) {
             let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, vid), lo), hi);
-            let a = _mm256_andnot_ps(sign, v);
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(a);
-            let up = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_sub_ps(a, t), half);
-            let r = _mm256_add_ps(t, _mm256_and_ps(up, one));
-            *i = _mm256_cvttps_epi32(_mm256_or_ps(r, _mm256_and_ps(v, sign)));
+            *i = _mm256_cvtps_epi32(v);
         }
         // packs: [i0 0..4, i1 0..4, i2 0..4, i3 0..4 | i0 4..8, i1 4..8, i2 4..8, i3 4..8] as
         // bytes; the 32-bit permutation restores element order.

@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::{floor_non_negative, round_half_away};
+use super::{floor_non_negative, nearest_i32};
 use crate::simd;
 use crate::{Error, Result, ShapeError, check_finite};
 
@@ -187,8 +187,8 @@ fn check_block_bytes<B: GgmlBlock>(context: &'static str, bytes: &[u8]) -> Resul
     }
 }
 
-/// `Q8_0` codes of one block given `id = 1 / d`: `roundf(clamp(x * id, ±127))`, ties away from
-/// zero. The portable twin of the AVX2 kernel in `simd`.
+/// `Q8_0` codes of one block given `id = 127 / amax`: `clamp(x * id, ±127)` rounded to the
+/// nearest integer, ties to even. The portable twin of the AVX2 kernels in `simd`.
 pub(crate) fn q8_0_codes_scalar(xb: &[f32; QK8_0], id: f32, qs: &mut [i8; QK8_0]) {
     for (q, &v) in qs.iter_mut().zip(xb) {
         // |v * id| <= 127 * (1 + 2^-20) < 127.5, so clamping before rounding is exact and
@@ -196,7 +196,7 @@ pub(crate) fn q8_0_codes_scalar(xb: &[f32; QK8_0], id: f32, qs: &mut [i8; QK8_0]
         let v = v * id;
         let v = if v > 127.0 { 127.0 } else { v };
         let v = if v < -127.0 { -127.0 } else { v };
-        *q = round_half_away(v) as i8;
+        *q = nearest_i32(v) as i8;
     }
 }
 
@@ -246,14 +246,16 @@ pub(crate) fn max_abs(x: &[f32; 32]) -> f32 {
     acc.iter().fold(0.0, |m, &v| if v > m { v } else { m })
 }
 
-/// `1 / d`, or 0 when `d` is zero or so small (below about `2.9e-39`) that `1 / d` overflows.
+/// `n / d`, or 0 when `d` is zero or so small that the quotient overflows (`Q4_0`'s
+/// `1 / d`: `|d|` below about `2.9e-39`; `Q8_0`'s `127 / amax`: `amax` below about `3.7e-37`).
 ///
-/// GGML's reference computes `id = d ? 1.0f/d : 0.0f`; for the overflowing case its next step
-/// converts an infinite or NaN float to an integer, which is undefined behaviour in C. Such a
-/// block's `f16` scale is 0 anyway, so we quantise it as the zero block.
+/// GGML computes `id = d ? 1.0f/d : 0.0f` (`Q4_0`) and `id = amax != 0.0f ? 127.f/amax : 0.0f`
+/// (`Q8_0`); for the overflowing case its next step converts an infinite or NaN float to an
+/// integer, which is undefined behaviour in C. Such a block's `f16` scale is 0 anyway, so we
+/// quantise it as the zero block.
 #[inline]
-fn recip_or_zero(d: f32) -> f32 {
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+fn quotient_or_zero(n: f32, d: f32) -> f32 {
+    let id = if d == 0.0 { 0.0 } else { n / d };
     if id.is_finite() { id } else { 0.0 }
 }
 
@@ -274,15 +276,23 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
     );
 }
 
-/// Quantises `x` into `Q8_0` blocks, bit-identical to GGML's `quantize_row_q8_0_ref`.
+/// Quantises `x` into `Q8_0` blocks, bit-identical to the `quantize_row_q8_0` that GGML's CPU
+/// backend runs on x86 with AVX or AVX2 (the quantiser llama.cpp applies to `Q8_0` KV caches and
+/// to the activations of its `Q8_0`/`Q4_0` dot products).
 ///
 /// For each block of 32 values, in `f32` arithmetic:
-/// `amax = max |x|`, `d = amax / 127`, `id = 1 / d` (0 if `d == 0`), and
-/// `qs[j] = roundf(x[j] * id)` with ties rounded **away from zero** (C's `roundf`, not
-/// ties-to-even). The code is computed from the `f32` scale `d`; only then is `d` rounded to
-/// `f16` (round to nearest even) for storage. The products are never fused into an FMA.
-/// A block so small that `1 / d` overflows `f32` (`amax < ~3.7e-37`, where GGML's C is
-/// undefined behaviour) is stored as the zero block; its `f16` scale would be 0 regardless.
+/// `amax = max |x|`, `d = amax / 127`, `id = 127 / amax` (0 if `amax == 0`), and
+/// `qs[j] = x[j] * id` rounded to the nearest integer with ties to **even** (`_mm256_round_ps`
+/// with `_MM_ROUND_NEAREST`). `d` is rounded to `f16` (round to nearest even) for storage.
+/// The products are never fused into an FMA. A block so small that `127 / amax` overflows
+/// `f32` (`amax < ~3.7e-37`, where GGML's C is undefined behaviour) is stored as the zero
+/// block; its `f16` scale would be 0 regardless.
+///
+/// GGML's portable `quantize_row_q8_0_ref` (what `llama-quantize` writes into model files)
+/// differs in two details: `id = 1 / d` (a second rounding, so it can be one ulp away from
+/// `127 / amax`) and C's `roundf` (ties away from zero). The two agree on every code except at
+/// exact ties and within an ulp of them; either way each code is a nearest integer to
+/// `x / d`, and both produce the same format (same block layout and dequantisation).
 ///
 /// # Errors
 /// - [`Error::NonFinite`] for the first NaN or infinity in `x` (nothing is quantised with a
@@ -299,8 +309,8 @@ fn assert_row_len(what: &str, values: usize, blocks: usize, per_block: usize) {
 /// # Performance
 /// With AVX2 + FMA + F16C (detected at run time), one fused pass per 64 blocks: eight blocks'
 /// maxima, finiteness checks, scales (`f16` by F16C) and reciprocals at a time, then the codes
-/// from L1 (see `simd::ggml_rows`); about 0.14 ns per value (4.6 µs for 32 768 values, 4.3x
-/// the block-by-block path, on the 2-core Zen 3 VM of the seed benches). Bad input (NaN,
+/// from L1 (see `simd::ggml_rows`); about 0.13 ns per value (4.1 µs for 32 768 values at 16 mod
+/// 64, 3.4 µs 64-byte aligned, on the 2-core Zen 3 VM of the seed benches). Bad input (NaN,
 /// infinity, an overflowing scale) falls back to the block-by-block path, which also serves
 /// CPUs without those features and `SQUISH_SIMD=off`: one validation pass, then per block a
 /// vectorised max-abs, a software `f16` rounding and the codes.
@@ -334,7 +344,7 @@ pub(crate) fn quantize_row_q8_0_blocks(
                 amax,
             ));
         }
-        let id = recip_or_zero(d);
+        let id = quotient_or_zero(127.0, amax);
         simd::q8_0_codes(isa, xb, id, &mut yb.qs);
         yb.d = dh;
     }
@@ -435,7 +445,7 @@ pub(crate) fn quantize_row_q4_0_blocks(
                 amax,
             ));
         }
-        let id = recip_or_zero(d);
+        let id = quotient_or_zero(1.0, d);
         simd::q4_0_codes(isa, xb, id, &mut yb.qs);
         yb.d = dh;
     }
@@ -649,11 +659,17 @@ mod tests {
         let check = |amax: f32| {
             let d = amax / 127.0;
             if !f16::from_f32(d).is_infinite() {
-                assert!(amax * recip_or_zero(d) <= 127.000_03, "q8_0 amax={amax:e}");
+                assert!(
+                    amax * quotient_or_zero(127.0, amax) <= 127.000_02,
+                    "q8_0 amax={amax:e}"
+                );
             }
             let d = amax / -8.0;
             if !f16::from_f32(d).is_infinite() {
-                assert!(amax * recip_or_zero(d) >= -8.000_002, "q4_0 amax={amax:e}");
+                assert!(
+                    amax * quotient_or_zero(1.0, d) >= -8.000_002,
+                    "q4_0 amax={amax:e}"
+                );
             }
         };
         for bits in (0..0x7f80_0000u32).step_by(4099) {
@@ -696,10 +712,11 @@ mod tests {
         check_row(&x);
     }
 
-    /// `trunc(v + copysign(0.5 - 2⁻²⁵, v))` against `roundf` on every `f32` within 64 ulps of
-    /// each multiple of one half up to 127 (both signs), through the kernel (`d = 1`).
+    /// The kernels' conversion (`cvtps2dq`, the current rounding mode: nearest, ties to even)
+    /// against `f32::round_ties_even` on every `f32` within 64 ulps of each multiple of one
+    /// half up to 127 (both signs), through the kernel (`d = 1`).
     #[test]
-    fn q8_0_rounding_matches_roundf_near_every_half_integer() {
+    fn q8_0_rounds_to_nearest_even_near_every_half_integer() {
         let mut values = Vec::new();
         for k in 0..=254u16 {
             let h = f32::from(k) * 0.5;
@@ -724,7 +741,7 @@ mod tests {
         for (b, xb) in q.iter().zip(&x) {
             assert_eq!(b.d.to_f32(), 1.0);
             for (&c, &v) in b.qs.iter().zip(xb) {
-                assert_eq!(f32::from(c), v.round(), "{v:e}");
+                assert_eq!(f32::from(c), v.round_ties_even(), "{v:e}");
             }
         }
     }
@@ -739,11 +756,15 @@ mod tests {
     }
 
     #[test]
-    fn recip_or_zero_handles_tiny_scales() {
-        assert_eq!(recip_or_zero(0.0), 0.0);
-        assert_eq!(recip_or_zero(-0.0), 0.0);
-        assert_eq!(recip_or_zero(2.0), 0.5);
-        assert_eq!(recip_or_zero(f32::from_bits(1)), 0.0);
+    fn quotient_or_zero_handles_tiny_scales() {
+        assert_eq!(quotient_or_zero(1.0, 0.0), 0.0);
+        assert_eq!(quotient_or_zero(1.0, -0.0), 0.0);
+        assert_eq!(quotient_or_zero(1.0, 2.0), 0.5);
+        assert_eq!(quotient_or_zero(1.0, f32::from_bits(1)), 0.0);
+        assert_eq!(quotient_or_zero(127.0, 0.0), 0.0);
+        assert_eq!(quotient_or_zero(127.0, 254.0), 0.5);
+        assert_eq!(quotient_or_zero(127.0, 3e-37), 0.0);
+        assert!(quotient_or_zero(127.0, 4e-37) > 3e38);
     }
 
     #[test]

@@ -23,9 +23,10 @@
 //!   qs[j] = code[j] | code[j + 16] << 4      (low nibble: element j, high nibble: j + 16)
 //! ```
 //!
-//! Quantisation reproduces GGML's reference (`quantize_row_q8_0_ref`,
-//! `quantize_row_q4_0_ref` in `ggml-quants.c`) bit for bit; see [`quantize_row_q8_0`] and
-//! [`quantize_row_q4_0`] for the exact arithmetic. Dequantisation (`code * d` in `f32`) is exact.
+//! Quantisation reproduces GGML bit for bit: `Q8_0` as ggml-cpu's x86 `quantize_row_q8_0`
+//! (the AVX/AVX2 path llama.cpp runs for `Q8_0` KV caches and activations: `id = 127 / amax`,
+//! ties to even), `Q4_0` as `quantize_row_q4_0_ref` in `ggml-quants.c`; see
+//! [`quantize_row_q8_0`] and [`quantize_row_q4_0`] for the exact arithmetic. Dequantisation (`code * d` in `f32`) is exact.
 //! Blocks are `#[repr(C)]` [`bytemuck::Pod`] structs: [`blocks_as_bytes`] views them as bytes
 //! without copying, [`try_cast_blocks`] views aligned bytes as blocks, and [`blocks_from_bytes`]
 //! copies from bytes of any alignment.
@@ -95,30 +96,16 @@ fn round_ties_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// The value of an integral `f32` with `|n| < 2^22`, as `i32`.
+/// The nearest integer to `v`, ties to even, as `i32`, for finite `|v| < 2^22` (what x86's
+/// `cvtps2dq` gives in the default rounding mode); exact for an integral `v`.
 ///
-/// A bit-level conversion instead of `as`: Rust's saturating float-to-int cast does not
-/// vectorise on x86-64's baseline (it becomes a scalar `cvttss2si` with NaN and range checks
-/// per element), while this is one add and one integer subtract per lane.
+/// A bit-level conversion instead of `f32::round_ties_even` and `as`: those are a libm call
+/// (without SSE4.1) and a saturating scalar `cvttss2si` with NaN and range checks per element,
+/// and block vectorisation on x86-64's baseline, while this is one add and one integer
+/// subtract per lane.
 #[inline(always)]
-fn int_of_integral(n: f32) -> i32 {
-    (n + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
-}
-
-/// Rounds `v` to the nearest integer, ties away from zero (C's `roundf`), for finite
-/// `|v| < 2^22`.
-///
-/// Written branch-free on top of [`round_ties_even_small`] instead of `f32::round`, which is a
-/// libm call (and blocks vectorisation) on targets without SSE4.1: `|v|` is rounded to
-/// nearest-even, and a tie that went down (`|v| - n == 0.5`, exact in `f32`) is moved up. This
-/// matches `roundf` for every such `v`, including the `0.49999997` case that
-/// `floor(v + 0.5)` gets wrong.
-#[inline(always)]
-fn round_half_away(v: f32) -> i32 {
-    let a = v.abs();
-    let n = round_ties_even_small(a);
-    let n = if a - n == 0.5 { n + 1.0 } else { n };
-    int_of_integral(n.copysign(v))
+fn nearest_i32(v: f32) -> i32 {
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// `floor(v)` for finite `0 <= v < 2^22` (C's truncating cast of a non-negative float).
@@ -126,15 +113,15 @@ fn round_half_away(v: f32) -> i32 {
 fn floor_non_negative(v: f32) -> i32 {
     let n = round_ties_even_small(v);
     let n = if n > v { n - 1.0 } else { n };
-    int_of_integral(n)
+    nearest_i32(n)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{floor_non_negative, round_half_away};
+    use super::{floor_non_negative, nearest_i32};
 
     #[test]
-    fn round_half_away_matches_std_round() {
+    fn nearest_i32_matches_std_round_ties_even() {
         let specials = [
             0.0f32,
             -0.0,
@@ -154,13 +141,13 @@ mod tests {
             f32::from_bits(1),
         ];
         for v in specials {
-            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+            assert_eq!(nearest_i32(v), v.round_ties_even() as i32, "{v}");
         }
         // Every f32 in [-130, 130] with a coarse bit stride, plus its neighbours.
         let mut bits = 0u32;
         while bits < 0x4302_0000 {
             for v in [f32::from_bits(bits), -f32::from_bits(bits)] {
-                assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+                assert_eq!(nearest_i32(v), v.round_ties_even() as i32, "{v}");
             }
             bits += 997;
         }

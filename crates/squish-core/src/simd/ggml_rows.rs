@@ -30,25 +30,19 @@
 //!   maximum when it exceeds minus the signed minimum, the minimum in the opposite case, `+0.0`
 //!   for an all-zero block; when both `+amax` and `-amax` occur, the block is resolved by the
 //!   portable `quant::first_max_abs`;
-//! - `d`, `id = 1 / d` (0 when that is not finite, as `recip_or_zero`) are the same `f32`
-//!   divisions; `x * id` and, for `Q4_0`, `+ 8.5` are separate roundings (never fused);
-//! - `Q8_0`'s `roundf` (ties away from zero) of `v = x * id` (clamped to `±127` on the block
-//!   path, a clamp that never binds: see below) is
-//!   computed as `trunc(v + copysign(0.5 - 2⁻²⁵, v))`. This equals `roundf(v)` for every
-//!   `|v| <= 127`: for `|v| < 0.5` the sum stays below 1 (at most `1 - 2⁻²⁴`, exact); for
-//!   `0.5 <= |v| < 1` the exact sum is at least `1 - 2⁻²⁵`, a tie between `1 - 2⁻²⁴` (odd) and
-//!   `1`, so it rounds to 1; above 1 a fraction below one half leaves the exact sum at least
-//!   `2⁻²⁵` below the next integer `n + 1`, whose lower neighbour in `f32` is only an ulp
-//!   (`>= 2⁻²³`) below it, and a fraction of at least one half puts it within `2⁻²⁵` of `n + 1`,
-//!   which it rounds to. Checked off-line on every `f32` of magnitude at most 127, and by the
-//!   tests on every `f32` near each half-integer up to 127.5 and on random rows; this saves
-//!   five operations per eight values over the `trunc` + compare + add of the per-block kernel;
+//! - `d` and `id` (`Q8_0`: `127 / amax`, `Q4_0`: `1 / d`; 0 when that is not finite, as
+//!   `quant::quotient_or_zero`) are the same `f32` divisions; `x * id` and, for `Q4_0`,
+//!   `+ 8.5` are separate roundings (never fused);
+//! - `Q8_0`'s code, `v = x * id` rounded to the nearest integer with ties to even (clamped to
+//!   `±127` on the block path, a clamp that never binds: see below), is one `cvtps2dq` per
+//!   eight values (the default rounding mode, which Rust code never changes); the block path
+//!   rounds with the same tie rule;
 //! - the clamps of the block path that can never bind are left out. Over **every** finite
-//!   `f32` `amax` whose scale does not overflow, `amax * id` is at most 127.00003 for `Q8_0`
-//!   (`d = amax / 127`) and at most 8.000002 for `Q4_0` (`d = amax / -8`; checked exhaustively
+//!   `f32` `amax` whose scale does not overflow, `amax * id` is at most 127.00001 for `Q8_0`
+//!   (`id = 127 / amax`) and at most 8.000002 for `Q4_0` (`d = amax / -8`; checked exhaustively
 //!   off-line, and on a sweep by `quant::ggml`'s tests). Rounding is monotone, so every
 //!   `|x * id|` of the block is within that bound: `Q8_0`'s clamp to `±127` never changes
-//!   `roundf`'s result (127 either way), and `Q4_0`'s `t = x * id + 8.5 >= 0.49`, so its clamp
+//!   the rounded result (127 either way), and `Q4_0`'s `t = x * id + 8.5 >= 0.49`, so its clamp
 //!   at 0 never binds; the clamp at 15 does (the code of `-max` would be 16) and stays;
 //! - `Q4_0`'s `floor(min(t, 15))` is a truncating conversion of `t` (non-negative) followed by
 //!   a byte minimum with 15 (`min(floor t, 15) = floor(min(t, 15))`).
@@ -161,11 +155,11 @@ mod x86 {
         _mm256_and_ps, _mm256_and_si256, _mm256_andnot_ps, _mm256_blendv_ps, _mm256_broadcastss_ps,
         _mm256_castpd_ps, _mm256_castps_pd, _mm256_castps_si256, _mm256_castsi256_ps,
         _mm256_castsi256_si128, _mm256_cmp_ps, _mm256_cmpgt_epi32, _mm256_cvtepi8_epi32,
-        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtps_ph, _mm256_cvttps_epi32,
-        _mm256_div_ps, _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_max_epi32,
-        _mm256_max_epu16, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps, _mm256_movemask_epi8,
-        _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_ps, _mm256_or_si256, _mm256_packs_epi16,
-        _mm256_packs_epi32, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
+        _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtps_epi32, _mm256_cvtps_ph,
+        _mm256_cvttps_epi32, _mm256_div_ps, _mm256_extracti128_si256, _mm256_loadu_ps,
+        _mm256_max_epi32, _mm256_max_epu16, _mm256_max_ps, _mm256_min_epu8, _mm256_min_ps,
+        _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_si256,
+        _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
         _mm256_permutevar8x32_epi32, _mm256_set_m128i, _mm256_set1_epi8, _mm256_set1_epi16,
         _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
         _mm256_setzero_si256, _mm256_slli_epi16, _mm256_srli_epi32, _mm256_storeu_ps,
@@ -180,8 +174,6 @@ mod x86 {
     const CHUNK: usize = 8;
     /// Blocks per group (8 KiB of input): pass 1 runs over a whole group before pass 2.
     const GROUP: usize = 64;
-    /// `0.5 - 2⁻²⁵`, the largest `f32` below one half.
-    const BELOW_HALF: f32 = 0.499_999_97;
 
     /// Lane-wise maximum of the `|x|` bit patterns of a block (as non-negative `i32`, whose
     /// order is the order of the magnitudes; NaN and infinity compare above every finite value).
@@ -282,10 +274,10 @@ mod x86 {
         (h, _mm_movemask_epi8(inf) != 0)
     }
 
-    /// `1 / d`, or 0 where that is not finite (`d` zero or tiny): `quant::recip_or_zero`.
+    /// `n / d`, or 0 where that is not finite (`d` zero or tiny): `quant::quotient_or_zero`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn recip_or_zero(d: __m256) -> __m256 {
-        let r = _mm256_div_ps(_mm256_set1_ps(1.0), d);
+    fn quotient_or_zero(n: f32, d: __m256) -> __m256 {
+        let r = _mm256_div_ps(_mm256_set1_ps(n), d);
         let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(
             _mm256_andnot_ps(_mm256_set1_ps(-0.0), r),
             _mm256_set1_ps(f32::INFINITY),
@@ -409,27 +401,26 @@ mod x86 {
         if any_non_finite(amax_bits) {
             return false;
         }
-        let d = _mm256_div_ps(_mm256_castsi256_ps(amax_bits), _mm256_set1_ps(127.0));
+        let amax = _mm256_castsi256_ps(amax_bits);
+        let d = _mm256_div_ps(amax, _mm256_set1_ps(127.0));
         let (h, overflow) = f16_scales(d);
         if overflow {
             return false;
         }
-        store_scales(recip_or_zero(d), h, ids, hs);
+        store_scales(quotient_or_zero(127.0, amax), h, ids, hs);
         true
     }
 
     /// Pass 2 of one `Q8_0` block: its 32 codes.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q8_0_codes(xb: &[f32; 32], id: f32, qs: &mut [i8; 32]) {
-        let (sign, below_half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(BELOW_HALF));
         let vid = _mm256_set1_ps(id);
         let v = crate::simd::x86::load4(xb);
         let mut ints = [_mm256_setzero_si256(); 4];
         for (i, &v) in ints.iter_mut().zip(&v) {
-            // No clamp to ±127: |x * id| <= 127.00003 (module docs), so it never binds.
-            let v = _mm256_mul_ps(v, vid);
-            let r = _mm256_add_ps(v, _mm256_or_ps(_mm256_and_ps(v, sign), below_half));
-            *i = _mm256_cvttps_epi32(r);
+            // No clamp to ±127: |x * id| <= 127.00001 (module docs), so it never binds.
+            // `cvtps2dq` rounds to nearest, ties to even (the default rounding mode).
+            *i = _mm256_cvtps_epi32(_mm256_mul_ps(v, vid));
         }
         // packs: [i0 0..4, i1 0..4, i2 0..4, i3 0..4 | i0 4..8, ...] as bytes; the 32-bit
         // permutation restores element order.
@@ -494,7 +485,7 @@ mod x86 {
         if overflow {
             return false;
         }
-        store_scales(recip_or_zero(d), h, ids, hs);
+        store_scales(quotient_or_zero(1.0, d), h, ids, hs);
         true
     }
 

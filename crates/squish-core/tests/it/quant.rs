@@ -1,7 +1,8 @@
 //! `squish_core::quant`: GGML block formats and grouped quantisation.
 //!
-//! Oracles: golden bytes derived by hand from the published GGML formats, an independent
-//! scalar transcription of GGML's reference rounding, f64 error bounds, exact round trips of
+//! Oracles: golden bytes derived by hand from the published GGML formats, independent
+//! scalar transcriptions of GGML's quantisers (`Q8_0`: the x86 AVX/AVX2 one; `Q4_0`: the
+//! reference), f64 error bounds, exact round trips of
 //! representable values, and an outlier-channel comparison against a per-tensor baseline.
 
 use rand::{Rng, RngExt};
@@ -37,8 +38,10 @@ fn q4_bytes(x: &[f32]) -> Vec<u8> {
 }
 
 /// Q8_0 with amax = 127: d = 127 / 127 = 1.0 exactly, f16 1.0 = 0x3C00 (bytes `00 3C`),
-/// id = 1, so each code is roundf(x): ties go AWAY from zero (2.5 -> 3, not 2 as ties-to-even
-/// would give), and 0.49999997 -> 0 (a naive floor(x + 0.5) would give 1).
+/// id = 127 / 127 = 1, so each code is x rounded to nearest with ties to EVEN, as GGML's
+/// AVX2 `_mm256_round_ps(_MM_ROUND_NEAREST)` (0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -2.5 -> -2,
+/// 126.5 -> 126, where C's roundf in `quantize_row_q8_0_ref` gives 1, 2, 3, -3, 127), and
+/// 0.49999997 -> 0 (a naive floor(x + 0.5) would give 1).
 #[test]
 fn q8_0_golden_unit_scale() {
     let mut x = [0.0f32; 32];
@@ -61,7 +64,7 @@ fn q8_0_golden_unit_scale() {
     #[rustfmt::skip]
     let expected: [u8; 34] = [
         0x00, 0x3C,                                     // d = f16 1.0
-        0x01, 0xFF, 0x02, 0x03, 0xFD, 0x00, 0x7F, 0x81, // 1, -1, 2, 3, -3, 0, 127, -127
+        0x00, 0x00, 0x02, 0x02, 0xFE, 0x00, 0x7E, 0x81, // 0, 0, 2, 2, -2, 0, 126, -127
         0x7F, 0x03, 0xFC, 0x00, 0x00,                   // 127, 3, -4, 0, 0
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 19 zeros
     ];
@@ -71,7 +74,7 @@ fn q8_0_golden_unit_scale() {
 /// Q8_0 with amax = 1: d = 1/127 = 0.0078740157..., which lies in f16's binade
 /// [2^-7, 2^-6) with ulp 2^-17: (0.0078740157 - 2^-7) / 2^-17 = 8.06 -> mantissa 8, so
 /// d16 = 2^-7 + 8 * 2^-17 = 0.00787353515625, bits 0 01000 0000001000 = 0x2008 (bytes `08 20`).
-/// Codes use the f32 scale (id ~= 127): 1 -> 127 (0x7F), -1 -> -127 (0x81),
+/// Codes use id = 127 / amax = 127 exactly: 1 -> 127 (0x7F), -1 -> -127 (0x81),
 /// 0.25 -> 31.75 -> 32 (0x20), -0.1 -> -12.7 -> -13 (0xF3), zeros -> 0.
 #[test]
 fn q8_0_golden_rounded_scale() {
@@ -191,7 +194,10 @@ fn f16_rne(d: f32) -> f64 {
     r.copysign(f64::from(d))
 }
 
-/// GGML's `quantize_row_q8_0_ref`, transcribed statement by statement.
+/// GGML's x86 `quantize_row_q8_0` (the `__AVX2__ || __AVX__` branch of ggml-cpu), transcribed
+/// statement by statement in scalar form: `maxScalar`, `d = maxScalar / 127.f`,
+/// `id = maxScalar != 0.0f ? 127.f / maxScalar : 0.0f`, `_mm256_mul_ps`, then
+/// `_mm256_round_ps(.., _MM_ROUND_NEAREST)` (ties to even) and `_mm256_cvtps_epi32`.
 fn ref_q8_0(x: &[f32]) -> Vec<(f64, [i8; 32])> {
     x.chunks(32)
         .map(|b| {
@@ -200,10 +206,10 @@ fn ref_q8_0(x: &[f32]) -> Vec<(f64, [i8; 32])> {
                 amax = amax.max(v.abs());
             }
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut qs = [0i8; 32];
             for (q, &v) in qs.iter_mut().zip(b) {
-                *q = (v * id).round() as i8;
+                *q = (v * id).round_ties_even() as i8;
             }
             (f16_rne(d), qs)
         })
