@@ -17,8 +17,8 @@
 //! - **Input.** NaN and infinity are errors (the seed silently used scale 1.0 on NaN), and so is
 //!   a value beyond `f16::MAX` on the `f16` path (the seed produced infinity).
 //!
-//! Block formats follow GGML's `ggml-quants.c` reference bit for bit (through
-//! `squish_core::quant`); byte sizes are exact: `Q8_0` is `n / 32 × 34` bytes, `Q4_0` is
+//! Block formats follow GGML bit for bit (through `squish_core::quant`: `Q8_0` as ggml-cpu's
+//! x86 quantiser, `Q4_0` as the `ggml-quants.c` reference); byte sizes are exact: `Q8_0` is `n / 32 × 34` bytes, `Q4_0` is
 //! `n / 32 × 18` bytes, `f16` is `2 n` bytes.
 //!
 //! # Example
@@ -505,7 +505,7 @@ impl AdaptiveQuantizer {
     /// reusing `out`'s buffer when it already holds that precision.
     ///
     /// - `F16`: round to nearest even.
-    /// - `Q8_0` / `Q4_0`: GGML's reference quantisation per block of 32 values of a row
+    /// - `Q8_0` / `Q4_0`: GGML's quantisation per block of 32 values of a row
     ///   (`squish_core::quant::quantize_row_q8_0` / `quantize_row_q4_0`).
     ///
     /// # Errors
