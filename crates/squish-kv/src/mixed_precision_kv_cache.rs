@@ -60,12 +60,15 @@
 //!     .iter()
 //!     .map(|&s| HeadStats::new(s, 9.0))
 //!     .collect::<Result<_, _>>()?;
-//! let mut planner = PrecisionPlanner::new(PrecisionPlannerConfig::new(10.0, 32))?;
+//! let plan_cfg = PrecisionPlannerConfig::new(10.0, 32);
+//! let mut planner = PrecisionPlanner::new(plan_cfg.clone())?;
 //! let (tiers, plan) = planner.assign_precisions(&stats)?;
 //! assert_eq!(tiers, [KvTier::Int8, KvTier::Int8, KvTier::Int8, KvTier::Int8]);
 //! assert!(plan.avg_bits <= 10.0);
 //!
-//! let mut cache = MixedPrecisionKvCache::new(MixedPrecisionKvConfig::new(64, 32, tiers))?;
+//! // The cache's INT groups are the planner's, so it holds what the plan budgeted.
+//! let mut cache =
+//!     MixedPrecisionKvCache::new(MixedPrecisionKvConfig::from_plan(64, &plan_cfg, tiers))?;
 //! let k: Vec<f32> = (0..64).map(|i| i as f32 / 8.0).collect();
 //! let v = vec![0.5f32; 64];
 //! cache.append(2, &k, &v)?;
@@ -73,7 +76,8 @@
 //! cache.read_token_into(2, 0, &mut k2, &mut v2)?;
 //! assert!(k.iter().zip(&k2).all(|(a, b)| (a - b).abs() <= 3.875 / 255.0 / 2.0 + 1e-6));
 //! assert_eq!(v2, v);
-//! assert_eq!(cache.bytes_held(), 2 * (64 + 2 * 8)); // codes + scale and zero per group, K and V
+//! assert_eq!(cache.payload_bytes(), 2 * (64 + 2 * 8)); // codes + scale and zero per group, K and V
+//! assert_eq!(cache.bytes_held(), cache.payload_bytes() + cache.metadata_bytes());
 //! # Ok::<(), squish_kv::Error>(())
 //! ```
 
@@ -228,6 +232,10 @@ impl HeadStats {
     }
 }
 
+/// Largest [`PrecisionPlannerConfig::group_size`]: far above any head dimension, and small
+/// enough that the planner's integer costs (`16 · group_size` units per head) cannot overflow.
+const MAX_PLANNER_GROUP: usize = 1 << 16;
+
 /// Configuration of [`PrecisionPlanner`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -236,8 +244,9 @@ pub struct PrecisionPlannerConfig {
     /// [`KvTier::bits_per_value`]); at least the INT4 tier's `4 + 64 / group_size`. Budgets
     /// of 16 or more give every head FP16.
     pub avg_bits: f64,
-    /// Values per quantisation group of the INT tiers, `>= 16` (below that a group's scale
-    /// and zero-point cost more than FP16 saves); must match the cache's.
+    /// Values per quantisation group of the INT tiers, in `16..=65536` (below 16 a group's
+    /// scale and zero-point cost more than FP16 saves); must match the cache's, which
+    /// [`MixedPrecisionKvConfig::from_plan`] guarantees.
     pub group_size: usize,
 }
 
@@ -260,15 +269,15 @@ impl PrecisionPlannerConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// A [`ConfigError`] on `group_size` if it is below 16, or on `avg_bits` if it is not
-    /// finite or below the INT4 tier's bits per value.
+    /// A [`ConfigError`] on `group_size` if it is outside `16..=65536`, or on `avg_bits` if
+    /// it is not finite or below the INT4 tier's bits per value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = "PrecisionPlanner";
-        if self.group_size < 16 {
+        if !(16..=MAX_PLANNER_GROUP).contains(&self.group_size) {
             return Err(ConfigError::new(
                 c,
                 "group_size",
-                "must be >= 16",
+                format!("must be in 16..={MAX_PLANNER_GROUP}"),
                 self.group_size,
             ));
         }
@@ -469,6 +478,17 @@ impl MixedPrecisionKvConfig {
         }
     }
 
+    /// The configuration for tiers chosen by a [`PrecisionPlanner`] with configuration
+    /// `plan`: the cache's INT groups are the planner's (`plan.group_size`), so the storage
+    /// it holds is exactly what the planner budgeted: `avg_bits / 8` bytes per value of codes,
+    /// scales and zero-points, before the per-head metadata [`bytes_held`] adds (not
+    /// validated; [`MixedPrecisionKvCache::new`] checks that the groups divide `head_dim`).
+    ///
+    /// [`bytes_held`]: MixedPrecisionKvCache::bytes_held
+    pub fn from_plan(head_dim: usize, plan: &PrecisionPlannerConfig, tiers: Vec<KvTier>) -> Self {
+        Self::new(head_dim, plan.group_size, tiers)
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -505,6 +525,12 @@ impl MixedPrecisionKvConfig {
         Ok(())
     }
 }
+
+/// Error contexts of a group range too large for `f32` in an INT head.
+const RANGE_K: &str =
+    "MixedPrecisionKvCache::append k (a group's range max - min is too large for f32)";
+const RANGE_V: &str =
+    "MixedPrecisionKvCache::append v (a group's range max - min is too large for f32)";
 
 /// Quantised rows of one head's keys or values in an INT tier.
 #[derive(Debug, Clone, Default)]
@@ -722,7 +748,24 @@ impl MixedPrecisionKvCache {
                 self.rows.clear();
                 self.rows.extend_from_slice(k);
                 self.rows.extend_from_slice(v);
-                quantize_grouped_into(&self.rows, 2, d, qcfg, &mut self.scratch)?;
+                quantize_grouped_into(&self.rows, 2, d, qcfg, &mut self.scratch).map_err(|e| {
+                    match e {
+                        // Name the caller's row and index instead of the joined matrix's.
+                        squish_core::Error::OutOfRange { index, value, .. } => {
+                            let (context, index) = if index < d {
+                                (RANGE_K, index)
+                            } else {
+                                (RANGE_V, index - d)
+                            };
+                            squish_core::Error::OutOfRange {
+                                context,
+                                index,
+                                value,
+                            }
+                        }
+                        e => e,
+                    }
+                })?;
                 let (rb, g) = (bits.packed_len(d), d / self.cfg.group_size);
                 let q = &self.scratch;
                 let (kc, vc) = q.codes().split_at(rb);
@@ -830,8 +873,8 @@ impl MixedPrecisionKvCache {
         Ok(())
     }
 
-    /// Bytes held by `head`: its codes (or `f16` values), scales and zero-points, from the
-    /// buffers' lengths.
+    /// Payload bytes held by `head`: its codes (or `f16` values), scales and zero-points, from
+    /// the buffers' lengths (what [`PrecisionPlanner`] budgets).
     ///
     /// # Errors
     /// [`Error::HeadOutOfRange`] if `head >= heads()`.
@@ -840,10 +883,22 @@ impl MixedPrecisionKvCache {
         Ok(self.heads[head].bytes())
     }
 
-    /// Bytes held by all heads (see [`head_bytes_held`](Self::head_bytes_held)). The fixed
-    /// per-head metadata (tier, length) is not counted.
-    pub fn bytes_held(&self) -> usize {
+    /// Payload bytes held by all heads: the sum of [`head_bytes_held`](Self::head_bytes_held).
+    pub fn payload_bytes(&self) -> usize {
         self.heads.iter().map(HeadStore::bytes).sum()
+    }
+
+    /// Bytes of metadata the cache keeps to interpret its payload: `head_dim` and
+    /// `group_size`, and per head its tier and token count, at their in-memory sizes.
+    pub fn metadata_bytes(&self) -> usize {
+        2 * size_of::<usize>() + self.heads() * (size_of::<KvTier>() + size_of::<usize>())
+    }
+
+    /// Bytes held: [`payload_bytes`](Self::payload_bytes) plus
+    /// [`metadata_bytes`](Self::metadata_bytes) (spare capacity kept for reuse is not
+    /// counted).
+    pub fn bytes_held(&self) -> usize {
+        self.payload_bytes() + self.metadata_bytes()
     }
 
     /// Removes every token, keeping the buffers' capacity for reuse.
@@ -950,6 +1005,44 @@ mod tests {
         });
     }
 
+    /// The budget holds for the bytes a real cache holds, not only in the planner's model: a
+    /// cache configured `from_plan` and filled with tokens holds exactly `avg_bits / 8` payload
+    /// bytes per value of the plan, and never more than the budget.
+    #[test]
+    fn planned_cache_holds_what_the_planner_budgeted() {
+        prop::check("mpkv_plan_bytes", 100, |r| {
+            let h = r.random_range(1..=10usize);
+            let g = [16usize, 32, 64][r.random_range(0..3usize)];
+            let d = g * r.random_range(1..=4usize);
+            let avg = r.random_range(KvTier::Int4.bits_per_value(g)..17.0);
+            let heads: Vec<HeadStats> = (0..h)
+                .map(|_| HeadStats::new(r.random_range(0.0..10.0), 1.0).unwrap())
+                .collect();
+            let plan_cfg = PrecisionPlannerConfig::new(avg, g);
+            let (tiers, plan) = PrecisionPlanner::new(plan_cfg.clone())
+                .unwrap()
+                .assign_precisions(&heads)
+                .unwrap();
+            let cfg = MixedPrecisionKvConfig::from_plan(d, &plan_cfg, tiers);
+            assert_eq!(cfg.group_size, g);
+            let mut c = MixedPrecisionKvCache::new(cfg).unwrap();
+            let n = r.random_range(1..6usize);
+            for head in 0..h {
+                for _ in 0..n {
+                    let x = data::normal_vec(r, 2 * d, 0.0, 1.0);
+                    c.append(head, &x[..d], &x[d..]).unwrap();
+                }
+            }
+            let values = (2 * n * d * h) as f64;
+            let bits = 8.0 * c.payload_bytes() as f64;
+            assert!(
+                bits <= avg * values * (1.0 + 1e-12),
+                "{bits} > {avg} x {values}"
+            );
+            assert!((bits - plan.avg_bits * values).abs() <= 1e-9 * bits);
+        });
+    }
+
     /// A head of larger weight never gets fewer bits (shared E[R²], so weight ∝ sensitivity).
     #[test]
     fn planner_is_monotone_in_sensitivity() {
@@ -1004,7 +1097,9 @@ mod tests {
     #[test]
     fn planner_errors() {
         let e = PrecisionPlanner::new(PrecisionPlannerConfig::new(10.0, 8)).unwrap_err();
-        insta::assert_snapshot!(e, @"invalid PrecisionPlanner.group_size: must be >= 16, got 8");
+        insta::assert_snapshot!(e, @"invalid PrecisionPlanner.group_size: must be in 16..=65536, got 8");
+        let e = PrecisionPlanner::new(PrecisionPlannerConfig::new(10.0, usize::MAX)).unwrap_err();
+        insta::assert_snapshot!(e, @"invalid PrecisionPlanner.group_size: must be in 16..=65536, got 18446744073709551615");
         let mut p = PrecisionPlanner::new(PrecisionPlannerConfig::default()).unwrap();
         let e = p
             .assign_precisions_into(&stats(&[1.0, 2.0]), &mut [KvTier::Fp16])
@@ -1127,10 +1222,15 @@ mod tests {
             for (head, want) in per_token.iter().enumerate() {
                 assert_eq!(c.head_bytes_held(head).unwrap(), n * want);
             }
-            assert_eq!(c.bytes_held(), n * per_token.iter().sum::<usize>());
+            assert_eq!(c.payload_bytes(), n * per_token.iter().sum::<usize>());
+            // Metadata: head_dim and group_size, then a tier (1 byte) and a length per head.
+            let meta = 2 * size_of::<usize>() + 3 * (1 + size_of::<usize>());
+            assert_eq!(c.metadata_bytes(), meta);
+            assert_eq!(c.bytes_held(), n * per_token.iter().sum::<usize>() + meta);
             c.clear();
             assert!(c.is_empty());
-            assert_eq!(c.bytes_held(), 0);
+            assert_eq!(c.payload_bytes(), 0);
+            assert_eq!(c.bytes_held(), meta);
         });
     }
 
@@ -1143,7 +1243,15 @@ mod tests {
         big[4] = 7e4;
         let e = c.append(0, &ok, &big).unwrap_err();
         insta::assert_snapshot!(e, @"value out of range in MixedPrecisionKvCache::append v: element 4 is 70000");
-        assert!(c.append(1, &ok, &big).is_ok()); // INT tiers hold any finite value
+        assert!(c.append(1, &ok, &big).is_ok()); // INT tiers hold any finite value...
+        // ...whose group range fits an f32: ±3e38 in one group overflows it.
+        let mut wide = ok.clone();
+        (wide[0], wide[1]) = (3e38, -3e38);
+        let e = c.append(1, &wide, &ok).unwrap_err();
+        insta::assert_snapshot!(e, @"value out of range in MixedPrecisionKvCache::append k (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
+        let e = c.append(1, &ok, &wide).unwrap_err();
+        insta::assert_snapshot!(e, @"value out of range in MixedPrecisionKvCache::append v (a group's range max - min is too large for f32): element 0 is 300000000000000000000000000000000000000");
+        assert_eq!(c.len(1).unwrap(), 1);
         let mut nan = ok.clone();
         nan[2] = f32::NAN;
         for head in 0..2 {
