@@ -14,8 +14,8 @@
 //! `q · k̂` of an encoded key is then the sum of its `M` table entries, so scoring `n` keys
 //! costs `n · M` table look-ups and never decodes a key.
 //!
-//! Bytes held are measured from the buffers: one byte per code ([`PqCodes::bytes_held`]) plus
-//! the `f32` codebooks ([`KvCodec::bytes_held`]), which a caller amortises over the tokens
+//! Bytes held are measured from the buffers: one byte per code plus the codes' shape
+//! ([`PqCodes::bytes_held`]), and the `f32` codebooks ([`KvCodec::bytes_held`]), which a caller amortises over the tokens
 //! they serve. With short sequences the codebook dominates: see the `codec_kv` claim.
 
 use ndarray::{Array3, ArrayRef3, ArrayView1};
@@ -208,11 +208,12 @@ impl PqCodes {
         &self.codes[h * n..(h + 1) * n]
     }
 
-    /// Bytes held by the codes: one per code, from the buffer's length (spare capacity kept
-    /// for reuse is not counted; the four `usize` shape fields are not either). The codebooks
-    /// are counted by [`KvCodec::bytes_held`].
+    /// Bytes held by the codes: one per code, from the buffer's length, plus the four `usize`
+    /// shape fields (heads, sequence length, sub-spaces, codebook size) a reader needs to
+    /// interpret them. Spare capacity kept for reuse is not counted. The codebooks are counted
+    /// by [`KvCodec::bytes_held`].
     pub fn bytes_held(&self) -> usize {
-        self.codes.len()
+        self.codes.len() + 4 * size_of::<usize>()
     }
 }
 
@@ -263,7 +264,8 @@ impl ScoreTable {
 /// let codec = KvCodec::fit(cfg, &keys, &mut rng)?;
 ///
 /// let codes = codec.encode_keys(&keys)?;
-/// assert_eq!(codes.bytes_held(), 2 * 64 * 4); // 4 bytes per key instead of 32 (f32)
+/// assert_eq!(codes.codes().len(), 2 * 64 * 4); // 4 bytes per key instead of 32 (f32)
+/// assert_eq!(codes.bytes_held(), 2 * 64 * 4 + 4 * size_of::<usize>()); // and the shape
 /// let decoded = codec.decode_keys(&codes)?;
 /// assert_eq!(decoded.dim(), (2, 64, 8));
 ///

@@ -219,7 +219,7 @@ fn eval_pq(codec: &KvCodec, t: &Tensors, book_bytes: f64, last: usize, acc: &mut
             codec.scores_into(&table, &codes, h, out).expect("matching");
         },
     );
-    acc.code_bytes += codes.bytes_held() as f64;
+    acc.code_bytes += codes.codes().len() as f64;
     acc.bytes += codes.bytes_held() as f64 + book_bytes;
 }
 
@@ -232,7 +232,9 @@ fn eval_int4(t: &Tensors, last: usize, acc: &mut Acc) {
         let q = quant::quantize_grouped(kh.as_slice().expect("contiguous"), t.seq, D, &cfg)
             .expect("finite keys");
         q.dequantize_into(&mut recon[h * t.seq * D..(h + 1) * t.seq * D]);
-        acc.bytes += q.bytes_held() as f64;
+        // Its shape (rows, columns, group size, bits and axis) as four words, as `PqCodes`
+        // counts its own.
+        acc.bytes += (q.bytes_held() + 4 * size_of::<usize>()) as f64;
         acc.code_bytes += q.codes().len() as f64;
     }
     evaluate(t, &recon, last, acc, |h, q, out| {
@@ -316,7 +318,11 @@ pub(super) fn measure(opts: Opts) -> Measured {
     // The same code bytes as INT4 (4 bits per value, 32 B per 64-channel key): PQ with 32
     // sub-spaces of 2 channels and one u8 code each (K = 16 in-sample, 256 held out).
     for a in [&ins[2], &held[2], &int4_all] {
-        assert!((a.code_bits() - 4.0).abs() < 1e-9, "code bits {}", a.code_bits());
+        assert!(
+            (a.code_bits() - 4.0).abs() < 1e-9,
+            "code bits {}",
+            a.code_bits()
+        );
     }
     let summary = format!(
         "SmolLM2 keys: seed codec M=1,K=32 {:.1}x vs f32 incl. codebook (256x only without it; {}). \
