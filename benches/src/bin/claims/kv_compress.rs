@@ -13,7 +13,8 @@
 //! Compressor: groups of 32 (tokens per key group, channels per value group), residual window
 //! 0 (everything past the last whole group of 32 tokens, fewer than 32, stays f32; KIVI's
 //! R = 128 would keep these short captures entirely in f32). Bytes are `bytes_held()`
-//! (codes + scales + zero-points + f32 tail + kept positions), against f16 keys and values
+//! (codes + scales + zero-points + f32 tail + kept positions + the lengths and configuration
+//! it keeps as metadata), against f16 keys and values
 //! (`2 * heads * tokens * head_dim * 2`).
 //!
 //! Errors: relative Frobenius error of the reconstructed keys and values over all tokens
@@ -230,7 +231,7 @@ fn run(c: &Capture, cfg: &KvCompressorConfig, ev: Option<&Eviction<'_>>, t: &mut
         tail += 2 * (len - q) * D * 4 + kv.positions(kh).map_or(0, |p| 4 * p.len());
         t.quantized_f16_bytes += 2 * q * D * 2;
     }
-    t.quantized_bytes += kv.bytes_held() - tail;
+    t.quantized_bytes += kv.payload_bytes() - tail;
     // Reconstruct each head; rows with their positions.
     let mut heads = Vec::new();
     for kh in 0..h {

@@ -182,6 +182,7 @@ impl HeadStore {
         self.positions.clear();
     }
 
+    /// Payload bytes: the buffers' lengths (spare capacity not counted).
     fn bytes(&self) -> usize {
         let f = size_of::<f32>();
         self.k.bytes()
@@ -190,6 +191,20 @@ impl HeadStore {
             + size_of::<u32>() * self.positions.len()
     }
 }
+
+/// Metadata bytes per head: its quantised length and its residual length (the residual
+/// buffers' length), a `usize` each.
+const HEAD_METADATA_BYTES: usize = 2 * size_of::<usize>();
+
+/// Metadata bytes of a [`CompressedKv`] besides its heads, each field at its in-memory size
+/// (padding not counted): the configuration (`group_size`, `value_group_size`, `residual`:
+/// `usize`; `key_bits`, `value_bits`: [`QuantBits`]; `key_axis`: [`GroupAxis`]), `head_dim`,
+/// the next position and the number of heads (`usize` each), and the evicted flag (`bool`).
+const HEADER_BYTES: usize = 3 * size_of::<usize>()
+    + 2 * size_of::<QuantBits>()
+    + size_of::<GroupAxis>()
+    + 3 * size_of::<usize>()
+    + size_of::<bool>();
 
 /// A compressed KV cache (all heads of one layer), produced by [`KvCompressor`].
 ///
@@ -256,11 +271,31 @@ impl CompressedKv {
         (1..self.heads()).all(|h| self.head_len(h) == self.head_len(0))
     }
 
-    /// Bytes held, from the buffers' lengths: packed key and value codes, 4 bytes per scale
-    /// and per zero-point, 4 per residual `f32`, and 4 per kept position after eviction
+    /// Payload bytes held, from the buffers' lengths: packed key and value codes, 4 bytes per
+    /// scale and per zero-point, 4 per residual `f32`, and 4 per kept position after eviction
     /// (spare capacity kept for reuse is not counted).
-    pub fn bytes_held(&self) -> usize {
+    pub fn payload_bytes(&self) -> usize {
         self.heads.iter().map(HeadStore::bytes).sum()
+    }
+
+    /// Bytes of metadata kept to interpret and extend the payload, each field at its in-memory
+    /// size (padding and the buffers' pointer / capacity words not counted):
+    /// - per head, its quantised length and its residual length (`usize` each);
+    /// - once, the configuration (`group_size`, `value_group_size` and `residual` as `usize`,
+    ///   `key_bits` and `value_bits` as [`QuantBits`], `key_axis` as [`GroupAxis`]),
+    ///   `head_dim`, the position the next token gets and the number of heads (`usize` each),
+    ///   and whether tokens were evicted (`bool`).
+    ///
+    /// On a 64-bit target: `16 * heads() + 52` bytes.
+    pub fn metadata_bytes(&self) -> usize {
+        HEADER_BYTES + HEAD_METADATA_BYTES * self.heads()
+    }
+
+    /// Bytes held: [`payload_bytes`](Self::payload_bytes) plus
+    /// [`metadata_bytes`](Self::metadata_bytes), computed from the buffers' lengths and the
+    /// fields (spare capacity kept for reuse is not counted). There are no codebooks.
+    pub fn bytes_held(&self) -> usize {
+        self.payload_bytes() + self.metadata_bytes()
     }
 
     /// Reconstructs head `h` into `keys` and `values`, each `[head_len(h), head_dim]`

@@ -147,46 +147,307 @@ fn fast_path_agrees_on_near_ties() {
     }
 }
 
+/// Flat indices into a `[rows, d]` head of each group of its first `rows` (quantised) rows, in
+/// the order the groups are stored: per column, blocks of `gs` consecutive rows of one channel
+/// (block-major, then channel); per row, runs of `gs` consecutive channels of one row.
+fn group_members(rows: usize, d: usize, axis: GroupAxis, gs: usize) -> Vec<Vec<usize>> {
+    match axis {
+        GroupAxis::AlongColumn => (0..rows / gs)
+            .flat_map(|b| (0..d).map(move |c| (b * gs..(b + 1) * gs).map(|t| t * d + c).collect()))
+            .collect(),
+        GroupAxis::AlongRow => (0..rows)
+            .flat_map(|t| {
+                (0..d / gs).map(move |j| (t * d + j * gs..t * d + (j + 1) * gs).collect())
+            })
+            .collect(),
+    }
+}
+
+/// `2^-24`: the unit roundoff of `f32`.
+const U: f64 = 1.0 / 16_777_216.0;
+
+/// Checks one tensor's quantised groups against bounds derived from the input `x` alone.
+///
+/// Per group, in `f64`: `lo`, `hi`, and the ideal step `(hi - lo) / (2^bits - 1)` (raised to
+/// `f32::MIN_POSITIVE` for a positive range below it, as squish-core documents). The stored
+/// scale is `fl(fl(hi - lo) * fl(1 / (2^bits - 1)))`, three roundings, so it is within
+/// `(1 + 2^-24)^3 - 1 < 2^-22` of the step relatively; the zero-point is `lo` exactly. With
+/// that scale, squish-core's documented bound is `scale * (1/2 + 2^-14)` in exact arithmetic;
+/// the decode `fl(zero + fl(code * scale))` (or one fused rounding) adds at most
+/// `2^-24 * code * scale + 2^-24 * |result| <= 2^-24 * (|lo| + 3 * (hi - lo))`. Hence every
+/// element must satisfy
+/// `|x - x'| <= step * (1/2 + 2^-14) * (1 + 2^-22) + 2^-24 * (|lo| + 3 * (hi - lo))`,
+/// a slack of `2^-13` relative to `step / 2` plus a few `f32` roundings of the data.
+fn check_groups(
+    what: &str,
+    x: &[f32],
+    xd: &[f32],
+    groups: &[Vec<usize>],
+    bits: QuantBits,
+    scales: &[f32],
+    zeros: &[f32],
+) -> Result<(), String> {
+    if scales.len() != groups.len() || zeros.len() != groups.len() {
+        return Err(format!(
+            "{what}: {} groups, {} scales, {} zero-points",
+            groups.len(),
+            scales.len(),
+            zeros.len()
+        ));
+    }
+    let max_code = f64::from(1u32 << bits.bits()) - 1.0;
+    for (g, members) in groups.iter().enumerate() {
+        let lo = members
+            .iter()
+            .map(|&i| f64::from(x[i]))
+            .fold(f64::INFINITY, f64::min);
+        let hi = members
+            .iter()
+            .map(|&i| f64::from(x[i]))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let range = hi - lo;
+        let step = if range > 0.0 {
+            (range / max_code).max(f64::from(f32::MIN_POSITIVE))
+        } else {
+            0.0
+        };
+        let (scale, zero) = (f64::from(scales[g]), f64::from(zeros[g]));
+        if (scale - step).abs() > step * 4.0 * U {
+            return Err(format!(
+                "{what} group {g}: stored scale {scale} is not the ideal step {step}"
+            ));
+        }
+        if zero != lo {
+            return Err(format!(
+                "{what} group {g}: zero-point {zero} is not the minimum {lo}"
+            ));
+        }
+        let tol = step * (0.5 + 2f64.powi(-14)) * (1.0 + 4.0 * U) + U * (lo.abs() + 3.0 * range);
+        for &i in members {
+            let err = (f64::from(xd[i]) - f64::from(x[i])).abs();
+            if err > tol {
+                return Err(format!(
+                    "{what} group {g}, element {i}: {} decodes to {}, error {err} > {tol} \
+                     (step {step})",
+                    x[i], xd[i]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks every head of `kv` (compressed with `cfg`) against the input alone: head `h` held
+/// `k[h]` / `v[h]` (`[n, d]` row-major), so its first `G * floor(max(0, n - R) / G)` tokens
+/// are quantised within [`check_groups`]' bounds and the rest are exact.
+fn check_error_bound(
+    kv: &CompressedKv,
+    cfg: &KvCompressorConfig,
+    d: usize,
+    k: &[Vec<f32>],
+    v: &[Vec<f32>],
+) -> Result<(), String> {
+    let (g, r) = (cfg.group_size, cfg.residual);
+    for (h, (kh, vh)) in k.iter().zip(v).enumerate() {
+        let n = kh.len() / d;
+        let q = n.saturating_sub(r) / g * g;
+        if (kv.head_len(h), kv.quantized_len(h)) != (n, q) {
+            return Err(format!(
+                "head {h}: holds {} tokens, {} quantised; expected {n}, {q}",
+                kv.head_len(h),
+                kv.quantized_len(h)
+            ));
+        }
+        let (mut kd, mut vd) = (vec![0.0; n * d], vec![0.0; n * d]);
+        kv.decompress_head_into(h, &mut kd, &mut vd)
+            .map_err(|e| e.to_string())?;
+        let (key_axis, key_gs) = match cfg.key_axis {
+            GroupAxis::AlongColumn => (GroupAxis::AlongColumn, g),
+            GroupAxis::AlongRow => (GroupAxis::AlongRow, cfg.value_group_size),
+        };
+        let s = &kv.heads[h];
+        check_groups(
+            &format!("head {h} keys"),
+            kh,
+            &kd,
+            &group_members(q, d, key_axis, key_gs),
+            cfg.key_bits,
+            &s.k.scales,
+            &s.k.zeros,
+        )?;
+        check_groups(
+            &format!("head {h} values"),
+            vh,
+            &vd,
+            &group_members(q, d, GroupAxis::AlongRow, cfg.value_group_size),
+            cfg.value_bits,
+            &s.v.scales,
+            &s.v.zeros,
+        )?;
+        // Residual tokens are exact (bitwise: the data is finite, so `==` is bit equality up to
+        // the sign of zero, which the bit comparison catches too).
+        for (what, x, xd) in [("keys", kh, &kd), ("values", vh, &vd)] {
+            if let Some(i) = (q * d..n * d).find(|&i| x[i].to_bits() != xd[i].to_bits()) {
+                return Err(format!(
+                    "head {h} residual {what}, element {i}: {} held as {}",
+                    x[i], xd[i]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compresses `k` / `v` (`[heads, n, d]`) with `cfg`: all at once, or the first `prefill`
+/// tokens then the rest appended one at a time.
+fn compress_maybe_appending(
+    cfg: &KvCompressorConfig,
+    k: &Array3<f32>,
+    v: &Array3<f32>,
+    prefill: Option<usize>,
+) -> CompressedKv {
+    let mut comp = KvCompressor::new(cfg.clone()).unwrap();
+    let mut kv = CompressedKv::new();
+    let Some(p) = prefill else {
+        comp.compress_into(k, v, None, &mut kv).unwrap();
+        return kv;
+    };
+    let head = |a: &Array3<f32>| a.slice(ndarray::s![.., ..p, ..]).to_owned();
+    comp.compress_into(&head(k), &head(v), None, &mut kv)
+        .unwrap();
+    for t in p..k.dim().1 {
+        let row = |a: &Array3<f32>| a.slice(ndarray::s![.., t, ..]).to_owned();
+        comp.append(&row(k), &row(v), &mut kv).unwrap();
+    }
+    kv
+}
+
+/// Keys with outlier channels (biased, 20x to 100x wider) or [`random_data`].
+fn random_keys<R: rand::Rng + ?Sized>(rng: &mut R, heads: usize, seq: usize, d: usize) -> Vec<f32> {
+    if rng.random_range(0..2) == 0 {
+        let spec = KvSpec {
+            heads,
+            seq_len: seq,
+            head_dim: d,
+            outlier_channels: vec![1, d / 2, d - 1],
+            outlier_scale: [20.0, 100.0][rng.random_range(0..2)],
+        };
+        kv_with_outliers(rng, &spec)
+    } else {
+        random_data(rng, heads * seq * d)
+    }
+}
+
 #[test]
-fn every_element_within_half_a_scale() {
+fn every_element_within_half_the_ideal_step() {
     prop::check("kv_compress_error_bound", 60, |rng| {
-        let (heads, seq, d) = (2, 64, 32);
+        let heads = rng.random_range(1..4);
+        let d = [8, 32, 64][rng.random_range(0..3)];
+        let seq = rng.random_range(0..100);
         let cfg = random_cfg(rng, d);
-        let k = random_data(rng, heads * seq * d);
+        let k = random_keys(rng, heads, seq, d);
+        let v = random_keys(rng, heads, seq, d);
         let ka = Array3::from_shape_vec((heads, seq, d), k.clone()).unwrap();
-        let mut kv = CompressedKv::new();
-        KvCompressor::new(cfg.clone())
-            .unwrap()
-            .compress_into(&ka, &ka, None, &mut kv)
-            .unwrap();
-        let (mut kd, mut vd) = (vec![0.0; k.len()], vec![0.0; k.len()]);
-        kv.decompress_into(&mut kd, &mut vd).unwrap();
-        for h in 0..heads {
-            let s = &kv.heads[h];
-            for t in 0..seq {
-                for c in 0..d {
-                    let i = (h * seq + t) * d + c;
-                    let (ks, vs) = if t < s.qlen {
-                        let kg = match cfg.key_axis {
-                            GroupAxis::AlongColumn => (t / cfg.group_size) * d + c,
-                            GroupAxis::AlongRow => {
-                                t * (d / cfg.value_group_size) + c / cfg.value_group_size
-                            }
-                        };
-                        let vg = t * (d / cfg.value_group_size) + c / cfg.value_group_size;
-                        (f64::from(s.k.scales[kg]), f64::from(s.v.scales[vg]))
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    let x = f64::from(k[i]);
-                    // squish-core's bound: scale * (1/2 + 2^-14), plus the decode's rounding.
-                    let tol = |sc: f64| sc * (0.5 + 2f64.powi(-14)) + x.abs() * 1e-6;
-                    assert!((f64::from(kd[i]) - x).abs() <= tol(ks), "key {i}");
-                    assert!((f64::from(vd[i]) - x).abs() <= tol(vs), "value {i}");
+        let va = Array3::from_shape_vec((heads, seq, d), v.clone()).unwrap();
+        let prefill = (rng.random_range(0..2) == 0).then(|| rng.random_range(0..=seq));
+        let kv = compress_maybe_appending(&cfg, &ka, &va, prefill);
+        let (kh, vh) = (split_heads(&k, heads), split_heads(&v, heads));
+        if let Err(e) = check_error_bound(&kv, &cfg, d, &kh, &vh) {
+            panic!("{cfg:?}, prefill {prefill:?}: {e}");
+        }
+    });
+}
+
+#[test]
+fn error_bound_holds_at_every_width_with_outlier_channels() {
+    let (heads, seq, d) = (3, 150, 64);
+    let spec = KvSpec {
+        heads,
+        seq_len: seq,
+        head_dim: d,
+        outlier_channels: vec![0, 5, 37],
+        outlier_scale: 50.0,
+    };
+    let mut rng = squish_testkit::rng(11);
+    let k = kv_with_outliers(&mut rng, &spec);
+    let v = kv_with_outliers(&mut rng, &spec);
+    let ka = Array3::from_shape_vec((heads, seq, d), k.clone()).unwrap();
+    let va = Array3::from_shape_vec((heads, seq, d), v.clone()).unwrap();
+    let (kh, vh) = (split_heads(&k, heads), split_heads(&v, heads));
+    for bits in ALL_BITS {
+        for key_axis in [GroupAxis::AlongColumn, GroupAxis::AlongRow] {
+            for prefill in [None, Some(40)] {
+                // 96 quantised tokens and a residual of 54 (the window of 30 plus 24 waiting
+                // to fill a group).
+                let mut cfg = KvCompressorConfig::new(bits, 32, 30);
+                cfg.value_group_size = 16;
+                cfg.key_axis = key_axis;
+                let kv = compress_maybe_appending(&cfg, &ka, &va, prefill);
+                assert_eq!((kv.quantized_len(0), kv.head_len(0)), (96, 150));
+                if let Err(e) = check_error_bound(&kv, &cfg, d, &kh, &vh) {
+                    panic!("{bits:?} {key_axis:?} prefill {prefill:?}: {e}");
                 }
             }
         }
-    });
+    }
+}
+
+#[test]
+fn error_bound_oracle_rejects_tampered_caches() {
+    // The oracle must fail a cache whose stored scale is inflated (even slightly), whose
+    // zero-point moved, whose code changed, or whose residual is not exact.
+    let (heads, seq, d) = (2, 40, 8);
+    let mut rng = squish_testkit::rng(5);
+    let k = normal_vec(&mut rng, heads * seq * d, 0.0, 1.0);
+    let v = normal_vec(&mut rng, heads * seq * d, 0.0, 1.0);
+    let ka = Array3::from_shape_vec((heads, seq, d), k.clone()).unwrap();
+    let va = Array3::from_shape_vec((heads, seq, d), v.clone()).unwrap();
+    let (kh, vh) = (split_heads(&k, heads), split_heads(&v, heads));
+    let mut cfg = KvCompressorConfig::new(QuantBits::B4, 8, 4);
+    cfg.value_group_size = 4;
+    let kv = compress_maybe_appending(&cfg, &ka, &va, None);
+    check_error_bound(&kv, &cfg, d, &kh, &vh).unwrap();
+    // (what, tampering of head 1, the failure the oracle must report)
+    type Tamper = fn(&mut HeadStore);
+    let tampered: [(&str, Tamper, &str); 6] = [
+        (
+            "key scale x (1 + 2^-18)",
+            |s| s.k.scales[3] *= 1.0 + 2f32.powi(-18),
+            "head 1 keys group 3: stored scale",
+        ),
+        (
+            "value scale x 2",
+            |s| s.v.scales[0] *= 2.0,
+            "head 1 values group 0: stored scale",
+        ),
+        (
+            "key zero-point",
+            |s| s.k.zeros[1] = s.k.zeros[1].next_down(),
+            "head 1 keys group 1: zero-point",
+        ),
+        // Codes moved by 8 steps (bit 3 of a 4-bit code): far past half a step.
+        (
+            "key code",
+            |s| s.k.codes[0] ^= 0x08,
+            "head 1 keys group 0, element 0:",
+        ),
+        (
+            "value code",
+            |s| s.v.codes[5] ^= 0x80,
+            "head 1 values group 2, element 11:",
+        ),
+        (
+            "residual value",
+            |s| s.v_res[2] = s.v_res[2].next_up(),
+            "head 1 residual values, element 258:",
+        ),
+    ];
+    for (what, tamper, want) in tampered {
+        let mut bad = kv.clone();
+        tamper(&mut bad.heads[1]);
+        let e = check_error_bound(&bad, &cfg, d, &kh, &vh).expect_err(what);
+        assert!(e.starts_with(want), "{what}: {e}");
+    }
 }
 
 #[test]
@@ -386,6 +647,13 @@ fn appends_after_eviction_continue_positions() {
 
 #[test]
 fn bytes_held_follows_the_layout() {
+    // Metadata, from the fields' documented types: per head the quantised and residual
+    // lengths (two usize); once the configuration (group_size, value_group_size, residual:
+    // three usize; key_bits, value_bits, key_axis: three fieldless one-byte enums), head_dim,
+    // the next position and the number of heads (three usize) and the evicted flag (one byte).
+    let w = size_of::<usize>();
+    let (header, per_head_meta) = (6 * w + 3 + 1, 2 * w);
+    assert_eq!(CompressedKv::new().bytes_held(), header);
     let (heads, seq, d) = (3, 77, 64);
     let mut rng = squish_testkit::rng(3);
     let x = normal_vec(&mut rng, heads * seq * d, 0.0, 1.0);
@@ -405,18 +673,32 @@ fn bytes_held_follows_the_layout() {
             + 8 * (q / 16 * d) // key scale + zero per (16 tokens, channel)
             + 8 * (q * d / 32) // value scale + zero per (token, 32 channels)
             + 2 * 4 * (seq - q) * d; // f32 residual keys and values
-        assert_eq!(kv.bytes_held(), heads * per_head);
+        assert_eq!(kv.payload_bytes(), heads * per_head);
+        assert_eq!(kv.metadata_bytes(), header + heads * per_head_meta);
+        assert_eq!(kv.bytes_held(), heads * (per_head + per_head_meta) + header);
     }
     // Eviction adds 4 bytes per kept position.
     let cfg = KvCompressorConfig::new(QuantBits::B2, 8, 0);
     let ev = Eviction::new(EvictionPolicy::KeyNorm, Budget::Equal(64));
     let mut kv = CompressedKv::new();
-    KvCompressor::new(cfg)
+    KvCompressor::new(cfg.clone())
         .unwrap()
         .compress_into(&arr, &arr, Some(&ev), &mut kv)
         .unwrap();
     let per_head = 2 * 64 * d / 4 + 8 * (64 / 8 * d) + 8 * (64 * d / 8) + 4 * 64;
-    assert_eq!(kv.bytes_held(), heads * per_head);
+    assert_eq!(kv.bytes_held(), heads * (per_head + per_head_meta) + header);
+    // Spare capacity is not counted: a smaller prefill into the same cache reuses its
+    // buffers but reports only what it holds.
+    let small =
+        Array3::from_shape_vec((1, 8, d), arr.as_slice().unwrap()[..8 * d].to_vec()).unwrap();
+    KvCompressor::new(cfg)
+        .unwrap()
+        .compress_into(&small, &small, None, &mut kv)
+        .unwrap();
+    // 2-bit codes of 8 tokens, keys and values; 8 bytes per group: one block of 8 tokens per
+    // channel (keys), 8 tokens x one group of 8 channels (values, value_group_size 8).
+    let per_head = 2 * 8 * d / 4 + 8 * d + 8 * (8 * d / 8);
+    assert_eq!(kv.bytes_held(), per_head + per_head_meta + header);
 }
 
 #[test]
