@@ -71,22 +71,42 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Bytes that `n` values take in this precision (the payload, without metadata).
+    /// Bytes that `n` values take in this precision (the payload, without metadata): `2 n`
+    /// for `F16`, `n / 32 × 34` for `Q8_0`, `n / 32 × 18` for `Q4_0`.
     ///
-    /// # Panics
-    /// For the block formats, if `n` is not a multiple of 32.
-    pub const fn payload_bytes(self, n: usize) -> usize {
-        match self {
-            Self::F16 => 2 * n,
-            Self::Q8_0 => {
-                assert!(n.is_multiple_of(QK8_0), "Q8_0 holds multiples of 32 values");
-                n / QK8_0 * size_of::<BlockQ8_0>()
-            }
-            Self::Q4_0 => {
-                assert!(n.is_multiple_of(QK4_0), "Q4_0 holds multiples of 32 values");
-                n / QK4_0 * size_of::<BlockQ4_0>()
-            }
+    /// # Errors
+    /// [`Error::Shape`] if the precision is a block format and `n` is not a multiple of 32, or
+    /// if the byte count does not fit in `usize`.
+    ///
+    /// # Example
+    /// ```
+    /// use squish_kv::adaptive_quantizer::Precision;
+    /// assert_eq!(Precision::Q4_0.payload_bytes(64)?, 2 * 18);
+    /// assert_eq!(Precision::F16.payload_bytes(48)?, 96);
+    /// assert!(Precision::Q8_0.payload_bytes(48).is_err());
+    /// # Ok::<(), squish_kv::Error>(())
+    /// ```
+    pub fn payload_bytes(self, n: usize) -> Result<usize> {
+        let (per, bytes) = match self {
+            Self::F16 => (1, size_of::<f16>()),
+            Self::Q8_0 => (QK8_0, size_of::<BlockQ8_0>()),
+            Self::Q4_0 => (QK4_0, size_of::<BlockQ4_0>()),
+        };
+        if !n.is_multiple_of(per) {
+            return Err(squish_core::ShapeError::new(
+                "Precision::payload_bytes n",
+                format_args!("a multiple of {per} values for {self:?} blocks"),
+                format_args!("{n} values"),
+            )
+            .into());
         }
+        (n / per).checked_mul(bytes).ok_or_else(|| {
+            Error::from(squish_core::ShapeError::new(
+                "Precision::payload_bytes n",
+                format_args!("a byte count within usize for {self:?}"),
+                format_args!("{n} values"),
+            ))
+        })
     }
 
     /// Storage bits per value: 16, 8.5 or 4.5.
@@ -179,11 +199,17 @@ impl Default for QuantizedTensor {
 pub const TENSOR_METADATA_BYTES: usize = 1 + 2 * size_of::<u64>();
 
 impl QuantizedTensor {
-    /// A tensor from its parts, checking that they agree.
+    /// A tensor from its parts, checking that they agree and that every value they stand for
+    /// is finite, as in a tensor made by [`quantize`](Self::quantize).
     ///
     /// # Errors
-    /// [`Error::Shape`] if the buffer does not hold exactly `rows * cols` values, or if a block
-    /// format's `cols` is not a multiple of 32.
+    /// - [`Error::Shape`] if the buffer does not hold exactly `rows * cols` values, or if a
+    ///   block format's `cols` is not a multiple of 32.
+    /// - [`Error::Core`] with `NonFinite` for the first NaN or infinite `f16` value (`index`
+    ///   is its row-major position) or block scale `d` (`index` is the block's position).
+    ///
+    /// # Performance
+    /// One pass over the `f16` values or the block scales.
     pub fn from_parts(rows: usize, cols: usize, data: TensorData) -> Result<Self> {
         check_shape(data.precision(), rows, cols)?;
         let n = rows * cols;
@@ -193,6 +219,28 @@ impl QuantizedTensor {
                 format_args!("{rows} x {cols} = {n} values"),
                 format_args!("{} values", data.values()),
             )
+            .into());
+        }
+        let (context, bad) = match &data {
+            TensorData::F16(v) => (
+                "QuantizedTensor::from_parts f16 values",
+                first_non_finite(v.iter().copied()),
+            ),
+            TensorData::Q8_0(b) => (
+                "QuantizedTensor::from_parts block scales",
+                first_non_finite(b.iter().map(|b| b.d)),
+            ),
+            TensorData::Q4_0(b) => (
+                "QuantizedTensor::from_parts block scales",
+                first_non_finite(b.iter().map(|b| b.d)),
+            ),
+        };
+        if let Some((index, value)) = bad {
+            return Err(squish_core::Error::NonFinite {
+                context,
+                index,
+                value: value.to_f32(),
+            }
             .into());
         }
         Ok(Self { rows, cols, data })
@@ -453,8 +501,9 @@ impl AdaptiveQuantizer {
     /// no time passed.
     ///
     /// # Errors
-    /// [`Error::Config`] (field `pressure`) if `pressure` is not in `[0, 1]` (NaN included);
-    /// the state is unchanged.
+    /// [`Error::Config`] (field `pressure`) if `pressure` is not in `[0, 1]`: negative,
+    /// above 1, NaN or infinite (one variant for the one argument, as for the other scalar
+    /// parameters of this crate). The state, dwell clock included, is unchanged.
     pub fn update(&mut self, pressure: f64, now: Instant) -> Result<Precision> {
         if !(0.0..=1.0).contains(&pressure) {
             return Err(ConfigError::new(
@@ -524,6 +573,11 @@ impl AdaptiveQuantizer {
     pub fn quantize_into(&mut self, x: &ArrayRef2<f32>, out: &mut QuantizedTensor) -> Result<()> {
         encode(self.level, x, &mut self.scratch, out)
     }
+}
+
+/// The index and value of the first NaN or infinity in `values`.
+fn first_non_finite(values: impl Iterator<Item = f16>) -> Option<(usize, f16)> {
+    values.enumerate().find(|(_, h)| !h.is_finite())
 }
 
 fn check_shape(precision: Precision, rows: usize, cols: usize) -> Result<()> {
@@ -725,20 +779,42 @@ mod tests {
         ] {
             let q = QuantizedTensor::quantize(p, &x).unwrap();
             assert_eq!(q.payload_bytes(), bytes);
-            assert_eq!(p.payload_bytes(n), bytes);
+            assert_eq!(p.payload_bytes(n).unwrap(), bytes);
             assert_eq!(q.bytes_held(), bytes + TENSOR_METADATA_BYTES);
             assert_eq!(bytes as f64 * 8.0 / n as f64, p.bits_per_value());
         }
     }
 
-    /// Oracle: GGML's per-block bounds. `Q8_0`: |err| <= d / 2 (+ f16 rounding of d, at most
-    /// amax * 2^-11 per unit code); `Q4_0`: |err| <= |d| / 2 except the clamped extreme,
-    /// |err| <= |d|; both computed in f64 from the stored scale.
+    /// Oracle: GGML's per-block bounds, computed in f64 from the data and the stored `f16`
+    /// scale `d` (the format defines it; nothing else of the kernel is trusted).
+    ///
+    /// - `Q8_0`: |err| <= d / 2, plus the `f16` rounding of d: at most 128 |d - amax / 127|
+    ///   (127 code steps and the half step).
+    /// - `Q4_0`: with `max` the first value of largest magnitude, the ideal scale is
+    ///   `δ = max / -8` and the ideal code of `x` is `t = x / δ + 8`, in `[0, 16]`. The code is
+    ///   `t` rounded, so |err| <= |δ| / 2, except that GGML clamps code 16 to 15: an element
+    ///   with `t > 15.5` (opposite sign to `max`, magnitude above 15/16 of amax) may be off by up
+    ///   to |δ|. Reconstructing with `d` instead of δ adds at most 8 |d - δ| (|code - 8| <= 8),
+    ///   and |δ| <= |d| + |d - δ|, so: |err| <= k |d| + 9 |d - δ| with k = 1/2, or k = 1 where
+    ///   `t > 15.5`. The kernel evaluates `x * (1 / δ)` in f32, which may send a value within
+    ///   a few f32 ulps of a half step to the other code: a slack of 1e-4 |δ| covers it.
     #[test]
     fn block_error_bounds() {
         prop::check("aq_block_error_bounds", 32, |r| {
-            let rows = 1 + (rand::RngExt::random_range(r, 0..4usize));
-            let x = data::normal_vec(r, rows * 64, 0.0, 3.0);
+            use rand::RngExt;
+            let rows = 1 + r.random_range(0..4usize);
+            let mut x = data::normal_vec(r, rows * 64, 0.0, 3.0);
+            // In half of the blocks, put a value of the opposite sign near the extreme, so that
+            // ideal Q4_0 codes land on both sides of 15.5 (the clamped region).
+            for xb in x.chunks_mut(32) {
+                if r.random::<bool>() {
+                    let (i, &m) = xb.iter().enumerate().fold((0, &0.0f32), |a, b| {
+                        if b.1.abs() > a.1.abs() { b } else { a }
+                    });
+                    let j = (i + 1 + r.random_range(0..31usize)) % 32;
+                    xb[j] = -m * r.random_range(0.9f32..1.0);
+                }
+            }
             let a = arr(rows, 64, x.clone());
             for p in [Precision::Q8_0, Precision::Q4_0] {
                 let q = QuantizedTensor::quantize(p, &a).unwrap();
@@ -749,24 +825,59 @@ mod tests {
                     .enumerate()
                 {
                     let amax = xb.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
-                    let bound = match q.data() {
-                        TensorData::Q8_0(bl) => {
-                            let d = f64::from(bl[b].d.to_f32());
-                            d / 2.0 + 128.0 * (d - amax / 127.0).abs()
-                        }
-                        TensorData::Q4_0(bl) => {
-                            let d = f64::from(bl[b].d.to_f32()).abs();
-                            d + 9.0 * (d - amax / 8.0).abs()
-                        }
-                        TensorData::F16(_) => unreachable!(),
-                    };
+                    // The first value of largest magnitude (GGML's `max`), in f64.
+                    let max = xb
+                        .iter()
+                        .map(|&v| f64::from(v))
+                        .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
                     for (u, v) in xb.iter().zip(yb) {
-                        let e = (f64::from(*u) - f64::from(*v)).abs();
-                        assert!(e <= bound + 1e-6, "{p:?} block {b}: {e} > {bound}");
+                        let (u, v) = (f64::from(*u), f64::from(*v));
+                        let (bound, slack) = match q.data() {
+                            TensorData::Q8_0(bl) => {
+                                let d = f64::from(bl[b].d.to_f32());
+                                (d / 2.0 + 128.0 * (d - amax / 127.0).abs(), 1e-6)
+                            }
+                            TensorData::Q4_0(bl) => {
+                                let d = f64::from(bl[b].d.to_f32());
+                                let ideal = max / -8.0;
+                                // All-zero block: δ = 0, every code reconstructs 0 exactly.
+                                let t = if ideal == 0.0 { 8.0 } else { u / ideal + 8.0 };
+                                let k = if t > 15.5 { 1.0 } else { 0.5 };
+                                (k * d.abs() + 9.0 * (d - ideal).abs(), 1e-4 * ideal.abs())
+                            }
+                            TensorData::F16(_) => unreachable!(),
+                        };
+                        let e = (u - v).abs();
+                        assert!(
+                            e <= bound + slack,
+                            "{p:?} block {b}: x = {u}, y = {v}: {e} > {bound}"
+                        );
                     }
                 }
             }
         });
+    }
+
+    /// Oracle, by hand: a block whose first extreme is 8 has `d = 8 / -8 = -1` (exact in
+    /// `f16`), so `x` gets code `round(8 - x)` and reconstructs as `(code - 8) * -1 = x`
+    /// rounded, except that code 16 is clamped to 15 (reconstructing -7).
+    #[test]
+    fn q4_0_clamps_only_the_opposite_extreme() {
+        let mut x = vec![0.0f32; 32];
+        x[..6].copy_from_slice(&[8.0, -8.0, -7.625, -7.375, 7.625, 0.25]);
+        let q = QuantizedTensor::quantize(Precision::Q4_0, &arr(1, 32, x)).unwrap();
+        let TensorData::Q4_0(b) = q.data() else {
+            panic!("Q4_0 expected")
+        };
+        assert_eq!(b[0].d.to_f32(), -1.0);
+        let y = q.dequantize();
+        // -8 and -7.625 would need code 16 (t = 16, 15.625): clamped to 15, so both give -7
+        // (errors 1 = |d| and 0.625 > |d| / 2); -7.375 has t = 15.375 and rounds to 15 (error
+        // 0.375); 7.625 rounds to 8 (t = 0.375, code 0); 0.25 rounds to 0 (t = 7.75, code 8).
+        assert_eq!(
+            y.as_slice().unwrap()[..6],
+            [8.0, -7.0, -7.0, -7.0, 8.0, 0.0]
+        );
     }
 
     #[test]
@@ -841,6 +952,99 @@ mod tests {
         insta::assert_snapshot!(e, @"shape mismatch in QuantizedTensor::from_parts data: expected 1 x 32 = 32 values, got 31 values");
     }
 
+    /// Oracle: the format's sizes (2 bytes per `f16`, 34 / 18 bytes per block of 32); a
+    /// partial block or a byte count beyond `usize` is a `Shape` error, not a panic.
+    #[test]
+    fn precision_payload_bytes_rejects_partial_blocks_and_overflow() {
+        assert_eq!(Precision::F16.payload_bytes(0).unwrap(), 0);
+        assert_eq!(Precision::F16.payload_bytes(33).unwrap(), 66);
+        assert_eq!(Precision::Q8_0.payload_bytes(0).unwrap(), 0);
+        assert_eq!(Precision::Q8_0.payload_bytes(96).unwrap(), 3 * 34);
+        assert_eq!(Precision::Q4_0.payload_bytes(32).unwrap(), 18);
+        for n in [1, 31, 33, 48, usize::MAX] {
+            for p in [Precision::Q8_0, Precision::Q4_0] {
+                let e = p.payload_bytes(n).unwrap_err();
+                assert!(matches!(e, Error::Shape(_)), "{p:?} {n}: {e}");
+            }
+        }
+        let e = Precision::Q8_0.payload_bytes(48).unwrap_err();
+        insta::assert_snapshot!(e, @"shape mismatch in Precision::payload_bytes n: expected a multiple of 32 values for Q8_0 blocks, got 48 values");
+        // Largest n that still fits: 2 * (usize::MAX / 2) = usize::MAX - 1.
+        assert_eq!(
+            Precision::F16.payload_bytes(usize::MAX / 2).unwrap(),
+            usize::MAX - 1
+        );
+        let e = Precision::F16
+            .payload_bytes(usize::MAX / 2 + 1)
+            .unwrap_err();
+        assert!(matches!(e, Error::Shape(_)), "{e}");
+        // usize::MAX / 32 blocks: 18 bytes per 32 values fit, 34 bytes per 32 values do not.
+        let blocks = usize::MAX / 32;
+        assert_eq!(
+            Precision::Q4_0.payload_bytes(blocks * 32).unwrap(),
+            blocks * 18
+        );
+        let e = Precision::Q8_0.payload_bytes(blocks * 32).unwrap_err();
+        assert!(matches!(e, Error::Shape(_)), "{e}");
+    }
+
+    /// A tensor from parts must be as valid as one from `quantize`: a NaN or infinite `f16`
+    /// value or block scale is a `NonFinite` error naming its position; finite extremes
+    /// (`f16::MAX`, subnormals, negative zero) are accepted.
+    #[test]
+    fn from_parts_rejects_non_finite_values_and_scales() {
+        let nf = |e: Error| match e {
+            Error::Core(squish_core::Error::NonFinite { index, value, .. }) => (index, value),
+            other => panic!("NonFinite expected, got {other:?}"),
+        };
+        let mut v = vec![f16::ONE; 64];
+        v[0] = f16::MAX;
+        v[1] = f16::MIN;
+        v[2] = f16::from_bits(1); // smallest subnormal
+        v[3] = f16::NEG_ZERO;
+        assert!(QuantizedTensor::from_parts(2, 32, TensorData::F16(v.clone())).is_ok());
+        for (i, bad) in [(37, f16::NAN), (5, f16::INFINITY), (63, f16::NEG_INFINITY)] {
+            let mut w = v.clone();
+            w[i] = bad;
+            let e = QuantizedTensor::from_parts(2, 32, TensorData::F16(w)).unwrap_err();
+            let (index, value) = nf(e);
+            assert_eq!(index, i);
+            assert_eq!(value.to_bits(), bad.to_f32().to_bits());
+        }
+        let mut w = v.clone();
+        w[40] = f16::NAN;
+        w[50] = f16::INFINITY; // only the first is reported
+        let e = QuantizedTensor::from_parts(2, 32, TensorData::F16(w)).unwrap_err();
+        insta::assert_snapshot!(e, @"non-finite value in QuantizedTensor::from_parts f16 values: element 40 is NaN");
+
+        let a = arr(2, 64, data::normal_vec(&mut rng(6), 128, 0.0, 1.0));
+        for p in [Precision::Q8_0, Precision::Q4_0] {
+            let (r, c, d) = QuantizedTensor::quantize(p, &a).unwrap().into_parts();
+            let with_scale = |blk: usize, s: f16| {
+                let mut d = d.clone();
+                match &mut d {
+                    TensorData::Q8_0(b) => b[blk].d = s,
+                    TensorData::Q4_0(b) => b[blk].d = s,
+                    TensorData::F16(_) => unreachable!(),
+                }
+                QuantizedTensor::from_parts(r, c, d)
+            };
+            for s in [f16::MAX, f16::from_bits(1), f16::NEG_ZERO, f16::ZERO] {
+                assert!(with_scale(1, s).is_ok(), "{p:?} scale {s}");
+            }
+            for (blk, s) in [(0, f16::NAN), (2, f16::INFINITY), (3, f16::NEG_INFINITY)] {
+                let (index, value) = nf(with_scale(blk, s).unwrap_err());
+                assert_eq!(index, blk, "{p:?}");
+                assert_eq!(value.to_bits(), s.to_f32().to_bits(), "{p:?}");
+            }
+            let e = with_scale(3, f16::INFINITY).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "non-finite value in QuantizedTensor::from_parts block scales: element 3 is inf"
+            );
+        }
+    }
+
     #[test]
     fn config_validation() {
         assert!(AdaptiveQuantizerConfig::default().validate().is_ok());
@@ -859,6 +1063,38 @@ mod tests {
         insta::assert_snapshot!(e, @"invalid AdaptiveQuantizer.pressure: must be in [0, 1], got NaN");
         assert!(aq.update(1.01, Instant::now()).is_err());
         assert_eq!(aq.transitions(), 0);
+    }
+
+    /// NaN, infinities and finite values outside `[0, 1]` are all a `Config` error on
+    /// `pressure` that leaves the state (level, transitions, dwell clock) untouched; the
+    /// interval's ends (and -0.0) are accepted.
+    #[test]
+    fn update_rejects_bad_pressure_and_keeps_state() {
+        let clock = FakeClock::new();
+        let mut aq = AdaptiveQuantizer::new(AdaptiveQuantizerConfig::default()).unwrap();
+        assert_eq!(aq.update(0.95, clock.now()).unwrap(), Precision::Q4_0);
+        let msg = |p: f64, aq: &mut AdaptiveQuantizer| {
+            let e = aq.update(p, clock.now()).unwrap_err();
+            assert!(
+                matches!(&e, Error::Config(c) if c.component == "AdaptiveQuantizer" && c.field == "pressure"),
+                "{e:?}"
+            );
+            e.to_string()
+        };
+        insta::assert_snapshot!(msg(f64::NAN, &mut aq), @"invalid AdaptiveQuantizer.pressure: must be in [0, 1], got NaN");
+        insta::assert_snapshot!(msg(f64::INFINITY, &mut aq), @"invalid AdaptiveQuantizer.pressure: must be in [0, 1], got inf");
+        insta::assert_snapshot!(msg(f64::NEG_INFINITY, &mut aq), @"invalid AdaptiveQuantizer.pressure: must be in [0, 1], got -inf");
+        insta::assert_snapshot!(msg(-0.01, &mut aq), @"invalid AdaptiveQuantizer.pressure: must be in [0, 1], got -0.01");
+        insta::assert_snapshot!(msg(1.0 + f64::EPSILON, &mut aq), @"invalid AdaptiveQuantizer.pressure: must be in [0, 1], got 1.0000000000000002");
+        assert_eq!((aq.precision(), aq.transitions()), (Precision::Q4_0, 1));
+        // The rejected updates did not restart the dwell: one dwell after entering Q4_0, a
+        // valid low pressure raises precision at once.
+        clock.advance(aq.config().min_dwell);
+        msg(f64::NAN, &mut aq);
+        assert_eq!(aq.update(0.0, clock.now()).unwrap(), Precision::F16);
+        assert_eq!(aq.update(-0.0, clock.now()).unwrap(), Precision::F16);
+        assert_eq!(aq.update(1.0, clock.now()).unwrap(), Precision::Q4_0);
+        assert_eq!(aq.transitions(), 3);
     }
 
     #[test]
@@ -928,33 +1164,106 @@ mod tests {
     }
 
     /// Oracle: pressure oscillating strictly inside a hysteresis band (between exit and enter)
-    /// causes at most one transition, for any dwell and any timing.
+    /// never moves a level that the band keeps, and moves a level that the band leaves exactly
+    /// once, to the band's level, for any dwell and any timing. Derived from the thresholds:
+    ///
+    /// - INT8 band `(int8_exit, int8_enter)`: `F16` stays (below `int8_enter`) and `Q8_0`
+    ///   stays (at or above `int8_exit`); `Q4_0` is below `int4_exit`, so it is raised to
+    ///   `Q8_0` at the first update at least `min_dwell` after it was entered.
+    /// - INT4 band `(int4_exit, int4_enter)`: `Q8_0` and `Q4_0` stay; `F16` is at or above
+    ///   `int8_enter`, so it drops to `Q8_0` at the first update (lowering is immediate).
     #[test]
-    fn oscillation_inside_the_band_switches_at_most_once() {
+    fn oscillation_inside_a_band_switches_only_out_of_a_level_it_leaves() {
         prop::check("aq_band_oscillation", 64, |r| {
             use rand::RngExt;
             let cfg = AdaptiveQuantizerConfig {
                 min_dwell: Duration::from_millis(r.random_range(0..50)),
                 ..AdaptiveQuantizerConfig::default()
             };
-            let (lo, hi) = if r.random::<bool>() {
+            let int8_band = r.random::<bool>();
+            let (lo, hi) = if int8_band {
                 (cfg.int8_exit, cfg.int8_enter)
             } else {
                 (cfg.int4_exit, cfg.int4_enter)
             };
+            let start = [Precision::F16, Precision::Q8_0, Precision::Q4_0][r.random_range(0..3)];
             let clock = FakeClock::new();
+            clock.advance(Duration::from_millis(r.random_range(0..100)));
+            let dwell = cfg.min_dwell;
             let mut aq = AdaptiveQuantizer::new(cfg).unwrap();
-            // Start at the band's level from below or above.
-            let start = if r.random::<bool>() { hi } else { lo - 0.01 };
-            aq.update(start, clock.now()).unwrap();
+            // Reach the start level: F16 is where a new quantizer is; 0.8 and 0.95 lie above
+            // INT8's and INT4's enter thresholds.
+            let entered = clock.elapsed();
+            match start {
+                Precision::F16 => {}
+                Precision::Q8_0 => assert_eq!(aq.update(0.8, clock.now()).unwrap(), start),
+                Precision::Q4_0 => assert_eq!(aq.update(0.95, clock.now()).unwrap(), start),
+            }
             let before = aq.transitions();
+            // The level the band moves `start` to, if it moves it, and when.
+            let leaves = match (int8_band, start) {
+                (true, Precision::Q4_0) | (false, Precision::F16) => Some(Precision::Q8_0),
+                _ => None,
+            };
+            let mut switched = false;
             for _ in 0..500 {
                 clock.advance(Duration::from_millis(r.random_range(0..100)));
                 let p = lo + (hi - lo) * r.random_range(0.001..0.999);
+                if let Some(to) = leaves {
+                    // Lowering (F16 -> Q8_0) needs no dwell; raising waits `dwell` since
+                    // `entered` (no change happens in between).
+                    switched |= to > start || clock.elapsed() - entered >= dwell;
+                }
+                let want = if switched { Precision::Q8_0 } else { start };
+                assert_eq!(aq.update(p, clock.now()).unwrap(), want, "p = {p}");
+            }
+            let moved = aq.transitions() - before;
+            match leaves {
+                None => assert_eq!(moved, 0, "{start:?} is settled in [{lo}, {hi}]"),
+                Some(_) => {
+                    assert!(moved <= 1, "{start:?} in [{lo}, {hi}]: {moved} switches");
+                    assert_eq!(moved, u64::from(switched));
+                }
+            }
+        });
+    }
+
+    /// With the default thresholds, a run that starts settled sees no switch at all, and one
+    /// that starts from a level the band leaves sees exactly one, to the right level.
+    #[test]
+    fn oscillation_inside_a_band_fixed_runs() {
+        let run = |setup: &[f64], band: (f64, f64)| {
+            let clock = FakeClock::new();
+            let mut aq = AdaptiveQuantizer::new(AdaptiveQuantizerConfig::default()).unwrap();
+            for &p in setup {
                 aq.update(p, clock.now()).unwrap();
             }
-            assert!(aq.transitions() - before <= 1);
-        });
+            let before = aq.transitions();
+            let mut seen = vec![aq.precision()];
+            for i in 0..200 {
+                // 10 updates per dwell period, alternating near both edges of the band.
+                clock.advance(aq.config().min_dwell / 10);
+                let p = if i % 2 == 0 {
+                    band.0 + 1e-3
+                } else {
+                    band.1 - 1e-3
+                };
+                let level = aq.update(p, clock.now()).unwrap();
+                if seen.last() != Some(&level) {
+                    seen.push(level);
+                }
+            }
+            (aq.transitions() - before, seen)
+        };
+        let int8 = (0.65, 0.75);
+        let int4 = (0.80, 0.90);
+        use Precision::{F16, Q4_0, Q8_0};
+        assert_eq!(run(&[], int8), (0, vec![F16]));
+        assert_eq!(run(&[0.8], int8), (0, vec![Q8_0]));
+        assert_eq!(run(&[0.8], int4), (0, vec![Q8_0]));
+        assert_eq!(run(&[0.95], int4), (0, vec![Q4_0]));
+        assert_eq!(run(&[0.95], int8), (1, vec![Q4_0, Q8_0]));
+        assert_eq!(run(&[], int4), (1, vec![F16, Q8_0]));
     }
 
     /// Oscillation across a whole band switches at most twice per dwell period.
