@@ -308,6 +308,10 @@ pub struct PlanSummary {
 /// Budgeted bit allocation over heads: chooses every head's [`KvTier`] to minimise the total
 /// expected error within an average-bits budget. The `assign_precisions` of the seed's
 /// `MixedPrecisionKVCache`. See the module docs for the model and why the result is exact.
+///
+/// Monotone in sensitivity (a head of larger weight never gets fewer bits), but, being exact,
+/// not in the budget: a larger budget can afford one head's step to FP16 in place of two
+/// other heads' steps to INT8, and then gives some head fewer bits than before.
 #[derive(Debug, Clone)]
 pub struct PrecisionPlanner {
     cfg: PrecisionPlannerConfig,
