@@ -77,18 +77,19 @@ fn by_value_then_index(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
 }
 
 /// Writes into `kept` the ascending indices of the `keep` tokens out of `n` that `policy`
-/// keeps for one head. `keys` is the head's `[n, head_dim]` keys, `scores` its H2O scores.
-/// `work` is reusable scratch.
+/// keeps for one head. `keys` is the head's `[n, head_dim]` keys (read by key norm only,
+/// and may be empty otherwise), `scores` its H2O scores. `work` is reusable scratch.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn select(
     policy: &EvictionPolicy<'_>,
     keys: &[f32],
     head_dim: usize,
+    n: usize,
     scores: &[f32],
     keep: usize,
     kept: &mut Vec<u32>,
     work: &mut Vec<(f32, u32)>,
 ) {
-    let n = keys.len() / head_dim;
     debug_assert!(keep <= n && n <= u32::MAX as usize);
     kept.clear();
     if keep == n {
@@ -172,9 +173,9 @@ mod tests {
         let keys = [0.0f32; 10];
         let (mut kept, mut work) = (Vec::new(), Vec::new());
         let p = EvictionPolicy::StreamingLlm { sinks: 2 };
-        select(&p, &keys, 1, &[], 5, &mut kept, &mut work);
+        select(&p, &keys, 1, 10, &[], 5, &mut kept, &mut work);
         assert_eq!(kept, [0, 1, 7, 8, 9]);
-        select(&p, &keys, 1, &[], 1, &mut kept, &mut work);
+        select(&p, &keys, 1, 10, &[], 1, &mut kept, &mut work);
         assert_eq!(kept, [0]);
     }
 
@@ -187,7 +188,7 @@ mod tests {
             recent: 1,
             scores: &scores,
         };
-        select(&p, &keys, 1, &scores, 3, &mut kept, &mut work);
+        select(&p, &keys, 1, 6, &scores, 3, &mut kept, &mut work);
         assert_eq!(kept, [1, 2, 5]);
     }
 }

@@ -8,7 +8,9 @@
 //! codes, scales and zero-points of `group_size` more tokens are exactly the bytes and groups
 //! that quantising the whole sequence would append.
 
-use squish_core::quant::{GroupedQuantConfig, dequantize_grouped_slices, quantize_grouped_slices};
+use squish_core::quant::{
+    GroupAxis, GroupedQuantConfig, dequantize_grouped_slices, quantize_grouped_slices,
+};
 
 /// Something the quantiser refused: the caller reports the right error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,87 @@ impl Groups {
         }
         dequantize_grouped_slices(&self.codes, &self.scales, &self.zeros, cols, cfg, out);
     }
+
+    /// As [`read`](Self::read) for per-column groups (`cfg.axis` is
+    /// [`GroupAxis::AlongColumn`]) of `lens[i]` rows each, as eviction leaves them: each
+    /// group decoded with its own scales and zero-points (the same `zero + code * scale` per
+    /// element, so the same bits as before the eviction).
+    pub(super) fn read_ragged(
+        &self,
+        cols: usize,
+        cfg: &GroupedQuantConfig,
+        lens: &[u32],
+        out: &mut [f32],
+    ) {
+        let row_bytes = cfg.bits.packed_len(cols);
+        let (mut c, mut o) = (0, 0);
+        for ((&len, s), z) in lens
+            .iter()
+            .zip(self.scales.chunks_exact(cols))
+            .zip(self.zeros.chunks_exact(cols))
+        {
+            let len = len as usize;
+            let g = GroupedQuantConfig::new(cfg.bits, len, GroupAxis::AlongColumn);
+            let (cb, ob) = (len * row_bytes, len * cols);
+            dequantize_grouped_slices(&self.codes[c..c + cb], s, z, cols, &g, &mut out[o..o + ob]);
+            (c, o) = (c + cb, o + ob);
+        }
+    }
+
+    /// Keeps the quantised rows `rows` (ascending) of per-row groups (`params_per_row` scales
+    /// and zero-points per row, `row_bytes` of codes), compacting the buffers in place.
+    pub(super) fn retain_rows(&mut self, rows: &[u32], row_bytes: usize, params_per_row: usize) {
+        let rows = || rows.iter().map(|&r| r as usize);
+        compact(&mut self.codes, row_bytes, rows());
+        compact(&mut self.scales, params_per_row, rows());
+        compact(&mut self.zeros, params_per_row, rows());
+    }
+
+    /// Keeps the quantised rows `rows` (ascending) of per-column groups of `lens[i]` rows each
+    /// (`cols` scales and zero-points per group, `row_bytes` of codes per row): compacts the
+    /// codes, shortens each group to the rows it keeps and removes the groups left empty, with
+    /// their parameters.
+    pub(super) fn retain_column_rows(
+        &mut self,
+        rows: &[u32],
+        row_bytes: usize,
+        cols: usize,
+        lens: &mut Vec<u32>,
+    ) {
+        compact(&mut self.codes, row_bytes, rows.iter().map(|&r| r as usize));
+        let (mut start, mut next, mut out) = (0usize, 0usize, 0usize);
+        for g in 0..lens.len() {
+            let end = start + lens[g] as usize;
+            let first = next;
+            while next < rows.len() && (rows[next] as usize) < end {
+                next += 1;
+            }
+            if next > first {
+                self.scales
+                    .copy_within(g * cols..(g + 1) * cols, out * cols);
+                self.zeros.copy_within(g * cols..(g + 1) * cols, out * cols);
+                lens[out] = (next - first) as u32;
+                out += 1;
+            }
+            start = end;
+        }
+        lens.truncate(out);
+        self.scales.truncate(out * cols);
+        self.zeros.truncate(out * cols);
+    }
+}
+
+/// Keeps the rows `rows` (ascending, in bounds) of a row-major buffer of `width` elements per
+/// row, moving them to the front in order, and drops the rest.
+pub(super) fn compact<T: Copy>(buf: &mut Vec<T>, width: usize, rows: impl Iterator<Item = usize>) {
+    let mut n = 0;
+    for r in rows {
+        if r != n {
+            buf.copy_within(r * width..(r + 1) * width, n * width);
+        }
+        n += 1;
+    }
+    buf.truncate(n * width);
 }
 
 /// The anomaly behind squish-core's error (its index is into the quantised slice).

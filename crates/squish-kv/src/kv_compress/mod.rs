@@ -19,6 +19,12 @@
 //! with [`GroupAxis::AlongRow`]. The residual is `f32` rather than `f16`: it is exact (KIVI
 //! keeps it in the model's precision), costs `2 * residual * head_dim * 4` bytes per head, and
 //! appends cost one copy.
+//!
+//! Eviction from a compressed cache ([`KvCompressor::evict`], during decode) keeps what it
+//! keeps without re-quantising: the kept quantised tokens keep their codes and their groups'
+//! parameters, so a per-channel key group may then hold fewer than `group_size` tokens (its
+//! length is stored), and the residual may hold fewer than `residual` tokens until appends
+//! refill it.
 
 mod evict;
 mod kernel;
@@ -125,7 +131,9 @@ impl KvCompressorConfig {
         Ok(())
     }
 
-    /// Tokens of a head holding `n` tokens that are quantised (the rest is the residual).
+    /// Tokens of a head holding `n` tokens that are quantised (the rest is the residual), as
+    /// compression and appends leave it (after [`KvCompressor::evict`], see
+    /// [`CompressedKv::quantized_len`]).
     pub const fn quantized_len(&self, n: usize) -> usize {
         n.saturating_sub(self.residual) / self.group_size * self.group_size
     }
@@ -161,6 +169,9 @@ struct HeadStore {
     v_res: Vec<f32>,
     /// Original positions of the held tokens, only after eviction.
     positions: Vec<u32>,
+    /// Tokens of each per-channel key group, once [`KvCompressor::evict`] has shortened some
+    /// (empty while every group holds `group_size`).
+    k_lens: Vec<u32>,
 }
 
 impl HeadStore {
@@ -171,6 +182,7 @@ impl HeadStore {
         self.k_res.clear();
         self.v_res.clear();
         self.positions.clear();
+        self.k_lens.clear();
     }
 
     /// Empties the head except for the quantised buffers, which the next fill overwrites in
@@ -180,6 +192,38 @@ impl HeadStore {
         self.k_res.clear();
         self.v_res.clear();
         self.positions.clear();
+        self.k_lens.clear();
+    }
+
+    /// Keeps the tokens `kept` (ascending indices into the tokens held) and drops the rest,
+    /// without re-quantising: kept quantised tokens keep their codes and their groups'
+    /// parameters, kept residual tokens their values.
+    fn retain(&mut self, kept: &[u32], d: usize, cfg: &KvCompressorConfig) {
+        let q = self.qlen;
+        let (kq, kr) = kept.split_at(kept.partition_point(|&i| (i as usize) < q));
+        if kq.len() != q {
+            let per_row = d / cfg.value_group_size;
+            match cfg.key_axis {
+                GroupAxis::AlongColumn => {
+                    if self.k_lens.is_empty() {
+                        let g = cfg.group_size;
+                        self.k_lens.resize(q / g, g as u32);
+                    }
+                    let rb = cfg.key_bits.packed_len(d);
+                    self.k.retain_column_rows(kq, rb, d, &mut self.k_lens);
+                }
+                GroupAxis::AlongRow => {
+                    self.k.retain_rows(kq, cfg.key_bits.packed_len(d), per_row);
+                }
+            }
+            self.v
+                .retain_rows(kq, cfg.value_bits.packed_len(d), per_row);
+            self.qlen = kq.len();
+        }
+        let res = || kr.iter().map(|&i| i as usize - q);
+        kernel::compact(&mut self.k_res, d, res());
+        kernel::compact(&mut self.v_res, d, res());
+        kernel::compact(&mut self.positions, 1, kept.iter().map(|&i| i as usize));
     }
 
     /// Payload bytes: the buffers' lengths (spare capacity not counted).
@@ -188,7 +232,7 @@ impl HeadStore {
         self.k.bytes()
             + self.v.bytes()
             + f * (self.k_res.len() + self.v_res.len())
-            + size_of::<u32>() * self.positions.len()
+            + size_of::<u32>() * (self.positions.len() + self.k_lens.len())
     }
 }
 
@@ -272,7 +316,8 @@ impl CompressedKv {
     }
 
     /// Payload bytes held, from the buffers' lengths: packed key and value codes, 4 bytes per
-    /// scale and per zero-point, 4 per residual `f32`, and 4 per kept position after eviction
+    /// scale and per zero-point, 4 per residual `f32`, 4 per kept position after eviction,
+    /// and 4 per key group once [`KvCompressor::evict`] has shortened groups (their lengths)
     /// (spare capacity kept for reuse is not counted).
     pub fn payload_bytes(&self) -> usize {
         self.heads.iter().map(HeadStore::bytes).sum()
@@ -379,15 +424,23 @@ impl CompressedKv {
     }
 
     fn decode_head(&self, h: usize, keys: &mut [f32], values: &mut [f32]) {
+        self.decode_head_keys(h, keys);
+        let s = &self.heads[h];
+        let (vq, vr) = values.split_at_mut(s.qlen * self.head_dim);
+        s.v.read(self.head_dim, &self.cfg.value_quant(), vq);
+        vr.copy_from_slice(&s.v_res);
+    }
+
+    fn decode_head_keys(&self, h: usize, keys: &mut [f32]) {
         let s = &self.heads[h];
         let d = self.head_dim;
-        let q = s.qlen * d;
-        let (kq, kr) = keys.split_at_mut(q);
-        let (vq, vr) = values.split_at_mut(q);
-        s.k.read(d, &self.cfg.key_quant(), kq);
-        s.v.read(d, &self.cfg.value_quant(), vq);
+        let (kq, kr) = keys.split_at_mut(s.qlen * d);
+        if s.k_lens.is_empty() {
+            s.k.read(d, &self.cfg.key_quant(), kq);
+        } else {
+            s.k.read_ragged(d, &self.cfg.key_quant(), &s.k_lens, kq);
+        }
         kr.copy_from_slice(&s.k_res);
-        vr.copy_from_slice(&s.v_res);
     }
 }
 
@@ -650,6 +703,9 @@ impl KvCompressor {
             }
             if s.k_res.len() / d == r + g {
                 s.qlen += g;
+                if !s.k_lens.is_empty() {
+                    s.k_lens.push(g as u32);
+                }
                 s.k_res.copy_within(m.., 0);
                 s.k_res.truncate(r * d);
                 s.v_res.copy_within(m.., 0);
@@ -657,6 +713,143 @@ impl KvCompressor {
             }
         }
         cache.next_position += 1;
+        Ok(())
+    }
+
+    /// Evicts tokens from a compressed cache, as decoding goes (StreamingLLM's rolling
+    /// window, H2O with the scores accumulated so far, key norm): head `h` keeps
+    /// `eviction`'s budget of the `head_len(h)` tokens it holds, chosen by the policy among
+    /// them, in temporal order; [`CompressedKv::positions`] then names their original
+    /// positions.
+    ///
+    /// Nothing is re-quantised, so every kept token decompresses to the very bits it did
+    /// before: kept quantised tokens keep their codes and their groups' scales and
+    /// zero-points (a per-channel key group may shrink below `group_size` tokens, and goes
+    /// when empty), kept residual tokens their `f32` values. Tokens appended later join the
+    /// residual window and age into full groups as usual. The policy sees the cache as it is:
+    /// key norms are those of the decompressed keys; H2O's scores are one per held token,
+    /// head `h`'s `head_len(h)` scores after head `h - 1`'s (`[heads, len]` row-major when the
+    /// heads hold equal counts).
+    ///
+    /// # Errors
+    /// - [`Error::Shape`] if `cache` was made with another configuration, a per-head budget
+    ///   does not hold one count per head, or the H2O scores are not one per held token.
+    /// - [`Error::Core`] (`NonFinite`) for a NaN or infinite H2O score.
+    ///
+    /// The cache is unchanged on every error.
+    ///
+    /// # Performance
+    /// No allocation once the compressor's scratch and the cache's buffers have grown. Per
+    /// head that evicts, one selection (key norm also decompresses the head's keys) and one
+    /// in-place compaction of its buffers.
+    ///
+    /// # Example
+    /// A StreamingLLM window during decode: 4 attention sinks and the most recent tokens, 64
+    /// tokens per head in all.
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use squish_core::quant::QuantBits;
+    /// use squish_kv::kv_compress::{
+    ///     Budget, CompressedKv, Eviction, EvictionPolicy, KvCompressor, KvCompressorConfig,
+    /// };
+    /// let mut comp = KvCompressor::new(KvCompressorConfig::new(QuantBits::B4, 32, 16))?;
+    /// let mut kv = CompressedKv::new();
+    /// let prompt = Array3::from_shape_fn((2, 60, 64), |(h, t, c)| ((h + t + c) % 9) as f32);
+    /// comp.compress_into(&prompt, &prompt, None, &mut kv)?;
+    /// let window = Eviction::new(EvictionPolicy::StreamingLlm { sinks: 4 }, Budget::Equal(64));
+    /// for step in 0..20 {
+    ///     let token = Array2::from_elem((2, 64), step as f32 * 0.1);
+    ///     comp.append(&token, &token, &mut kv)?;
+    ///     comp.evict(&window, &mut kv)?;
+    /// }
+    /// assert_eq!(kv.head_len(0), 64);
+    /// let pos = kv.positions(0).unwrap();
+    /// assert_eq!((&pos[..5], pos[63]), (&[0, 1, 2, 3, 20][..], 79));
+    /// # Ok::<(), squish_kv::Error>(())
+    /// ```
+    pub fn evict(&mut self, eviction: &Eviction<'_>, cache: &mut CompressedKv) -> Result<()> {
+        if cache.cfg != self.cfg {
+            return Err(ShapeError::new(
+                "KvCompressor evict",
+                "a cache compressed with this configuration",
+                "another configuration",
+            )
+            .into());
+        }
+        let heads = cache.heads();
+        let total: usize = (0..heads).map(|h| cache.head_len(h)).sum();
+        if let Budget::PerHead(ks) = eviction.budget
+            && ks.len() != heads
+        {
+            return Err(ShapeError::new(
+                "KvCompressor evict per-head budget",
+                format_args!("{heads} counts"),
+                ks.len(),
+            )
+            .into());
+        }
+        if let EvictionPolicy::H2o { scores, .. } = eviction.policy {
+            if scores.len() != total {
+                return Err(ShapeError::new(
+                    "KvCompressor evict H2O scores",
+                    format_args!("{total} values (one per held token)"),
+                    scores.len(),
+                )
+                .into());
+            }
+            squish_core::check_finite("KvCompressor evict H2O scores", scores)?;
+        }
+        let evicts = |h: usize| {
+            let n = cache.head_len(h);
+            eviction.keep(h, n) < n
+        };
+        if !(0..heads).any(evicts) {
+            return Ok(());
+        }
+        if !cache.evicted {
+            // Until now every head held the positions 0..len.
+            for s in &mut cache.heads {
+                let n = (s.qlen + s.k_res.len() / cache.head_dim.max(1)) as u32;
+                s.positions.clear();
+                s.positions.extend(0..n);
+            }
+            cache.evicted = true;
+        }
+        let d = cache.head_dim;
+        let (mut kept, mut keys) = (
+            std::mem::take(&mut self.kept),
+            std::mem::take(&mut self.gather_k),
+        );
+        let mut offset = 0;
+        for h in 0..heads {
+            let n = cache.head_len(h);
+            let keep = eviction.keep(h, n);
+            let scores = match eviction.policy {
+                EvictionPolicy::H2o { scores, .. } => &scores[offset..offset + n],
+                _ => &[],
+            };
+            offset += n;
+            if keep == n {
+                continue;
+            }
+            keys.clear();
+            if matches!(eviction.policy, EvictionPolicy::KeyNorm) {
+                keys.resize(n * d, 0.0);
+                cache.decode_head_keys(h, &mut keys);
+            }
+            evict::select(
+                &eviction.policy,
+                &keys,
+                d,
+                n,
+                scores,
+                keep,
+                &mut kept,
+                &mut self.work,
+            );
+            cache.heads[h].retain(&kept, d, &self.cfg);
+        }
+        (self.kept, self.gather_k) = (kept, keys);
         Ok(())
     }
 
@@ -718,7 +911,7 @@ impl KvCompressor {
         };
         let mut kept = std::mem::take(&mut self.kept);
         // `select` orders NaN norms or scores totally; a NaN anywhere fails the head below.
-        evict::select(&e.policy, kh, d, scores, keep, &mut kept, &mut self.work);
+        evict::select(&e.policy, kh, d, n, scores, keep, &mut kept, &mut self.work);
         self.gather_k.clear();
         self.gather_v.clear();
         // Kept tokens are ascending: copy runs of consecutive tokens at once, and scan the

@@ -850,3 +850,235 @@ fn compressor_is_send_sync() {
     assert_send_sync::<KvCompressor>();
     assert_send_sync::<CompressedKv>();
 }
+
+/// Each head's decompressed `[len, d]` keys and values.
+fn decompress_heads(kv: &CompressedKv) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let d = kv.head_dim();
+    (0..kv.heads())
+        .map(|h| {
+            let n = kv.head_len(h) * d;
+            let (mut k, mut v) = (vec![0.0; n], vec![0.0; n]);
+            kv.decompress_head_into(h, &mut k, &mut v).unwrap();
+            (k, v)
+        })
+        .collect()
+}
+
+/// Decode-time eviction against oracles that do not trust it, over rounds of appends and
+/// evictions on random configurations: each head keeps exactly its budget; the kept set is a
+/// naive stable argsort's over the tokens held (norms of the decompressed keys, the given
+/// scores, sinks + recent); every kept token decompresses to the very bits it had (nothing is
+/// re-quantised) and `positions` names its original position; tokens appended afterwards
+/// that age into groups are exactly squish-core's `quantize_grouped` of their rows.
+#[test]
+fn decode_time_eviction_keeps_exact_bits_and_matches_argsort() {
+    prop::check("kv_compress_decode_eviction", 120, |rng| {
+        let d = [4usize, 8, 16][rng.random_range(0..3)];
+        let cfg = random_cfg(rng, d);
+        let heads = rng.random_range(1..4);
+        let seq = rng.random_range(0..50);
+        let k = random_data(rng, heads * seq * d);
+        let v = random_data(rng, heads * seq * d);
+        let mut comp = KvCompressor::new(cfg.clone()).unwrap();
+        let mut kv = CompressedKv::new();
+        let ka = Array3::from_shape_vec((heads, seq, d), k).unwrap();
+        let va = Array3::from_shape_vec((heads, seq, d), v).unwrap();
+        comp.compress_into(&ka, &va, None, &mut kv).unwrap();
+        for _ in 0..4 {
+            // Appends: check the groups they age against squish-core.
+            let before = decompress_heads(&kv);
+            let q0: Vec<usize> = (0..heads).map(|h| kv.quantized_len(h)).collect();
+            let m = rng.random_range(0..2 * cfg.group_size + 3);
+            let mut rows = vec![(Vec::new(), Vec::new()); heads];
+            for _ in 0..m {
+                let tk = normal_vec(rng, heads * d, 0.0, 2.0);
+                let tv = normal_vec(rng, heads * d, 0.0, 1.0);
+                for (h, r) in rows.iter_mut().enumerate() {
+                    r.0.extend_from_slice(&tk[h * d..(h + 1) * d]);
+                    r.1.extend_from_slice(&tv[h * d..(h + 1) * d]);
+                }
+                let (tk, tv) = (
+                    Array2::from_shape_vec((heads, d), tk).unwrap(),
+                    Array2::from_shape_vec((heads, d), tv).unwrap(),
+                );
+                comp.append(&tk, &tv, &mut kv).unwrap();
+            }
+            let after = decompress_heads(&kv);
+            for h in 0..heads {
+                let (q0, q1) = (q0[h] * d, kv.quantized_len(h) * d);
+                // Every token held before keeps its bits...
+                let (bk, bv) = &before[h];
+                let n0 = bk.len();
+                assert_eq!(&after[h].0[..q0], &bk[..q0]);
+                assert_eq!(&after[h].1[..q0], &bv[..q0]);
+                // ...and the newly aged groups are squish-core's quantisation of their rows
+                // (the old residual, exact, then the appended tokens).
+                let raw_k: Vec<f32> = bk[q0..].iter().chain(&rows[h].0).copied().collect();
+                let raw_v: Vec<f32> = bv[q0..].iter().chain(&rows[h].1).copied().collect();
+                let g = (q1 - q0) / d;
+                let ko = quantize_grouped(&raw_k[..q1 - q0], g, d, &key_cfg(&cfg)).unwrap();
+                let vo = quantize_grouped(&raw_v[..q1 - q0], g, d, &value_cfg(&cfg)).unwrap();
+                assert_eq!(
+                    after[h].0[q0..q1],
+                    ko.dequantize()[..],
+                    "head {h} aged keys"
+                );
+                assert_eq!(
+                    after[h].1[q0..q1],
+                    vo.dequantize()[..],
+                    "head {h} aged values"
+                );
+                assert_eq!(after[h].0[q1..], raw_k[q1 - q0..], "head {h} residual keys");
+                assert_eq!(
+                    after[h].1[q1..],
+                    raw_v[q1 - q0..],
+                    "head {h} residual values"
+                );
+                assert_eq!(after[h].0.len(), n0 + m * d);
+            }
+
+            // Eviction.
+            let pre = decompress_heads(&kv);
+            let lens: Vec<usize> = (0..heads).map(|h| kv.head_len(h)).collect();
+            let total: usize = lens.iter().sum();
+            let positions: Vec<Vec<u32>> = (0..heads)
+                .map(|h| {
+                    kv.positions(h)
+                        .map_or_else(|| (0..lens[h] as u32).collect(), <[u32]>::to_vec)
+                })
+                .collect();
+            let scores: Vec<f32> = (0..total).map(|_| rng.random_range(0..6) as f32).collect();
+            let policy = match rng.random_range(0..3) {
+                0 => EvictionPolicy::StreamingLlm {
+                    sinks: rng.random_range(0..4),
+                },
+                1 => EvictionPolicy::H2o {
+                    recent: rng.random_range(0..6),
+                    scores: &scores,
+                },
+                _ => EvictionPolicy::KeyNorm,
+            };
+            let max = lens.iter().copied().max().unwrap_or(0);
+            let per_head: Vec<usize> = (0..heads).map(|_| rng.random_range(0..max + 3)).collect();
+            let budget = if rng.random_range(0..2) == 0 {
+                Budget::Equal(rng.random_range(0..max + 3))
+            } else {
+                Budget::PerHead(&per_head)
+            };
+            comp.evict(&Eviction::new(policy, budget), &mut kv).unwrap();
+            let post = decompress_heads(&kv);
+            let mut offset = 0;
+            for h in 0..heads {
+                let n = lens[h];
+                let keep = match budget {
+                    Budget::Equal(b) => b.min(n),
+                    Budget::PerHead(b) => b[h].min(n),
+                };
+                assert_eq!(kv.head_len(h), keep, "exact budget of head {h}");
+                let sc = &scores[offset..offset + n];
+                offset += n;
+                let head_policy = match policy {
+                    EvictionPolicy::H2o { recent, .. } => {
+                        EvictionPolicy::H2o { recent, scores: sc }
+                    }
+                    p => p,
+                };
+                let reference = argsort_reference(&head_policy, &pre[h].0, d, 0, keep);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                for (j, &t) in reference.iter().enumerate() {
+                    let (t, j) = (t as usize, j);
+                    assert_eq!(
+                        bits(&post[h].0[j * d..(j + 1) * d]),
+                        bits(&pre[h].0[t * d..(t + 1) * d]),
+                        "head {h}: key of kept token {t}"
+                    );
+                    assert_eq!(
+                        bits(&post[h].1[j * d..(j + 1) * d]),
+                        bits(&pre[h].1[t * d..(t + 1) * d]),
+                        "head {h}: value of kept token {t}"
+                    );
+                }
+                let want: Vec<u32> = reference
+                    .iter()
+                    .map(|&t| positions[h][t as usize])
+                    .collect();
+                if kv.positions(h).is_some() || keep < n {
+                    assert_eq!(kv.positions(h).unwrap(), want, "positions of head {h}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn decode_time_eviction_errors_leave_the_cache_unchanged() {
+    let cfg = KvCompressorConfig::new(QuantBits::B4, 4, 2);
+    let mut comp = KvCompressor::new(cfg.clone()).unwrap();
+    let k = Array3::from_shape_fn((2, 11, 8), |(h, t, c)| (h * 7 + t * 3 + c) as f32 * 0.1);
+    let mut kv = CompressedKv::new();
+    comp.compress_into(&k, &k, None, &mut kv).unwrap();
+    let kept = kv.clone();
+    let ev = |p, b| Eviction::new(p, b);
+    let scores = vec![1.0f32; 22];
+    let mut bad = scores.clone();
+    bad[13] = f32::NAN;
+    let cases: [(Eviction<'_>, &str); 3] = [
+        (
+            ev(EvictionPolicy::KeyNorm, Budget::PerHead(&[3])),
+            "shape mismatch in KvCompressor evict per-head budget: expected 2 counts, got 1",
+        ),
+        (
+            ev(
+                EvictionPolicy::H2o {
+                    recent: 1,
+                    scores: &scores[..21],
+                },
+                Budget::Equal(5),
+            ),
+            "shape mismatch in KvCompressor evict H2O scores: expected 22 values (one per held token), got 21",
+        ),
+        (
+            ev(
+                EvictionPolicy::H2o {
+                    recent: 1,
+                    scores: &bad,
+                },
+                Budget::Equal(5),
+            ),
+            "non-finite value in KvCompressor evict H2O scores: element 13 is NaN",
+        ),
+    ];
+    for (e, msg) in cases {
+        assert_eq!(comp.evict(&e, &mut kv).unwrap_err().to_string(), msg);
+        assert_eq!(kv, kept);
+    }
+    // Another configuration's cache.
+    let mut other = KvCompressor::new(KvCompressorConfig::new(QuantBits::B8, 4, 2)).unwrap();
+    let e = other
+        .evict(&ev(EvictionPolicy::KeyNorm, Budget::Equal(1)), &mut kv)
+        .unwrap_err();
+    insta::assert_snapshot!(e, @"shape mismatch in KvCompressor evict: expected a cache compressed with this configuration, got another configuration");
+    assert_eq!(kv, kept);
+    // A budget at or above every head's length changes nothing, not even the evicted flag.
+    comp.evict(&ev(EvictionPolicy::KeyNorm, Budget::Equal(11)), &mut kv)
+        .unwrap();
+    assert_eq!(kv, kept);
+    assert!(kv.positions(0).is_none());
+    // StreamingLLM down to 6 of 11 (8 quantised in groups of 4, 3 residual): sinks 0, 1 and
+    // tokens 7..11; the first group keeps 2 of its 4 tokens, the second group 1 (token 7).
+    comp.evict(
+        &ev(EvictionPolicy::StreamingLlm { sinks: 2 }, Budget::Equal(6)),
+        &mut kv,
+    )
+    .unwrap();
+    for h in 0..2 {
+        assert_eq!(kv.positions(h).unwrap(), [0, 1, 7, 8, 9, 10]);
+        assert_eq!(kv.quantized_len(h), 3);
+        assert_eq!(kv.heads[h].k_lens, [2, 1]);
+    }
+    // Bytes: 3 quantised tokens of 8 channels at 4 bits (4 bytes of codes each, keys and
+    // values), 2 key groups x 8 channels and 3 tokens x 2 value groups of (scale, zero), 3
+    // residual tokens x 8 x 2 f32, 6 positions and 2 group lengths.
+    let per_head = 3 * 4 * 2 + (2 * 8 + 3 * 2) * 2 * 4 + 3 * 8 * 2 * 4 + 6 * 4 + 2 * 4;
+    assert_eq!(kv.payload_bytes(), 2 * per_head);
+}
