@@ -9,6 +9,9 @@
 //!   tokens per head (selection, gather, then 96 tokens quantised and 19 held in f32).
 //! - `decompress` `heads=8,seq=128,head_dim=64`: the seed row's compressed cache reconstructed
 //!   into reused key and value buffers (131 072 values).
+//! - `append_evict` `streaming_llm,heads=8,window=128` (no seed row): one decode step of a
+//!   StreamingLLM window on that cache, `append` of one token per head then `evict` back to
+//!   128 tokens (4 sinks): the eviction compacts each head's buffers in place.
 //!
 //! `Throughput::Elements` counts keys plus values.
 //!
@@ -125,6 +128,31 @@ pub(crate) fn benches(c: &mut Criterion) {
         },
     );
     g.finish();
+
+    // One decode step of a StreamingLLM window: append a token to every head, then evict
+    // back to 128 tokens (4 sinks); the cache's size is steady, so every iteration is alike.
+    let window = Eviction::new(
+        EvictionPolicy::StreamingLlm { sinks: 4 },
+        Budget::Equal(SEQ),
+    );
+    let token = ndarray::Array2::from_elem((HEADS, HEAD_DIM), 0.5f32);
+    let mut rolling = CompressedKv::new();
+    comp.compress_into(&keys, &values, None, &mut rolling)
+        .expect("finite data");
+    let mut g = c.benchmark_group("KvCompressor/append_evict");
+    g.throughput(Throughput::Elements(HEADS as u64));
+    g.bench_function(
+        BenchmarkId::from_parameter(format!("streaming_llm,heads={HEADS},window={SEQ}")),
+        |b| {
+            b.iter(|| {
+                comp.append(black_box(&token), black_box(&token), &mut rolling)
+                    .expect("finite token");
+                comp.evict(&window, &mut rolling).expect("valid eviction");
+            });
+        },
+    );
+    g.finish();
+    assert_eq!(rolling.head_len(0), SEQ);
 
     comp.compress_into(&keys, &values, None, &mut kv)
         .expect("finite data");

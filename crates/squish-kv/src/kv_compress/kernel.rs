@@ -172,15 +172,25 @@ impl Groups {
 }
 
 /// Keeps the rows `rows` (ascending, in bounds) of a row-major buffer of `width` elements per
-/// row, moving them to the front in order, and drops the rest.
+/// row, moving them to the front in order, and drops the rest. Runs of consecutive rows move
+/// with one copy (a rolling window keeps one long run).
 pub(super) fn compact<T: Copy>(buf: &mut Vec<T>, width: usize, rows: impl Iterator<Item = usize>) {
-    let mut n = 0;
-    for r in rows {
-        if r != n {
-            buf.copy_within(r * width..(r + 1) * width, n * width);
+    // `n` rows kept so far; the pending run is rows `start..end`, bound for row `n - len`.
+    let (mut n, mut start, mut end) = (0, 0, 0);
+    let flush = |start: usize, end: usize, to: usize, buf: &mut Vec<T>| {
+        if start != to && end > start {
+            buf.copy_within(start * width..end * width, to * width);
         }
+    };
+    for r in rows {
+        if r != end {
+            flush(start, end, n - (end - start), buf);
+            start = r;
+        }
+        end = r + 1;
         n += 1;
     }
+    flush(start, end, n - (end - start), buf);
     buf.truncate(n * width);
 }
 

@@ -741,7 +741,11 @@ impl KvCompressor {
     /// # Performance
     /// No allocation once the compressor's scratch and the cache's buffers have grown. Per
     /// head that evicts, one selection (key norm also decompresses the head's keys) and one
-    /// in-place compaction of its buffers.
+    /// in-place compaction of its buffers (one move per run of kept tokens). A StreamingLLM
+    /// window of 128 tokens on 8 heads of 64 channels at 8 bits, one token appended and one
+    /// evicted per decode step: about 9 µs per step on the 2-core AVX2 VM of the benches
+    /// (`KvCompressor/append_evict`), mostly moving each head's codes down by a token;
+    /// evicting in batches (a window with some slack) amortises that.
     ///
     /// # Example
     /// A StreamingLLM window during decode: 4 attention sinks and the most recent tokens, 64
