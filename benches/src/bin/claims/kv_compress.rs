@@ -24,13 +24,17 @@
 //! the exact f32 attention. With eviction, a query sees the kept tokens at or before its
 //! position. Eviction budgets are half the tokens per head: StreamingLLM (4 sinks + recent),
 //! H2O (a quarter of the tokens as the recent window, the rest by accumulated attention of the
-//! exact prefill, which is what H2O accumulates) and key norm (lowest norms).
+//! exact prefill, which is what H2O accumulates) and key norm (lowest norms), applied to the
+//! whole capture at once; and StreamingLLM during decode (`streaming_llm_decode`): the first
+//! half compressed, the rest appended token by token with `KvCompressor::evict` after each,
+//! which keeps the same tokens but never re-quantises them (their key groups were formed
+//! before the eviction, over tokens since evicted).
 //!
 //! The seed's own approach is measured too: one symmetric INT8 scale per tensor (bytes: one per
 //! value + one scale). `ratio_vs_f16_quantized_tokens` leaves out the f32 tail (and kept
 //! positions): the steady-state ratio of a long cache.
 
-use ndarray::Array3;
+use ndarray::{Array3, s};
 use serde_json::{Value, json};
 use squish_core::quant::{GroupAxis, QuantBits};
 use squish_kv::kv_compress::{
@@ -214,15 +218,46 @@ fn h2o_scores(c: &Capture) -> Vec<f32> {
     scores.into_iter().map(|s| s as f32).collect()
 }
 
+/// How the cache is built.
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    /// One `compress_into` of the whole capture, eviction (if any) applied to it.
+    Prefill,
+    /// `compress_into` of the first half, then the rest appended token by token, each append
+    /// followed by `evict` (decode-time eviction).
+    Decode,
+}
+
 /// Compresses one capture and adds its bytes and errors to `t`.
-fn run(c: &Capture, cfg: &KvCompressorConfig, ev: Option<&Eviction<'_>>, t: &mut Tally) {
+fn run(
+    c: &Capture,
+    cfg: &KvCompressorConfig,
+    ev: Option<&Eviction<'_>>,
+    build: Build,
+    t: &mut Tally,
+) {
     let (h, n) = (c.kv_heads, c.n);
     let ka = Array3::from_shape_vec((h, n, D), c.k.clone()).expect("shape");
     let va = Array3::from_shape_vec((h, n, D), c.v.clone()).expect("shape");
     let mut comp = KvCompressor::new(cfg.clone()).expect("valid config");
     let mut kv = CompressedKv::new();
-    comp.compress_into(&ka, &va, ev, &mut kv)
-        .expect("finite data");
+    match (build, ev) {
+        (Build::Decode, Some(ev)) => {
+            let half = n / 2;
+            let (kp, vp) = (ka.slice(s![.., ..half, ..]), va.slice(s![.., ..half, ..]));
+            comp.compress_into(&kp, &vp, None, &mut kv)
+                .expect("finite data");
+            comp.evict(ev, &mut kv).expect("valid eviction");
+            for i in half..n {
+                let (kt, vt) = (ka.slice(s![.., i, ..]), va.slice(s![.., i, ..]));
+                comp.append(&kt, &vt, &mut kv).expect("finite data");
+                comp.evict(ev, &mut kv).expect("valid eviction");
+            }
+        }
+        _ => comp
+            .compress_into(&ka, &va, ev, &mut kv)
+            .expect("finite data"),
+    }
     t.bytes += kv.bytes_held();
     t.f16_bytes += 2 * h * n * D * 2;
     let mut tail = 0;
@@ -329,7 +364,7 @@ pub(super) fn measure(opts: Opts) -> Measured {
                 cfg.key_axis = axis;
                 let mut t = Tally::default();
                 for c in caps.iter() {
-                    run(c, &cfg, None, &mut t);
+                    run(c, &cfg, None, Build::Prefill, &mut t);
                 }
                 let keys = if axis == GroupAxis::AlongColumn {
                     "per_channel_keys"
@@ -357,12 +392,28 @@ pub(super) fn measure(opts: Opts) -> Measured {
                         _ => EvictionPolicy::KeyNorm,
                     };
                     let ev = Eviction::new(p, Budget::Equal(keep));
-                    run(c, &cfg, Some(&ev), &mut t);
+                    run(c, &cfg, Some(&ev), Build::Prefill, &mut t);
                 }
                 rows.insert(format!("{},evict50%_{policy}", bits_name(bits)), t.json());
                 if bits == QuantBits::B4 {
                     headline.push((set, bits_name(bits), policy, t));
                 }
+            }
+            // StreamingLLM during decode: the window rolls from the middle of the capture on,
+            // evicting from the compressed cache (no re-quantisation) after every token.
+            let cfg = KvCompressorConfig::new(bits, GROUP, 0);
+            let mut t = Tally::default();
+            for c in caps.iter() {
+                let p = EvictionPolicy::StreamingLlm { sinks: 4 };
+                let ev = Eviction::new(p, Budget::Equal(c.n / 2));
+                run(c, &cfg, Some(&ev), Build::Decode, &mut t);
+            }
+            rows.insert(
+                format!("{},evict50%_streaming_llm_decode", bits_name(bits)),
+                t.json(),
+            );
+            if bits == QuantBits::B4 {
+                headline.push((set, bits_name(bits), "streaming_llm decode", t));
             }
         }
         details.insert(set.into(), Value::Object(rows));
