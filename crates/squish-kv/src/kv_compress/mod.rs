@@ -195,6 +195,11 @@ impl HeadStore {
         self.k_lens.clear();
     }
 
+    /// Tokens held, quantised and residual (`d` channels per token).
+    fn len(&self, d: usize) -> usize {
+        self.qlen + self.k_res.len() / d.max(1)
+    }
+
     /// Keeps the tokens `kept` (ascending indices into the tokens held) and drops the rest,
     /// without re-quantising: kept quantised tokens keep their codes and their groups'
     /// parameters, kept residual tokens their values.
@@ -289,8 +294,7 @@ impl CompressedKv {
     /// # Panics
     /// If `h >= heads()`.
     pub fn head_len(&self, h: usize) -> usize {
-        let s = &self.heads[h];
-        s.qlen + s.k_res.len() / self.head_dim.max(1)
+        self.heads[h].len(self.head_dim)
     }
 
     /// Tokens of head `h` held quantised (the rest are in the `f32` residual window).
@@ -556,7 +560,13 @@ impl KvCompressor {
             return Err(ShapeError::new("KvCompressor seq_len", "< 2^32", seq).into());
         }
         if let Some(e) = eviction {
-            check_eviction(e, heads, seq)?;
+            check_eviction(
+                e,
+                heads,
+                heads * seq,
+                format_args!("{heads} x {seq} = {} values", heads * seq),
+                ("KvCompressor per-head budget", "KvCompressor H2O scores"),
+            )?;
         }
         let k_std = keys.as_standard_layout();
         let v_std = values.as_standard_layout();
@@ -621,14 +631,7 @@ impl KvCompressor {
             )
             .into());
         }
-        if cache.cfg != self.cfg {
-            return Err(ShapeError::new(
-                "KvCompressor append",
-                "a cache compressed with this configuration",
-                "another configuration",
-            )
-            .into());
-        }
+        self.check_config_of(cache, "KvCompressor append")?;
         let pos = u32::try_from(cache.next_position).map_err(|_| {
             ShapeError::new(
                 "KvCompressor append position",
@@ -772,37 +775,19 @@ impl KvCompressor {
     /// # Ok::<(), squish_kv::Error>(())
     /// ```
     pub fn evict(&mut self, eviction: &Eviction<'_>, cache: &mut CompressedKv) -> Result<()> {
-        if cache.cfg != self.cfg {
-            return Err(ShapeError::new(
-                "KvCompressor evict",
-                "a cache compressed with this configuration",
-                "another configuration",
-            )
-            .into());
-        }
+        self.check_config_of(cache, "KvCompressor evict")?;
         let heads = cache.heads();
         let total: usize = (0..heads).map(|h| cache.head_len(h)).sum();
-        if let Budget::PerHead(ks) = eviction.budget
-            && ks.len() != heads
-        {
-            return Err(ShapeError::new(
+        check_eviction(
+            eviction,
+            heads,
+            total,
+            format_args!("{total} values (one per held token)"),
+            (
                 "KvCompressor evict per-head budget",
-                format_args!("{heads} counts"),
-                ks.len(),
-            )
-            .into());
-        }
-        if let EvictionPolicy::H2o { scores, .. } = eviction.policy {
-            if scores.len() != total {
-                return Err(ShapeError::new(
-                    "KvCompressor evict H2O scores",
-                    format_args!("{total} values (one per held token)"),
-                    scores.len(),
-                )
-                .into());
-            }
-            squish_core::check_finite("KvCompressor evict H2O scores", scores)?;
-        }
+                "KvCompressor evict H2O scores",
+            ),
+        )?;
         let evicts = |h: usize| {
             let n = cache.head_len(h);
             eviction.keep(h, n) < n
@@ -813,7 +798,7 @@ impl KvCompressor {
         if !cache.evicted {
             // Until now every head held the positions 0..len.
             for s in &mut cache.heads {
-                let n = (s.qlen + s.k_res.len() / cache.head_dim.max(1)) as u32;
+                let n = s.len(cache.head_dim) as u32;
                 s.positions.clear();
                 s.positions.extend(0..n);
             }
@@ -854,6 +839,19 @@ impl KvCompressor {
             cache.heads[h].retain(&kept, d, &self.cfg);
         }
         (self.kept, self.gather_k) = (kept, keys);
+        Ok(())
+    }
+
+    /// [`Error::Shape`] (in `context`) unless `cache` was made with this configuration.
+    fn check_config_of(&self, cache: &CompressedKv, context: &'static str) -> Result<()> {
+        if cache.cfg != self.cfg {
+            return Err(ShapeError::new(
+                context,
+                "a cache compressed with this configuration",
+                "another configuration",
+            )
+            .into());
+        }
         Ok(())
     }
 
@@ -1078,27 +1076,26 @@ fn all_finite(k: &[f32], v: &[f32]) -> bool {
 /// Anomaly indices at or above this refer to the values.
 const VALUES: usize = 1 << 62;
 
-fn check_eviction(e: &Eviction<'_>, heads: usize, seq: usize) -> Result<()> {
+/// Checks an eviction request against `heads` heads holding `tokens` tokens in all (the H2O
+/// scores' expected length, described as `shape` in the error); `site` names the call in
+/// the errors: (per-head budget context, H2O scores context).
+fn check_eviction(
+    e: &Eviction<'_>,
+    heads: usize,
+    tokens: usize,
+    shape: std::fmt::Arguments<'_>,
+    site: (&'static str, &'static str),
+) -> Result<()> {
     if let Budget::PerHead(ks) = e.budget
         && ks.len() != heads
     {
-        return Err(ShapeError::new(
-            "KvCompressor per-head budget",
-            format_args!("{heads} counts"),
-            ks.len(),
-        )
-        .into());
+        return Err(ShapeError::new(site.0, format_args!("{heads} counts"), ks.len()).into());
     }
     if let EvictionPolicy::H2o { scores, .. } = e.policy {
-        if scores.len() != heads * seq {
-            return Err(ShapeError::new(
-                "KvCompressor H2O scores",
-                format_args!("{heads} x {seq} = {} values", heads * seq),
-                scores.len(),
-            )
-            .into());
+        if scores.len() != tokens {
+            return Err(ShapeError::new(site.1, shape, scores.len()).into());
         }
-        squish_core::check_finite("KvCompressor H2O scores", scores)?;
+        squish_core::check_finite(site.1, scores)?;
     }
     Ok(())
 }

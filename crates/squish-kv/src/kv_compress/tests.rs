@@ -562,6 +562,20 @@ fn argsort_reference(
     kept.into_iter().map(|i| i as u32).collect()
 }
 
+/// One of the three policies with random parameters (H2O reading `scores`).
+fn random_policy<'a, R: rand::Rng + ?Sized>(rng: &mut R, scores: &'a [f32]) -> EvictionPolicy<'a> {
+    match rng.random_range(0..3) {
+        0 => EvictionPolicy::StreamingLlm {
+            sinks: rng.random_range(0..5),
+        },
+        1 => EvictionPolicy::H2o {
+            recent: rng.random_range(0..8),
+            scores,
+        },
+        _ => EvictionPolicy::KeyNorm,
+    }
+}
+
 #[test]
 fn eviction_keeps_the_budget_and_matches_argsort() {
     prop::check("kv_compress_eviction", 60, |rng| {
@@ -574,16 +588,7 @@ fn eviction_keeps_the_budget_and_matches_argsort() {
         let scores: Vec<f32> = (0..heads * seq)
             .map(|_| rng.random_range(0..10) as f32)
             .collect();
-        let policy = match rng.random_range(0..3) {
-            0 => EvictionPolicy::StreamingLlm {
-                sinks: rng.random_range(0..5),
-            },
-            1 => EvictionPolicy::H2o {
-                recent: rng.random_range(0..8),
-                scores: &scores,
-            },
-            _ => EvictionPolicy::KeyNorm,
-        };
+        let policy = random_policy(rng, &scores);
         let per_head: Vec<usize> = (0..heads).map(|_| rng.random_range(0..seq + 3)).collect();
         let equal = rng.random_range(0..seq + 3);
         let budget = if rng.random_range(0..2) == 0 {
@@ -948,16 +953,7 @@ fn decode_time_eviction_keeps_exact_bits_and_matches_argsort() {
                 })
                 .collect();
             let scores: Vec<f32> = (0..total).map(|_| rng.random_range(0..6) as f32).collect();
-            let policy = match rng.random_range(0..3) {
-                0 => EvictionPolicy::StreamingLlm {
-                    sinks: rng.random_range(0..4),
-                },
-                1 => EvictionPolicy::H2o {
-                    recent: rng.random_range(0..6),
-                    scores: &scores,
-                },
-                _ => EvictionPolicy::KeyNorm,
-            };
+            let policy = random_policy(rng, &scores);
             let max = lens.iter().copied().max().unwrap_or(0);
             let per_head: Vec<usize> = (0..heads).map(|_| rng.random_range(0..max + 3)).collect();
             let budget = if rng.random_range(0..2) == 0 {
